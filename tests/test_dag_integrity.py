@@ -1,0 +1,35 @@
+"""Every DAG file imports with no connections or Variables set, and follows the house rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+DAGS = Path(__file__).resolve().parent.parent / "dags"
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}, dagbag.import_errors
+
+
+def test_every_dag_file_defines_a_dag(dagbag):
+    files = {p.resolve() for p in DAGS.glob("*.py") if not p.name.startswith("_")}
+    with_dags = {Path(d.fileloc).resolve() for d in dagbag.dags.values()}
+    assert files == with_dags
+
+
+def test_dags_have_tags_retries_docs_and_no_catchup(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.tags, f"{dag_id} has no tags"
+        assert dag.catchup is False, f"{dag_id} has catchup on"
+        assert dag.doc_md, f"{dag_id} has no doc_md"
+        for task in dag.tasks:
+            assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
