@@ -564,12 +564,21 @@ def prepare_airflow(s: dict[str, str]) -> None:
     migrations = REPO / "requirements.txt"
     if stamp.exists() and stamp.stat().st_mtime >= migrations.stat().st_mtime:
         return
-    print("airflow: migrating the metadata database")
-    r = subprocess.run(_airflow(s, "db", "migrate"), env=service_env(s), capture_output=True, text=True,
-                       check=False)
-    if r.returncode != 0:
-        raise StackError(f"`airflow db migrate` failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    print("airflow: migrating the metadata database, creating pools")
+    _airflow_cli(s, "db", "migrate")
+    for name, slots, description in AIRFLOW_POOLS:
+        _airflow_cli(s, "pools", "set", name, str(slots), description)
     stamp.touch()
+
+
+# (name, slots, description): created once with the metadata database, editable in the UI after
+AIRFLOW_POOLS = [("binance_api", 2, "Concurrent Binance REST calls (Binance bans per IP)")]
+
+
+def _airflow_cli(s: dict[str, str], *args: str) -> None:
+    r = subprocess.run(_airflow(s, *args), env=service_env(s), capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise StackError(f"`airflow {' '.join(args)}` failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
 
 
 def start_airflow(s: dict[str, str]) -> None:
