@@ -13,3 +13,16 @@ def settings() -> dict[str, str]:
     if not localstack.ENV_FILE.exists():
         pytest.fail(".env is missing: run the suite through `make test`, which starts the stack first")
     return localstack.load_env()
+
+
+@pytest.fixture
+def pg(settings):
+    """A psycopg2 connection to the pipeline database, as the pipeline's owner role."""
+    import psycopg2
+
+    conn = psycopg2.connect(
+        host=settings["POSTGRES_HOST"], port=settings["POSTGRES_PORT"], dbname=settings["POSTGRES_DB"],
+        user=settings["POSTGRES_USER"], password=settings["POSTGRES_PASSWORD"], connect_timeout=5,
+    )
+    yield conn
+    conn.close()

@@ -1,0 +1,70 @@
+"""
+### binance_extract
+
+Pulls five Binance market datasets into PostgreSQL schema `binance`, every minute:
+latest prices, 24 h ticker, klines, recent trades and the order book. Each load is one
+transaction of upserts, so re-running an interval changes nothing and the open kline is
+updated in place.
+
+Needs: connection `binance_postgres` (Postgres), connection `binance_api` (HTTP; host may carry
+the scheme; default `https://data-api.binance.vision`), pool `binance_api` (bounds concurrent
+Binance calls). Variables (all optional): `binance_symbols` (JSON list), `binance_kline_interval`
+(default `30m`), `binance_limits` (JSON, e.g. `{"klines": 100, "recent_trades": 500, "order_book": 100}`),
+`binance_order_book_retention_hours` (default 24), `binance_extract_schedule` is read at parse time
+from the environment variable `BINANCE_EXTRACT_SCHEDULE` (default every minute).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from airflow.sdk import Asset, dag, task
+
+from include.binance import airflow_tasks as jobs
+
+DATASETS = ("latest_prices", "daily_ticker", "klines", "recent_trades", "order_book")
+
+
+def table_asset(table: str) -> Asset:
+    return Asset(name=f"binance.{table}", uri=f"postgres-table://binance/binance/{table}")
+
+
+@dag(
+    schedule=os.environ.get("BINANCE_EXTRACT_SCHEDULE", "* * * * *"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=10),
+    tags=["binance", "extract"],
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": True},
+    doc_md=__doc__,
+)
+def binance_extract():
+    @task
+    def apply_migrations() -> list[str]:
+        return jobs.apply_migrations()
+
+    @task(pool=jobs.POOL)
+    def validate_symbols() -> list[str]:
+        return jobs.validate_symbols()
+
+    ready = apply_migrations() >> validate_symbols()
+
+    for dataset in DATASETS:
+
+        @task(task_id=f"load_{dataset}", pool=jobs.POOL, outlets=[table_asset(dataset)])
+        def load(dataset: str = dataset, data_interval_start=None) -> dict[str, int]:
+            return jobs.run_dataset(dataset, data_interval_start)
+
+        loaded = load()
+        ready >> loaded
+        if dataset == "order_book":
+
+            @task(outlets=[table_asset("order_book")])
+            def prune_order_book() -> int:
+                return jobs.prune_order_book()
+
+            loaded >> prune_order_book()
+
+
+binance_extract()

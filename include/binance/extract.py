@@ -1,0 +1,101 @@
+"""Fetch one Binance dataset and load it into schema `binance`, all or nothing.
+
+No Airflow here: the DAG hands in a client, a DB-API connection and the settings. Every symbol of a
+dataset is fetched before anything is written, so a failed call leaves the table as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from include.binance.client import KLINE_INTERVALS, BinanceClient
+from include.loader import LoadResult, load, prune_order_book
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SYMBOLS = (
+    "BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "POLUSDT", "LINKUSDT", "LTCUSDT",
+)
+DATASETS = ("latest_prices", "daily_ticker", "klines", "recent_trades", "order_book")
+DEFAULT_LIMITS = {"klines": 100, "recent_trades": 500, "order_book": 100}
+
+_INTERVAL_SECONDS = {
+    "1s": 1, "1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "2h": 7200, "4h": 14400,
+    "6h": 21600, "8h": 28800, "12h": 43200, "1d": 86400, "3d": 259200, "1w": 604800, "1M": 2678400,
+}
+
+
+class SettingsError(ValueError):
+    """A Variable holds a value the extraction cannot use."""
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    symbols: tuple[str, ...] = DEFAULT_SYMBOLS
+    kline_interval: str = "30m"
+    limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    order_book_retention: timedelta = timedelta(hours=24)
+
+    def __post_init__(self) -> None:
+        if not self.symbols or not all(isinstance(s, str) and s for s in self.symbols):
+            raise SettingsError(f"binance_symbols must be a non-empty JSON list of symbols, got {self.symbols!r}")
+        if len(set(self.symbols)) != len(self.symbols):
+            raise SettingsError(f"binance_symbols lists a symbol twice: {list(self.symbols)}")
+        if self.kline_interval not in KLINE_INTERVALS:
+            raise SettingsError(
+                f"binance_kline_interval {self.kline_interval!r} is not one of {', '.join(KLINE_INTERVALS)}"
+            )
+        unknown = set(self.limits) - set(DEFAULT_LIMITS)
+        if unknown:
+            raise SettingsError(
+                f"binance_limits names unknown datasets {sorted(unknown)}; known: {list(DEFAULT_LIMITS)}"
+            )
+        if self.order_book_retention <= timedelta(0):
+            raise SettingsError(f"order book retention must be positive, got {self.order_book_retention}")
+
+    def limit(self, dataset: str) -> int:
+        return int(self.limits.get(dataset, DEFAULT_LIMITS[dataset]))
+
+
+def kline_start(interval_start: datetime, interval: str) -> datetime:
+    """First candle to (re-)read for a data interval: the one open at its start, and the one before."""
+    step = _INTERVAL_SECONDS[interval]
+    epoch_s = int(interval_start.timestamp())
+    return datetime.fromtimestamp(epoch_s - epoch_s % step - step, tz=interval_start.tzinfo)
+
+
+def fetch(dataset: str, client: BinanceClient, settings: ExtractSettings, interval_start: datetime) -> list[Any]:
+    """Every record of one dataset for all symbols; raises before returning anything on any error."""
+    symbols = list(settings.symbols)
+    if dataset == "latest_prices":
+        return list(client.ticker_price(symbols))
+    if dataset == "daily_ticker":
+        return list(client.ticker_24hr(symbols))
+    records: list[Any] = []
+    for symbol in symbols:
+        if dataset == "klines":
+            records += client.klines(symbol, settings.kline_interval, limit=settings.limit("klines"),
+                                     start_time=kline_start(interval_start, settings.kline_interval))
+        elif dataset == "recent_trades":
+            records += client.trades(symbol, limit=settings.limit("recent_trades"))
+        elif dataset == "order_book":
+            records += client.depth(symbol, limit=settings.limit("order_book"))
+        else:
+            raise ValueError(f"unknown dataset {dataset!r}; known: {DATASETS}")
+    return records
+
+
+def extract(dataset: str, client: BinanceClient, conn: Any, settings: ExtractSettings,
+            interval_start: datetime) -> LoadResult:
+    """Fetch `dataset` for every symbol, then upsert it in one transaction."""
+    records = fetch(dataset, client, settings, interval_start)
+    log.info("fetched %d %s records for %d symbols", len(records), dataset, len(settings.symbols))
+    return load(conn, dataset, records)
+
+
+def prune(conn: Any, settings: ExtractSettings, now: datetime) -> int:
+    """Delete order book snapshots older than the retention window."""
+    return prune_order_book(conn, now - settings.order_book_retention)

@@ -1,0 +1,60 @@
+"""The loader's pure parts: CSV rendering for COPY, the upsert statement, de-duplication."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from include.binance.models import Kline, Trade
+from include.loader import _CsvStream, _dedupe, _rows, upsert_sql
+from include.tables import TABLES
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+
+
+def _trade(trade_id: int, price: str = "0.00001234") -> Trade:
+    return Trade("BTCUSDT", trade_id, Decimal(price), Decimal("12.00000000"), Decimal("0.00014808"), T0, True)
+
+
+def test_csv_keeps_decimals_exact_and_times_in_utc():
+    stream = _CsvStream(_rows(TABLES["recent_trades"], [_trade(1), _trade(2, "64000.12345678")]), rows_per_chunk=1)
+    rows = list(csv.reader(io.StringIO(stream.read())))
+    assert rows[0] == ["BTCUSDT", "1", "0.00001234", "12.00000000", "0.00014808", "2026-01-02 03:04:05.678000+00:00",
+                       "True"]
+    assert rows[1][2] == "64000.12345678"
+
+
+def test_csv_stream_reads_in_pieces_of_any_size():
+    records = [_trade(i) for i in range(100)]
+    whole = _CsvStream(_rows(TABLES["recent_trades"], records)).read()
+    stream = _CsvStream(_rows(TABLES["recent_trades"], records), rows_per_chunk=7)
+    pieces = []
+    while chunk := stream.read(33):
+        pieces.append(chunk)
+    assert "".join(pieces) == whole
+    assert whole.count("\n") == 100
+
+
+def test_dedupe_keeps_the_last_record_per_key():
+    kept = _dedupe(TABLES["recent_trades"], [_trade(1, "1"), _trade(2, "2"), _trade(1, "3")])
+    assert sorted((t.trade_id, t.price) for t in kept) == [(1, Decimal("3")), (2, Decimal("2"))]
+
+
+def test_upsert_updates_only_when_a_value_changed():
+    sql = upsert_sql(TABLES["klines"], "stage_klines")
+    assert 'ON CONFLICT ("symbol", "interval", "open_time") DO UPDATE SET' in sql
+    assert 't."close_price" IS DISTINCT FROM EXCLUDED."close_price"' in sql
+    # key columns are never updated
+    assert '"open_time" = EXCLUDED' not in sql
+
+
+def test_immutable_trades_are_never_compared_or_updated():
+    sql = upsert_sql(TABLES["recent_trades"], "stage_recent_trades")
+    assert 'ON CONFLICT ("symbol", "trade_id") DO NOTHING' in sql
+
+
+def test_record_fields_match_table_columns():
+    kline = Kline("BTCUSDT", "1m", T0, *(Decimal("1"),) * 5, T0, Decimal("1"), 3)
+    assert list(_rows(TABLES["klines"], [kline]))[0][:3] == ("BTCUSDT", "1m", T0)
