@@ -26,6 +26,17 @@ class Table:
     replica_identity: str = "DEFAULT"
     # rows never change once written (a trade): a re-load adds nothing and compares nothing
     immutable: bool = False
+    # Cassandra's primary key for the same rows: partition by what reads filter on (symbol), cluster
+    # by time, newest first. Every column of it must be in a Debezium delete event's `before`.
+    cassandra_partition_key: tuple[str, ...] = ("symbol",)
+    cassandra_clustering: tuple[str, ...] = ()
+
+    @property
+    def cassandra_key(self) -> tuple[str, ...]:
+        return self.cassandra_partition_key + self.cassandra_clustering
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
 
     @property
     def column_names(self) -> list[str]:
@@ -42,6 +53,15 @@ def _cols(spec: str) -> tuple[Column, ...]:
 
 SCHEMA = "binance"
 
+# Columns the CDC sink adds to every Cassandra table (and the bridge carries to Postgres):
+# the Debezium op, the source commit time, the source LSN, and when the row reached Cassandra.
+CDC_COLUMNS = (
+    Column("cdc_op", "text"),
+    Column("cdc_source_ts", "timestamptz"),
+    Column("cdc_lsn", "bigint"),
+    Column("cdc_written_at", "timestamptz"),
+)
+
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (
@@ -49,6 +69,7 @@ TABLES: dict[str, Table] = {
             "latest_prices",
             _cols("symbol:text price:numeric time:timestamptz"),
             primary_key=("symbol", "time"),
+            cassandra_clustering=("time",),
         ),
         Table(
             "daily_ticker",
@@ -58,6 +79,7 @@ TABLES: dict[str, Table] = {
                 "first_id:bigint last_id:bigint count:bigint"
             ),
             primary_key=("symbol", "close_time"),
+            cassandra_clustering=("close_time",),
         ),
         Table(
             "klines",
@@ -67,6 +89,8 @@ TABLES: dict[str, Table] = {
                 "quote_volume:numeric num_trades:bigint"
             ),
             primary_key=("symbol", "interval", "open_time"),
+            cassandra_partition_key=("symbol", "interval"),
+            cassandra_clustering=("open_time",),
         ),
         Table(
             "recent_trades",
@@ -76,6 +100,7 @@ TABLES: dict[str, Table] = {
             ),
             primary_key=("symbol", "trade_id"),
             immutable=True,
+            cassandra_clustering=("trade_id",),
         ),
         Table(
             "order_book",
@@ -85,6 +110,7 @@ TABLES: dict[str, Table] = {
             primary_key=("symbol", "update_id", "side", "price"),
             # deletes (retention) must carry captured_at too, which the sink keys on
             replica_identity="FULL",
+            cassandra_clustering=("captured_at", "update_id", "side", "price"),
         ),
     )
 }
