@@ -84,17 +84,30 @@ def _fernet_key() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 
 
-def write_env_if_missing() -> bool:
-    """Create .env from .env.example with fresh secrets; never touch an existing .env."""
-    if ENV_FILE.exists():
-        return False
-    text = ENV_EXAMPLE.read_text()
+def _fill(text: str) -> str:
     text = text.replace("__repo__", str(REPO))
     text = text.replace("__generated_fernet__", _fernet_key())
     # alphanumeric secrets: safe inside connection URIs and shell without quoting
-    text = re.sub("__generated__", lambda _m: secrets.token_hex(16), text)
+    return re.sub("__generated__", lambda _m: secrets.token_hex(16), text)
+
+
+def write_env_if_missing() -> bool:
+    """Create .env from .env.example with fresh secrets. An existing .env keeps every value it
+    has; settings added to .env.example since are appended to it."""
+    example = ENV_EXAMPLE.read_text()
+    if ENV_FILE.exists():
+        have = ENV_FILE.read_text()
+        names = set(re.findall(r"^([A-Za-z_][A-Za-z0-9_]*)=", have, re.M))
+        new = [line for line in example.splitlines() if (m := re.match(r"([A-Za-z_][A-Za-z0-9_]*)=", line))
+               and m.group(1) not in names]
+        if not new:
+            return False
+        with ENV_FILE.open("a") as f:
+            f.write("\n# added from .env.example\n" + _fill("\n".join(new)) + "\n")
+        print(f"added to {ENV_FILE.name}: {', '.join(line.split('=')[0] for line in new)}")
+        return True
     tmp = ENV_FILE.with_suffix(".tmp")
-    tmp.write_text(text)
+    tmp.write_text(_fill(example))
     tmp.chmod(0o600)
     os.replace(tmp, ENV_FILE)
     print(f"wrote {ENV_FILE.name} with generated passwords (git-ignored; kept from now on)")

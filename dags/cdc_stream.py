@@ -1,0 +1,45 @@
+"""
+### cdc_stream
+
+Runs the Spark Structured Streaming job `spark/cdc_stream.py`, which applies every Debezium change
+event of schema `binance` (topics `binance.binance.*`) to Cassandra. The schedule is
+`@continuous` with one active run: Airflow supervises the long-running stream and starts it
+again when it dies. Trigger with `{"mode": "available_now"}` to process what is in Kafka and exit
+(catch-up runs, tests).
+
+Needs: connection `spark_default` (`local[*]` here; a `spark://` or `k8s://` master on a cluster),
+`kafka_default` (extra `bootstrap.servers`), `cassandra_default` (keyspace in its schema field);
+the connector jars (`make install`, or env `SPARK_JARS_DIR`); checkpoint folder from env
+`CDC_CHECKPOINT_DIR` (durable storage on a cluster). Run `cdc_setup` first.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Param, dag
+from cdc_stream_operator import CdcStreamSubmitOperator
+
+
+@dag(
+    schedule="@continuous",
+    catchup=False,
+    max_active_runs=1,
+    tags=["cdc", "spark", "stream"],
+    default_args={"retries": 3, "retry_delay": timedelta(seconds=10), "retry_exponential_backoff": True,
+                  "max_retry_delay": timedelta(minutes=2)},
+    params={"mode": Param("continuous", enum=["continuous", "available_now"],
+                          description="continuous: run until it fails; available_now: process what is there, exit")},
+    doc_md=__doc__,
+)
+def cdc_stream():
+    CdcStreamSubmitOperator(
+        task_id="run_cdc_stream",
+        conn_id="spark_default",
+        mode="{{ params.mode }}",
+        conf={"spark.driver.memory": "1g", "spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false"},
+        verbose=False,
+    )
+
+
+cdc_stream()

@@ -1,0 +1,239 @@
+"""Apply the Debezium change events of schema `binance` to Cassandra, exactly.
+
+Usage:
+  spark-submit --jars <spark-sql-kafka and Cassandra connector jars> spark/cdc_stream.py \\
+      --bootstrap-servers 127.0.0.1:9092 --keyspace binance_test \\
+      --checkpoint .run/spark/checkpoints/cdc_stream [--available-now] [--trigger-seconds 1]
+
+Cassandra contact points and credentials come from the environment (CDC_CASSANDRA_HOSTS,
+CDC_CASSANDRA_PORT, CDC_CASSANDRA_USERNAME, CDC_CASSANDRA_PASSWORD), never from the command line,
+which other users of the machine can read.
+
+One streaming query reads every `binance.binance.*` topic; each micro-batch is routed per table:
+snapshot reads, inserts and updates upsert `after`, deletes remove the key from `before`,
+tombstones are skipped, several events on one key collapse to the last in source order. Every
+Cassandra write carries the event's source LSN as its write timestamp, so replays after a restart
+can never make a row older than it is (last write wins by source order). Messages that cannot be
+applied go to `dead_letters`; the stream carries on. `--available-now` processes what is in Kafka
+and exits (catch-up runs, tests); otherwise the query runs until it fails, and fails loudly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from include.tables import Table
+from spark.envelope import TOPIC_PREFIX, collapse_last, key_json, known_tables, parse_envelope, sink_rows
+
+log = logging.getLogger("cdc_stream")
+CASSANDRA_FORMAT = "org.apache.spark.sql.cassandra"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bootstrap-servers", required=True)
+    p.add_argument("--keyspace", required=True)
+    p.add_argument("--checkpoint", required=True, help="durable checkpoint folder (HDFS/S3/local path)")
+    p.add_argument("--topic-pattern", default=TOPIC_PREFIX.replace(".", r"\.") + ".*")
+    p.add_argument("--available-now", action="store_true", help="process what is there, then exit")
+    p.add_argument("--trigger-seconds", type=float, default=1.0)
+    p.add_argument("--max-offsets-per-trigger", type=int, default=20000)
+    p.add_argument("--starting-offsets", default="earliest")
+    p.add_argument("--query-name", default="binance_cdc_to_cassandra")
+    return p.parse_args(argv)
+
+
+def cassandra_settings() -> dict[str, str]:
+    env = os.environ
+    missing = [k for k in ("CDC_CASSANDRA_HOSTS", "CDC_CASSANDRA_USERNAME", "CDC_CASSANDRA_PASSWORD") if not env.get(k)]
+    if missing:
+        raise SystemExit(f"cdc_stream: environment variable(s) {', '.join(missing)} not set")
+    return {
+        "spark.cassandra.connection.host": env["CDC_CASSANDRA_HOSTS"],
+        "spark.cassandra.connection.port": env.get("CDC_CASSANDRA_PORT", "9042"),
+        "spark.cassandra.auth.username": env["CDC_CASSANDRA_USERNAME"],
+        "spark.cassandra.auth.password": env["CDC_CASSANDRA_PASSWORD"],
+    }
+
+
+class Sink:
+    """Writes one micro-batch: upserts through the Spark Cassandra Connector (JVM, batched),
+    deletes, the change log and dead letters through the Python driver on the driver node."""
+
+    def __init__(self, spark: SparkSession, keyspace: str, settings: dict[str, str]) -> None:
+        from cassandra.auth import PlainTextAuthProvider
+        from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+        from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+
+        self.spark = spark
+        self.keyspace = keyspace
+        self.tables = known_tables()
+        self.cluster = Cluster(
+            settings["spark.cassandra.connection.host"].split(","),
+            port=int(settings["spark.cassandra.connection.port"]),
+            auth_provider=PlainTextAuthProvider(settings["spark.cassandra.auth.username"],
+                                                settings["spark.cassandra.auth.password"]),
+            protocol_version=5,
+            execution_profiles={EXEC_PROFILE_DEFAULT: ExecutionProfile(
+                load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()), request_timeout=30)},
+        )
+        self.session = self.cluster.connect()
+        self._prepared: dict[str, Any] = {}
+
+    def close(self) -> None:
+        self.cluster.shutdown()
+
+    def _prepare(self, cql: str) -> Any:
+        if cql not in self._prepared:
+            self._prepared[cql] = self.session.prepare(cql)
+        return self._prepared[cql]
+
+    def write_batch(self, batch: DataFrame, batch_id: int) -> None:
+        batch = batch.persist()
+        try:
+            topics = [r.topic for r in batch.select("topic").distinct().collect()]
+            for topic in sorted(topics):
+                table = self.tables.get(topic)
+                if table is None:
+                    # the heartbeat table and anything else in the schema that the sink does not keep
+                    continue
+                self._apply_table(batch.where(F.col("topic") == topic), table, topic, batch_id)
+        finally:
+            batch.unpersist()
+
+    def _apply_table(self, rows: DataFrame, table: Table, topic: str, batch_id: int) -> None:
+        parsed = parse_envelope(rows, table).persist()
+        try:
+            bad = parsed.where(F.col("error").isNotNull()).select(
+                "kafka_partition", "kafka_offset", "raw_value", "error").collect()
+            if bad:
+                self._dead_letters(topic, bad)
+            winners = collapse_last(parsed.where(F.col("error").isNull()), table).persist()
+            try:
+                upserts = sink_rows(winners, table)
+                (upserts.write.format(CASSANDRA_FORMAT)
+                 .options(keyspace=self.keyspace, table=table.name, writetime="cdc_writetime")
+                 .mode("append").save())
+                changes = winners.select(key_json(table).alias("key"), "cdc_op", "cdc_lsn",
+                                         *[F.col(k).alias(f"_k_{k}") for k in table.cassandra_key]).collect()
+            finally:
+                winners.unpersist()
+        finally:
+            parsed.unpersist()
+        deletes = [c for c in changes if c.cdc_op == "d"]
+        if deletes:
+            self._delete(table, deletes)
+        self._log_changes(table, changes)
+        log.info("batch %d %s: %d applied (%d deletes), %d dead-lettered", batch_id, table.name, len(changes),
+                 len(deletes), len(bad))
+
+    def _delete(self, table: Table, rows: list[Any]) -> None:
+        from cassandra.concurrent import execute_concurrent_with_args
+
+        where = " AND ".join(f'"{k}" = ?' for k in table.cassandra_key)
+        stmt = self._prepare(f'DELETE FROM "{self.keyspace}"."{table.name}" USING TIMESTAMP ? WHERE {where}')
+        args = [(r.cdc_lsn, *[_cql_value(table, k, r[f"_k_{k}"]) for k in table.cassandra_key]) for r in rows]
+        _raise_failures(execute_concurrent_with_args(self.session, stmt, args, concurrency=64,
+                                                     raise_on_first_error=False), "delete", table.name)
+
+    def _log_changes(self, table: Table, rows: list[Any]) -> None:
+        from cassandra.concurrent import execute_concurrent_with_args
+
+        bucket = datetime.now(UTC).replace(second=0, microsecond=0)
+        stmt = self._prepare(f'INSERT INTO "{self.keyspace}".changed_rows (table_name, bucket, key, cdc_lsn) '
+                             "VALUES (?, ?, ?, ?)")
+        args = [(table.name, bucket, r.key, r.cdc_lsn) for r in rows]
+        _raise_failures(execute_concurrent_with_args(self.session, stmt, args, concurrency=64,
+                                                     raise_on_first_error=False), "change log", table.name)
+
+    def _dead_letters(self, topic: str, rows: list[Any]) -> None:
+        stmt = self._prepare(f'INSERT INTO "{self.keyspace}".dead_letters (topic, partition, offset, raw_value, error, '
+                             "recorded_at) "
+                             "VALUES (?, ?, ?, ?, ?, ?)")
+        now = datetime.now(UTC)
+        for r in rows:
+            self.session.execute(stmt, (topic, r.kafka_partition, r.kafka_offset, r.raw_value, r.error, now))
+            log.warning("dead letter %s[%d]@%d: %s", topic, r.kafka_partition, r.kafka_offset, r.error)
+
+
+def _cql_value(table: Table, name: str, value: Any) -> Any:
+    kind = table.column(name).type
+    if value is None:
+        return None
+    if kind == "numeric":
+        return Decimal(value)
+    if kind == "timestamptz" and isinstance(value, datetime):
+        # Spark hands back naive local datetimes; the session and the driver run in UTC
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    return value
+
+
+def _raise_failures(results: Any, what: str, table: str) -> None:
+    failed = [r.result_or_exc for r in results if not r.success]
+    if failed:
+        raise RuntimeError(f"{len(failed)} {what} write(s) to {table} failed; first: {failed[0]!r}")
+
+
+def build_stream(spark: SparkSession, args: argparse.Namespace, sink: Sink) -> Any:
+    source = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", args.bootstrap_servers)
+        .option("subscribePattern", args.topic_pattern)
+        .option("startingOffsets", args.starting_offsets)
+        .option("maxOffsetsPerTrigger", str(args.max_offsets_per_trigger))
+        # Kafka retention deleting events the stream has not applied yet is an outage, not noise
+        .option("failOnDataLoss", "true")
+        .load()
+        .select("topic", "partition", "offset", F.col("value").cast("string").alias("value"))
+    )
+    writer = (
+        source.writeStream.queryName(args.query_name)
+        .option("checkpointLocation", args.checkpoint)
+        .foreachBatch(sink.write_batch)
+    )
+    if args.available_now:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{args.trigger_seconds} seconds")
+    return writer.start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    settings = cassandra_settings()
+    builder = SparkSession.builder.appName("binance-cdc-stream").config("spark.sql.session.timeZone", "UTC")
+    builder = builder.config("spark.sql.extensions", "com.datastax.spark.connector.CassandraSparkExtensions")
+    builder = builder.config("spark.sql.shuffle.partitions", "4").config("spark.ui.enabled", "false")
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    sink = Sink(spark, args.keyspace, settings)
+    try:
+        query = build_stream(spark, args, sink)
+        log.info("stream %s started (%s), checkpoint %s", args.query_name,
+                 "availableNow" if args.available_now else f"every {args.trigger_seconds}s", args.checkpoint)
+        # any query dying ends the job with its error, so the supervisor (Airflow) restarts it
+        spark.streams.awaitAnyTermination()
+        if query.exception() is not None:
+            raise query.exception()
+        log.info("stream %s finished: %s", args.query_name, json.dumps(query.lastProgress or {})[:500])
+    finally:
+        sink.close()
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

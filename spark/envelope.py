@@ -1,0 +1,144 @@
+"""Debezium envelopes -> typed rows, as pure DataFrame -> DataFrame transforms.
+
+The Spark schema of each envelope is derived from include/tables.py, the same definitions the
+Postgres DDL and the Cassandra DDL follow. Messages come from Debezium's JsonConverter without
+embedded schemas, with `decimal.handling.mode=string` (exact decimal text) and timestamptz as
+ISO-8601 strings.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from include.tables import TABLES, Table
+
+TOPIC_PREFIX = "binance.binance."
+OPS = ("r", "c", "u", "d")
+# how each logical type arrives in the JSON; decimals and times are converted after parsing
+_WIRE_TYPES: dict[str, T.DataType] = {
+    "text": T.StringType(),
+    "numeric": T.StringType(),
+    "timestamptz": T.StringType(),
+    "bigint": T.LongType(),
+    "boolean": T.BooleanType(),
+}
+_DECIMAL_TEXT = r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
+
+
+def row_schema(table: Table) -> T.StructType:
+    return T.StructType([T.StructField(c.name, _WIRE_TYPES[c.type]) for c in table.columns])
+
+
+def envelope_schema(table: Table) -> T.StructType:
+    source = T.StructType([
+        T.StructField("lsn", T.LongType()),
+        T.StructField("ts_ms", T.LongType()),
+        T.StructField("txId", T.LongType()),
+        T.StructField("snapshot", T.StringType()),
+        T.StructField("table", T.StringType()),
+    ])
+    return T.StructType([
+        T.StructField("before", row_schema(table)),
+        T.StructField("after", row_schema(table)),
+        T.StructField("source", source),
+        T.StructField("op", T.StringType()),
+        T.StructField("ts_ms", T.LongType()),
+    ])
+
+
+def topic_for(table: str) -> str:
+    return f"{TOPIC_PREFIX}{table}"
+
+
+def _typed(table: Table, row: Column) -> list[Column]:
+    out = []
+    for col in table.columns:
+        raw = row[col.name]
+        if col.type == "timestamptz":
+            out.append(raw.cast("timestamp").alias(col.name))
+        else:
+            # decimals stay exact text; the Cassandra connector turns them into BigDecimal as written
+            out.append(raw.alias(col.name))
+    return out
+
+
+def _problems(table: Table, env: Column, row: Column) -> Column:
+    """Why a message cannot be applied, or null. Every check names what failed."""
+    key = table.cassandra_key
+    checks = [
+        (env.isNull() | env["op"].isNull(), F.lit("not a Debezium change event (unparseable JSON or no op)")),
+        (~env["op"].isin(*OPS), F.concat(F.lit("unknown op "), env["op"])),
+        (env["source"]["lsn"].isNull(), F.lit("source.lsn missing")),
+        (row.isNull(), F.when(env["op"] == "d", F.lit("delete without before")).otherwise(F.lit("no after"))),
+    ]
+    for name in key:
+        checks.append((row[name].isNull(), F.lit(f"key column {name} missing")))
+    for col in table.columns:
+        if col.type == "timestamptz":
+            bad = row[col.name].isNotNull() & row[col.name].cast("timestamp").isNull()
+            checks.append((bad, F.lit(f"{col.name} is not a timestamp")))
+        elif col.type == "numeric":
+            bad = row[col.name].isNotNull() & ~row[col.name].rlike(_DECIMAL_TEXT)
+            checks.append((bad, F.lit(f"{col.name} is not a decimal")))
+    problem = F.lit(None).cast("string")
+    for cond, message in reversed(checks):
+        problem = F.when(F.coalesce(cond, F.lit(False)), message).otherwise(problem)
+    return problem
+
+
+def parse_envelope(df: DataFrame, table: Table) -> DataFrame:
+    """Kafka rows of one table's topic -> one typed row per change event.
+
+    In: topic, partition, offset, value (string; null for tombstones). Out: the table's columns,
+    then cdc_op, cdc_lsn, cdc_source_ts, kafka_partition, kafka_offset, raw_value, error. The row
+    is `after` for r/c/u and `before` (which carries the key) for d. Tombstones are dropped;
+    anything that cannot be applied keeps error != null and goes to dead letters.
+    """
+    env = F.from_json(F.col("value"), envelope_schema(table), {"mode": "PERMISSIVE"})
+    parsed = df.where(F.col("value").isNotNull()).select(
+        "partition", "offset", F.col("value").alias("raw_value"), env.alias("env")
+    )
+    row = F.when(F.col("env.op") == "d", F.col("env.before")).otherwise(F.col("env.after"))
+    return parsed.select(
+        *_typed(table, row),
+        F.col("env.op").alias("cdc_op"),
+        F.col("env.source.lsn").alias("cdc_lsn"),
+        F.timestamp_millis(F.col("env.source.ts_ms")).alias("cdc_source_ts"),
+        F.col("partition").alias("kafka_partition"),
+        F.col("offset").alias("kafka_offset"),
+        "raw_value",
+        _problems(table, F.col("env"), row).alias("error"),
+    )
+
+
+def collapse_last(df: DataFrame, table: Table) -> DataFrame:
+    """Keep, per sink key, only the last event in source order (LSN, then Kafka offset)."""
+    window = Window.partitionBy(*table.cassandra_key).orderBy(
+        F.col("cdc_lsn").desc(), F.col("kafka_partition").desc(), F.col("kafka_offset").desc()
+    )
+    return df.withColumn("_rank", F.row_number().over(window)).where("_rank = 1").drop("_rank")
+
+
+def key_json(table: Table) -> Column:
+    """The sink key as canonical JSON (times as epoch ms, decimals as text), for the change log."""
+    parts = []
+    for name in table.cassandra_key:
+        col = F.col(name)
+        if table.column(name).type == "timestamptz":
+            col = F.unix_millis(col)
+        parts.append(col.alias(name))
+    return F.to_json(F.struct(*parts))
+
+
+def sink_rows(df: DataFrame, table: Table) -> DataFrame:
+    """Upserts as written to Cassandra: the table's columns, CDC metadata, and the write time."""
+    return df.where(F.col("cdc_op") != "d").select(
+        *table.column_names, "cdc_op", "cdc_source_ts", "cdc_lsn",
+        F.current_timestamp().alias("cdc_written_at"), F.col("cdc_lsn").alias("cdc_writetime"),
+    )
+
+
+def known_tables() -> dict[str, Table]:
+    return {topic_for(name): t for name, t in TABLES.items()}

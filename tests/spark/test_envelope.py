@@ -1,0 +1,118 @@
+"""parse_envelope / collapse_last on hand-written Debezium envelopes, one per op."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from include.tables import TABLES
+from spark.envelope import collapse_last, envelope_schema, key_json, parse_envelope, sink_rows
+
+KLINES = TABLES["klines"]
+BOOK = TABLES["order_book"]
+
+
+def kline(close: str, trades: int = 1) -> dict:
+    return {"symbol": "BTCUSDT", "interval": "1m", "open_time": "2026-01-02T03:04:00Z", "open_price": "1.00000000",
+            "high_price": "2.5", "low_price": "0.00001234", "close_price": close, "volume": "10.12345678",
+            "close_time": "2026-01-02T03:04:59.999Z", "quote_volume": "3", "num_trades": trades}
+
+
+def envelope(op: str, before: dict | None, after: dict | None, lsn: int, table: str = "klines") -> str:
+    return json.dumps({"before": before, "after": after, "op": op, "ts_ms": 1767323045000,
+                       "source": {"lsn": lsn, "ts_ms": 1767323044000, "txId": 7, "snapshot": "false",
+                                  "table": table}, "transaction": None})
+
+
+def frame(spark, values: list[str | None], topic: str = "binance.binance.klines"):
+    rows = [(topic, 0, offset, value) for offset, value in enumerate(values)]
+    return spark.createDataFrame(rows, "topic string, partition int, offset long, value string")
+
+
+def test_schema_is_derived_from_the_table_definition():
+    after = envelope_schema(KLINES)["after"].dataType
+    assert after.fieldNames() == KLINES.column_names
+
+
+def test_each_op_becomes_a_typed_row(spark):
+    key_only = {"symbol": "BTCUSDT", "interval": "1m", "open_time": "2026-01-02T03:04:00Z"}
+    values = [
+        envelope("r", None, kline("1.5"), 100),
+        envelope("c", None, kline("1.6"), 200),
+        envelope("u", kline("1.6"), kline("1.7"), 300),
+        envelope("d", key_only, None, 400),
+    ]
+    rows = parse_envelope(frame(spark, values), KLINES).orderBy("cdc_lsn").collect()
+    assert [r.cdc_op for r in rows] == ["r", "c", "u", "d"]
+    assert [r.error for r in rows] == [None] * 4
+    assert [r.close_price for r in rows[:3]] == ["1.5", "1.6", "1.7"]
+    # decimals stay exact text; times are UTC timestamps
+    assert rows[0].low_price == "0.00001234"
+    assert rows[0].open_time == datetime(2026, 1, 2, 3, 4)
+    assert rows[0].close_time == datetime(2026, 1, 2, 3, 4, 59, 999000)
+    assert rows[3].symbol == "BTCUSDT" and rows[3].open_time == datetime(2026, 1, 2, 3, 4)
+    assert rows[3].close_price is None
+    assert rows[0].cdc_source_ts == datetime(2026, 1, 2, 3, 4, 4)
+
+
+def test_tombstones_are_skipped(spark):
+    rows = parse_envelope(frame(spark, [None, envelope("c", None, kline("1"), 5)]), KLINES).collect()
+    assert len(rows) == 1 and rows[0].cdc_op == "c"
+
+
+def test_poison_messages_carry_a_reason(spark):
+    no_key = kline("1")
+    del no_key["symbol"]
+    values = [
+        "{not json",
+        json.dumps({"hello": "world"}),
+        envelope("x", None, kline("1"), 1),
+        envelope("c", None, no_key, 2),
+        envelope("c", None, kline("1,5"), 3),
+        envelope("d", None, None, 4),
+    ]
+    rows = parse_envelope(frame(spark, values), KLINES).orderBy("kafka_offset").collect()
+    errors = [r.error for r in rows]
+    assert errors[0].startswith("not a Debezium change event")
+    assert errors[1].startswith("not a Debezium change event")
+    assert errors[2] == "unknown op x"
+    assert errors[3] == "key column symbol missing"
+    assert errors[4] == "close_price is not a decimal"
+    assert errors[5] == "delete without before"
+    assert rows[0].raw_value == "{not json"
+
+
+def test_events_on_one_key_collapse_to_the_last_in_source_order(spark):
+    values = [
+        envelope("u", None, kline("3", 3), 300),
+        envelope("c", None, kline("1", 1), 100),
+        envelope("u", None, kline("2", 2), 200),
+    ]
+    parsed = parse_envelope(frame(spark, values), KLINES)
+    rows = collapse_last(parsed, KLINES).collect()
+    assert len(rows) == 1
+    assert (rows[0].close_price, rows[0].num_trades, rows[0].cdc_lsn) == ("3", 3, 300)
+
+
+def test_a_delete_after_an_insert_wins_and_is_not_upserted(spark):
+    key_only = {"symbol": "BTCUSDT", "interval": "1m", "open_time": "2026-01-02T03:04:00Z"}
+    values = [envelope("c", None, kline("1"), 100), envelope("d", key_only, None, 200)]
+    winners = collapse_last(parse_envelope(frame(spark, values), KLINES), KLINES)
+    assert [r.cdc_op for r in winners.collect()] == ["d"]
+    assert sink_rows(winners, KLINES).count() == 0
+
+
+def test_upserts_carry_the_lsn_as_write_time(spark):
+    winners = collapse_last(parse_envelope(frame(spark, [envelope("c", None, kline("1"), 4242)]), KLINES), KLINES)
+    row = sink_rows(winners, KLINES).collect()[0]
+    assert row.cdc_writetime == 4242 and row.cdc_lsn == 4242 and row.cdc_op == "c"
+
+
+def test_order_book_delete_keys_on_the_full_before_row(spark):
+    level = {"update_id": 9, "symbol": "ETHUSDT", "side": "bid", "price": "3000.01000000", "quantity": "1.5",
+             "captured_at": "2026-01-02T03:04:05.678Z"}
+    values = [envelope("d", level, None, 10, "order_book")]
+    rows = parse_envelope(frame(spark, values, "binance.binance.order_book"), BOOK)
+    out = rows.select(key_json(BOOK).alias("key")).collect()[0].key
+    assert json.loads(out) == {"symbol": "ETHUSDT", "captured_at": 1767323045678, "update_id": 9, "side": "bid",
+                               "price": "3000.01000000"}
