@@ -37,7 +37,7 @@ def cdc_stream():
         task_id="run_cdc_stream",
         conn_id="spark_default",
         mode="{{ params.mode }}",
-        conf={"spark.driver.memory": "1g", "spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false"},
+        conf={"spark.driver.memory": "1g", "spark.ui.enabled": "false"},
         verbose=False,
     )
 

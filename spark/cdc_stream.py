@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import sys
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -33,7 +34,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from include.tables import Table
-from spark.envelope import TOPIC_PREFIX, collapse_last, key_json, known_tables, parse_envelope, sink_rows
+from spark.envelope import TOPIC_PREFIX, key_json, known_tables, parse_envelope, rank_events, sink_rows
 
 log = logging.getLogger("cdc_stream")
 CASSANDRA_FORMAT = "org.apache.spark.sql.cassandra"
@@ -112,30 +113,40 @@ class Sink:
             batch.unpersist()
 
     def _apply_table(self, rows: DataFrame, table: Table, topic: str, batch_id: int) -> None:
-        parsed = parse_envelope(rows, table).persist()
+        """All of one table's events in this batch in three Spark jobs on cached data; the Python
+        driver only handles dead letters and deletes (both rare)."""
+        t0 = time.monotonic()
+        ranked = rank_events(parse_envelope(rows, table), table).persist()
         try:
-            bad = parsed.where(F.col("error").isNotNull()).select(
-                "kafka_partition", "kafka_offset", "raw_value", "error").collect()
+            # 1: what the driver must handle itself
+            rare = ranked.where(F.col("error").isNotNull() | ((F.col("_rank") == 1) & (F.col("cdc_op") == "d")))
+            rare = rare.select("error", "kafka_partition", "kafka_offset", "raw_value", "cdc_lsn",
+                               *[F.col(k).alias(f"_k_{k}") for k in table.cassandra_key]).collect()
+            t1 = time.monotonic()
+            bad = [r for r in rare if r.error is not None]
             if bad:
                 self._dead_letters(topic, bad)
-            winners = collapse_last(parsed.where(F.col("error").isNull()), table).persist()
-            try:
-                upserts = sink_rows(winners, table)
-                (upserts.write.format(CASSANDRA_FORMAT)
-                 .options(keyspace=self.keyspace, table=table.name, writetime="cdc_writetime")
-                 .mode("append").save())
-                changes = winners.select(key_json(table).alias("key"), "cdc_op", "cdc_lsn",
-                                         *[F.col(k).alias(f"_k_{k}") for k in table.cassandra_key]).collect()
-            finally:
-                winners.unpersist()
+            winners = ranked.where(F.col("error").isNull() & (F.col("_rank") == 1))
+            # 2: upserts, LSN as write time
+            self._save(sink_rows(winners, table), table.name, writetime="cdc_writetime")
+            t2 = time.monotonic()
+            deletes = [r for r in rare if r.error is None]
+            if deletes:
+                self._delete(table, deletes)
+            # 3: the bridge's change log, written last: a logged key is always already applied
+            self._save(winners.select(
+                F.lit(table.name).alias("table_name"),
+                F.date_trunc("minute", F.current_timestamp()).alias("bucket"),
+                key_json(table).alias("key"), "cdc_lsn"), "changed_rows")
         finally:
-            parsed.unpersist()
-        deletes = [c for c in changes if c.cdc_op == "d"]
-        if deletes:
-            self._delete(table, deletes)
-        self._log_changes(table, changes)
-        log.info("batch %d %s: %d applied (%d deletes), %d dead-lettered", batch_id, table.name, len(changes),
-                 len(deletes), len(bad))
+            ranked.unpersist()
+        t3 = time.monotonic()
+        log.info("batch %d %s: %d deletes, %d dead-lettered (parse+rank %.2fs, upserts %.2fs, deletes+log %.2fs)",
+                 batch_id, table.name, len(deletes), len(bad), t1 - t0, t2 - t1, t3 - t2)
+
+    def _save(self, df: DataFrame, table: str, **options: str) -> None:
+        (df.write.format(CASSANDRA_FORMAT).options(keyspace=self.keyspace, table=table, **options)
+         .mode("append").save())
 
     def _delete(self, table: Table, rows: list[Any]) -> None:
         from cassandra.concurrent import execute_concurrent_with_args
@@ -145,16 +156,6 @@ class Sink:
         args = [(r.cdc_lsn, *[_cql_value(table, k, r[f"_k_{k}"]) for k in table.cassandra_key]) for r in rows]
         _raise_failures(execute_concurrent_with_args(self.session, stmt, args, concurrency=64,
                                                      raise_on_first_error=False), "delete", table.name)
-
-    def _log_changes(self, table: Table, rows: list[Any]) -> None:
-        from cassandra.concurrent import execute_concurrent_with_args
-
-        bucket = datetime.now(UTC).replace(second=0, microsecond=0)
-        stmt = self._prepare(f'INSERT INTO "{self.keyspace}".changed_rows (table_name, bucket, key, cdc_lsn) '
-                             "VALUES (?, ?, ?, ?)")
-        args = [(table.name, bucket, r.key, r.cdc_lsn) for r in rows]
-        _raise_failures(execute_concurrent_with_args(self.session, stmt, args, concurrency=64,
-                                                     raise_on_first_error=False), "change log", table.name)
 
     def _dead_letters(self, topic: str, rows: list[Any]) -> None:
         stmt = self._prepare(f'INSERT INTO "{self.keyspace}".dead_letters (topic, partition, offset, raw_value, error, '
@@ -214,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = cassandra_settings()
     builder = SparkSession.builder.appName("binance-cdc-stream").config("spark.sql.session.timeZone", "UTC")
     builder = builder.config("spark.sql.extensions", "com.datastax.spark.connector.CassandraSparkExtensions")
-    builder = builder.config("spark.sql.shuffle.partitions", "4").config("spark.ui.enabled", "false")
+    # batches are small and frequent: one shuffle partition avoids a task per empty partition
+    builder = builder.config("spark.sql.shuffle.partitions", os.environ.get("CDC_SHUFFLE_PARTITIONS", "1"))
+    builder = builder.config("spark.ui.enabled", "false")
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

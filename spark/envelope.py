@@ -113,12 +113,19 @@ def parse_envelope(df: DataFrame, table: Table) -> DataFrame:
     )
 
 
+def rank_events(df: DataFrame, table: Table) -> DataFrame:
+    """Add `_rank`: 1 for the last event per sink key in source order (LSN, then Kafka position).
+    Events that cannot be applied (error set, key possibly null) each rank alone."""
+    own_group = F.when(F.col("error").isNotNull(), F.concat_ws(":", "kafka_partition", "kafka_offset"))
+    window = Window.partitionBy(own_group, *table.cassandra_key).orderBy(
+        F.col("cdc_lsn").desc_nulls_last(), F.col("kafka_partition").desc(), F.col("kafka_offset").desc()
+    )
+    return df.withColumn("_rank", F.row_number().over(window))
+
+
 def collapse_last(df: DataFrame, table: Table) -> DataFrame:
     """Keep, per sink key, only the last event in source order (LSN, then Kafka offset)."""
-    window = Window.partitionBy(*table.cassandra_key).orderBy(
-        F.col("cdc_lsn").desc(), F.col("kafka_partition").desc(), F.col("kafka_offset").desc()
-    )
-    return df.withColumn("_rank", F.row_number().over(window)).where("_rank = 1").drop("_rank")
+    return rank_events(df, table).where("_rank = 1").drop("_rank")
 
 
 def key_json(table: Table) -> Column:
