@@ -1,0 +1,1 @@
+"""Grafana as code: the dashboards' generator (generate.py) and its provisioning files."""

@@ -1,0 +1,222 @@
+"""Grafana as code, checked without services: the committed dashboards are what grafana/generate.py
+builds, every panel queries the provisioned datasource with SQL on schema `cassandra` only, and the
+provisioning files read only settings .env.example defines."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from grafana import generate
+from include.tables import BRIDGE_SCHEMA, BRIDGE_TABLES
+
+REPO = Path(__file__).resolve().parent.parent
+PROVISIONING = REPO / "grafana" / "provisioning"
+DATASOURCE_FILE = PROVISIONING / "datasources" / "postgres.yaml"
+PROVIDER_FILE = PROVISIONING / "dashboards" / "provider.yaml"
+ENV_EXAMPLE = REPO / ".env.example"
+COMPOSE_FILE = REPO / "docker-compose.yaml"
+
+# Grafana's provisioning expands $NAME, ${NAME} and $__env{NAME}
+_ENV_REF = re.compile(r"\$__env\{([A-Za-z_]\w*)\}|\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)")
+# a relation a query reads: FROM/JOIN <name>, not a function call such as EXTRACT(EPOCH FROM now())
+_RELATION = re.compile(r"\b(?:FROM|JOIN)\s+([A-Za-z_][\w.]*)\b(?!\s*\()", re.IGNORECASE)
+# FROM inside EXTRACT(field FROM source) names no relation
+_EXTRACT = re.compile(r"\bEXTRACT\s*\(\s*\w+\s+FROM\b", re.IGNORECASE)
+_CTE = re.compile(r"(?:\bWITH|,)\s*([A-Za-z_]\w*)\s+AS\s*\(", re.IGNORECASE)
+READABLE = {f"{BRIDGE_SCHEMA}.{name}" for name in BRIDGE_TABLES} | {f"{BRIDGE_SCHEMA}.bridge_watermarks"}
+
+
+def _dashboards() -> dict[str, dict]:
+    return {path.stem: json.loads(path.read_text()) for path in sorted(generate.DASHBOARDS_DIR.glob("*.json"))}
+
+
+def _panels(board: dict) -> list[dict]:
+    """The dashboard's visualization panels (rows are layout only; a collapsed row nests its panels)."""
+    out = []
+    for panel in board.get("panels", []):
+        if panel.get("type") == "row":
+            out.extend(panel.get("panels") or [])
+        else:
+            out.append(panel)
+    return out
+
+
+def _env_refs(text: str) -> set[str]:
+    return {a or b or c for a, b, c in _ENV_REF.findall(text)}
+
+
+def _env_example_names() -> set[str]:
+    return {line.split("=", 1)[0].strip() for line in ENV_EXAMPLE.read_text().splitlines()
+            if "=" in line and not line.lstrip().startswith("#")}
+
+
+def _relations(sql: str) -> set[str]:
+    sql = _EXTRACT.sub("EXTRACT(", sql)
+    return {name.lower() for name in _RELATION.findall(sql)} - {cte.lower() for cte in _CTE.findall(sql)}
+
+
+# --------------------------------------------------------------------------- generated JSON
+
+
+def test_committed_dashboards_equal_a_fresh_generation():
+    problems = generate.check()
+    assert not problems, "grafana/dashboards is stale; run `python grafana/generate.py`:\n" + "\n\n".join(problems)
+
+
+def test_check_reports_edited_missing_and_stale_files(tmp_path):
+    generate.write(tmp_path)
+    assert generate.check(tmp_path) == []
+    name = f"{generate.MARKET_UID}.json"
+    (tmp_path / name).write_text((tmp_path / name).read_text().replace("Latest prices", "Edited by hand"))
+    (tmp_path / "leftover.json").write_text("{}")
+    problems = generate.check(tmp_path)
+    assert any(p.startswith(f"{name}: differs") and "Edited by hand" in p for p in problems), problems
+    assert any(p.startswith("leftover.json") for p in problems), problems
+    (tmp_path / name).unlink()
+    assert f"{name}: missing" in generate.check(tmp_path)
+
+
+def test_check_exits_non_zero_on_a_difference(tmp_path, monkeypatch, capsys):
+    assert generate.main(["--check"]) == 0
+    monkeypatch.setattr(generate, "DASHBOARDS_DIR", tmp_path)
+    assert generate.main(["--check"]) == 1
+    assert "missing" in capsys.readouterr().err
+
+
+def test_generation_is_stable():
+    assert generate.rendered() == generate.rendered()
+
+
+def test_the_market_dashboard_is_there_with_its_variables():
+    board = _dashboards()[generate.MARKET_UID]
+    assert board["uid"] == generate.MARKET_UID
+    assert board["title"] == "Binance market (from Cassandra)"
+    assert board["time"]["to"] == "now" and "timepicker" in board
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    symbol = variables["symbol"]
+    assert symbol["type"] == "query" and symbol["multi"] and symbol["includeAll"]
+    assert symbol["query"] == "SELECT DISTINCT symbol FROM cassandra.latest_prices ORDER BY 1"
+    assert variables["candle_symbol"]["query"] == "BTCUSDT"
+
+
+# --------------------------------------------------------------------------- panels and their SQL
+
+
+def test_every_panel_queries_the_provisioned_datasource():
+    for uid, board in _dashboards().items():
+        for panel in _panels(board):
+            assert panel.get("datasource", {}).get("uid") == generate.DATASOURCE_UID, f"{uid}: {panel['title']}"
+            assert panel.get("targets"), f"{uid}: panel {panel['title']!r} has no query"
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == generate.DATASOURCE_UID, f"{uid}: {panel['title']}"
+                assert target["datasource"]["type"] == generate.DATASOURCE_TYPE, f"{uid}: {panel['title']}"
+        for variable in board["templating"]["list"]:
+            if variable["type"] == "query":
+                assert variable["datasource"]["uid"] == generate.DATASOURCE_UID, f"{uid}: ${variable['name']}"
+
+
+def test_every_panel_has_sql():
+    for board in _dashboards().values():
+        for panel in _panels(board):
+            for target in panel["targets"]:
+                assert target.get("rawQuery") is True and target.get("editorMode") == "code", panel["title"]
+                assert target.get("rawSql", "").strip().upper().startswith(("SELECT", "WITH")), panel["title"]
+                assert target.get("format") in ("time_series", "table"), panel["title"]
+
+
+def test_panel_specs_are_what_the_dashboards_hold():
+    """panels() (what the integration test runs) and the committed JSON are the same queries."""
+    boards = _dashboards()
+    specs = generate.panels()
+    assert len({(s.dashboard_uid, s.title) for s in specs}) == len(specs), "two panels share a title"
+    for spec in specs:
+        matches = [p for p in _panels(boards[spec.dashboard_uid]) if p["title"] == spec.title]
+        assert len(matches) == 1, f"panel {spec.title!r} not in {spec.dashboard_uid}.json"
+        panel = matches[0]
+        assert panel["type"] == spec.type
+        assert [(t["rawSql"], t["format"]) for t in panel["targets"]] == [(spec.raw_sql, spec.format)]
+    assert sum(len(_panels(b)) for b in boards.values()) == len(specs)
+
+
+@pytest.mark.parametrize("spec", generate.panels(), ids=lambda s: s.title)
+def test_panel_sql_reads_only_the_bridge_schema(spec):
+    relations = _relations(spec.raw_sql)
+    assert relations, f"{spec.title}: no table found in its SQL"
+    assert relations <= READABLE, f"{spec.title} reads {sorted(relations - READABLE)}, outside schema cassandra"
+
+
+def test_variable_queries_read_only_the_bridge_schema():
+    for var in generate.variables():
+        if var.kind == "query":
+            relations = _relations(var.query)
+            assert relations and relations <= READABLE, f"${var.name} reads {sorted(relations)}"
+
+
+@pytest.mark.parametrize("spec", generate.panels(), ids=lambda s: s.title)
+def test_panel_spec_is_consistent(spec):
+    assert spec.format in ("time_series", "table")
+    if spec.format == "time_series":
+        assert spec.columns[0] == "time", f"{spec.title}: a time series needs a time column"
+        assert "$__time" in spec.raw_sql, f"{spec.title}: a time series should follow the time picker"
+    if spec.type == "candlestick":
+        assert {"time", "open", "high", "low", "close"} <= set(spec.columns)
+    for column in spec.columns:
+        if column == "time" and "$__timeGroupAlias(" in spec.raw_sql:
+            continue  # the macro names its result "time"
+        assert re.search(rf"\b{column}\b", spec.raw_sql), f"{spec.title}: column {column} is not in its SQL"
+
+
+def test_panels_fit_the_grid_and_have_unique_ids():
+    for uid, board in _dashboards().items():
+        ids = [p["id"] for p in board["panels"]]
+        assert len(ids) == len(set(ids)), f"{uid}: duplicate panel ids {ids}"
+        for panel in board["panels"]:
+            pos = panel["gridPos"]
+            assert pos["x"] + pos["w"] <= 24, f"{uid}: {panel['title']} overflows the grid"
+
+
+# --------------------------------------------------------------------------- provisioning
+
+
+def test_datasource_provisioning_uses_only_env_example_names():
+    text = DATASOURCE_FILE.read_text()
+    used = _env_refs(text)
+    assert used, "the datasource should take its settings from the environment"
+    unknown = sorted(used - _env_example_names())
+    assert not unknown, f"{DATASOURCE_FILE.relative_to(REPO)} reads {unknown}, which .env.example does not define"
+
+
+def test_provisioning_files_read_only_env_example_names():
+    known = _env_example_names()
+    for path in sorted(PROVISIONING.rglob("*.y*ml")):
+        unknown = sorted(_env_refs(path.read_text()) - known)
+        assert not unknown, f"{path.relative_to(REPO)} reads {unknown}, which .env.example does not define"
+
+
+def test_datasource_is_the_read_only_grafana_role():
+    sources = yaml.safe_load(DATASOURCE_FILE.read_text())["datasources"]
+    assert len(sources) == 1
+    ds = sources[0]
+    assert ds["uid"] == generate.DATASOURCE_UID and ds["type"] == generate.DATASOURCE_TYPE
+    assert ds["url"] == "${POSTGRES_HOST}:${POSTGRES_PORT}"
+    assert ds["user"] == "${GRAFANA_DB_USER}"
+    assert ds["jsonData"]["database"] == "${POSTGRES_DB}"
+    assert ds["jsonData"]["sslmode"] == "disable"
+    assert ds["jsonData"]["timescaledb"] is False
+    assert ds["secureJsonData"] == {"password": "${GRAFANA_DB_PASSWORD}"}
+    assert "password" not in ds and "password" not in ds["jsonData"], "the password belongs in secureJsonData"
+
+
+def test_dashboard_provider_reads_the_mounted_folder():
+    providers = yaml.safe_load(PROVIDER_FILE.read_text())["providers"]
+    assert [p["options"]["path"] for p in providers] == ["/var/lib/grafana/dashboards"]
+    assert providers[0]["type"] == "file"
+    volumes = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["grafana"]["volumes"]
+    mounts = dict(v.split(":")[:2] for v in volumes if isinstance(v, str))
+    assert mounts.get("./grafana/dashboards") == "/var/lib/grafana/dashboards"
+    assert mounts.get("./grafana/provisioning") == "/etc/grafana/provisioning"
