@@ -12,7 +12,7 @@ import csv
 import io
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
 from operator import attrgetter
@@ -70,9 +70,9 @@ class _CsvStream(io.TextIOBase):
 
 
 def _rows(table: Table, records: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+    """Column values in table order from dataclasses or named tuples (e.g. Cassandra rows)."""
     names = table.column_names
-    have = {f.name for f in fields(records[0])}
-    missing = [n for n in names if n not in have]
+    missing = [n for n in names if not hasattr(records[0], n)]
     if missing:
         raise ValueError(f"{type(records[0]).__name__} has no field(s) {missing} for table {table.name}")
     return map(attrgetter(*names), records)
@@ -113,33 +113,36 @@ def upsert_sql(table: Table, staging: str, schema: str = SCHEMA) -> str:
     )
 
 
-def load(conn: Any, table_name: str, records: Iterable[Any], schema: str = SCHEMA) -> LoadResult:
-    """Upsert `records` into <schema>.<table_name> in one transaction on a psycopg2 connection."""
-    table = TABLES[table_name]
+def upsert(cur: Any, table: Table, records: Iterable[Any], schema: str = SCHEMA) -> tuple[int, int, int]:
+    """Upsert into <schema>.<table> inside the caller's transaction: (received, inserted, updated)."""
     batch = _dedupe(table, records)
     if not batch:
-        return LoadResult(table_name, 0, 0, 0)
+        return 0, 0, 0
     staging = f"stage_{table.name}"
-    payload = _CsvStream(_rows(table, batch))
     cols = ", ".join(f'"{c}"' for c in table.column_names)
+    # naive times, if any slipped in, are read as UTC whatever the server's default
+    cur.execute("SET LOCAL timezone = 'UTC'")
+    cur.execute(f'CREATE TEMP TABLE {staging} (LIKE "{schema}"."{table.name}" INCLUDING DEFAULTS) ON COMMIT DROP')
+    _copy_in(cur, f"COPY {staging} ({cols}) FROM STDIN WITH (FORMAT csv)", _CsvStream(_rows(table, batch)))
+    cur.execute(upsert_sql(table, staging, schema))
+    inserted, updated = cur.fetchone()
+    return len(batch), inserted, updated
+
+
+def load(conn: Any, table: str | Table, records: Iterable[Any], schema: str = SCHEMA) -> LoadResult:
+    """Upsert `records` into <schema>.<table> in one transaction on a DB-API connection."""
+    table = TABLES[table] if isinstance(table, str) else table
     try:
         with conn.cursor() as cur:
-            # naive times, if any slipped in, are read as UTC whatever the server's default
-            cur.execute("SET LOCAL timezone = 'UTC'")
-            cur.execute(
-                f'CREATE TEMP TABLE {staging} (LIKE "{schema}"."{table.name}" INCLUDING DEFAULTS) ON COMMIT DROP'
-            )
-            _copy_in(cur, f"COPY {staging} ({cols}) FROM STDIN WITH (FORMAT csv)", payload)
-            cur.execute(upsert_sql(table, staging, schema))
-            inserted, updated = cur.fetchone()
+            received, inserted, updated = upsert(cur, table, records, schema)
         conn.commit()
     except Exception:
         conn.rollback()
         raise
-    result = LoadResult(table_name, len(batch), inserted, updated)
+    result = LoadResult(table.name, received, inserted, updated)
     log.info(
         "%s.%s: %d received, %d inserted, %d updated, %d unchanged",
-        schema, table_name, result.received, result.inserted, result.updated, result.unchanged,
+        schema, table.name, result.received, result.inserted, result.updated, result.unchanged,
     )
     return result
 

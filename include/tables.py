@@ -114,3 +114,19 @@ TABLES: dict[str, Table] = {
         ),
     )
 }
+
+
+def bridge_table(table: Table) -> Table:
+    """The copy of a Cassandra table in Postgres schema `cassandra`: same columns plus the CDC
+    metadata, keyed like Cassandra (include/sql/cassandra follows this)."""
+    return Table(
+        table.name,
+        table.columns + CDC_COLUMNS,
+        primary_key=table.cassandra_key,
+        cassandra_partition_key=table.cassandra_partition_key,
+        cassandra_clustering=table.cassandra_clustering,
+    )
+
+
+BRIDGE_SCHEMA = "cassandra"
+BRIDGE_TABLES: dict[str, Table] = {name: bridge_table(t) for name, t in TABLES.items()}
