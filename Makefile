@@ -7,7 +7,8 @@ PYTHON ?= python3
 VENV := .venv
 SPARK_VENV := .cache/spark-venv
 UV := $(VENV)/bin/uv
-STACK := $(VENV)/bin/python stack/localstack.py
+STACK := $(VENV)/bin/python -m stack.localstack
+OFFLINE ?= 0
 PYTEST_ARGS ?=
 
 .PHONY: help install up down status demo test lint clean system-deps
@@ -62,8 +63,10 @@ status:
 clean:
 	@if [ -x $(VENV)/bin/python ]; then $(STACK) clean; else rm -rf .run; fi
 
-# the pipeline issues complete this: for now it brings the stack up and prints the login
-demo: up
+# the main job: the stack, cdc_setup, the three DAGs unpaused, data in every stage, the login printed.
+# OFFLINE=1 feeds it from the bundled Binance-compatible server instead of the live API.
+demo: install
+	@$(VENV)/bin/python -m stack.pipeline $(if $(filter 1,$(OFFLINE)),--offline,)
 
 # --- tests
 

@@ -120,7 +120,22 @@ def load_env() -> dict[str, str]:
     settings = parse_env(ENV_FILE.read_text(), base={"PATH": os.environ.get("PATH", "")})
     settings["RUN_DIR"] = str(RUN)
     settings["REPO"] = str(REPO)
+    if binance_mode() == "offline":
+        # `make demo OFFLINE=1`: the pipeline reads the bundled Binance-compatible server
+        settings["AIRFLOW_CONN_BINANCE_API"] = json.dumps(
+            {"conn_type": "http", "host": f"http://127.0.0.1:{settings.get('BINANCE_TEST_SERVER_PORT', '8765')}"})
     return settings
+
+
+MODE_FILE = RUN / "binance_api_mode"
+
+
+def binance_mode() -> str:
+    """online (the real API, the default) or offline (the bundled server), as `make demo` last set it."""
+    try:
+        return MODE_FILE.read_text().strip() or "online"
+    except FileNotFoundError:
+        return "online"
 
 
 def render(template: Path, dest: Path, settings: dict[str, str]) -> Path:
@@ -279,7 +294,7 @@ class Service:
     port_key: str | None
 
     def port(self, s: dict[str, str]) -> str:
-        return s[self.port_key] if self.port_key else "-"
+        return s.get(self.port_key, "-") if self.port_key else "-"
 
 
 # ---- PostgreSQL
@@ -556,6 +571,27 @@ def cassandra_healthy(s: dict[str, str]) -> bool:
         cluster.shutdown()
 
 
+# ---- the bundled Binance-compatible server (offline demo only)
+
+
+def start_binance_api(s: dict[str, str]) -> None:
+    if binance_mode() != "offline":
+        if read_pid("binance-api") is not None:
+            stop_pid("binance-api")
+        return
+    if read_pid("binance-api") is not None:
+        return
+    port = s.get("BINANCE_TEST_SERVER_PORT", "8765")
+    _check_port_free("binance-api", "127.0.0.1", int(port))
+    spawn("binance-api", [str(VENV_BIN / "python"), "-m", "include.binance.server", "--host", "127.0.0.1",
+                          "--port", port], service_env(s))
+    _SPAWNED.add("binance-api")
+
+
+def binance_api_healthy(s: dict[str, str]) -> bool:
+    return _http_json(f"http://127.0.0.1:{s.get('BINANCE_TEST_SERVER_PORT', '8765')}/api/v3/ping") == {}
+
+
 # ---- Airflow
 
 AIRFLOW_PARTS = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
@@ -596,6 +632,14 @@ def _airflow_cli(s: dict[str, str], *args: str) -> None:
 
 def start_airflow(s: dict[str, str]) -> None:
     env = service_env(s)
+    started_mode = Path(s["AIRFLOW_HOME"]) / ".binance_api_mode"
+    running = [p for p in AIRFLOW_PARTS if read_pid(p) is not None]
+    if running and started_mode.exists() and started_mode.read_text().strip() != binance_mode():
+        # the binance_api connection lives in the processes' environment: restart them to switch it
+        print(f"airflow: restarting to switch the binance_api connection to {binance_mode()}")
+        for part in reversed(AIRFLOW_PARTS):
+            stop_pid(part)
+    started_mode.write_text(binance_mode() + "\n")
     commands = {
         "airflow-api-server": _airflow(s, "api-server", "--host", s["AIRFLOW_HOST"], "--port", s["AIRFLOW_PORT"]),
         # the log servers would bind every interface; with LocalExecutor the API server reads
@@ -634,6 +678,7 @@ SERVICES = [
     Service("kafka", "KAFKA_PORT"),
     Service("cassandra", "CASSANDRA_PORT"),
     Service("kafka-connect", "KAFKA_CONNECT_PORT"),
+    Service("binance-api", "BINANCE_TEST_SERVER_PORT"),
     Service("airflow-api-server", "AIRFLOW_PORT"),
     Service("airflow-scheduler", None),
     Service("airflow-dag-processor", None),
@@ -658,6 +703,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     start_cassandra(s)
     _timed("postgres", lambda: (wait_for("postgres", lambda: postgres_healthy(s), timeout, log_file("postgres")),
                                 bootstrap_postgres(s)), t0)
+    start_binance_api(s)
     prepare_airflow(s)
     start_airflow(s)
     _timed("kafka", lambda: wait_for("kafka", lambda: kafka_healthy(s), timeout, log_file("kafka")), t0)
@@ -669,6 +715,9 @@ def cmd_up(args: argparse.Namespace) -> None:
                                           log_file("cassandra"))), t0)
     _timed("kafka-connect", lambda: wait_for("kafka-connect", lambda: connect_healthy(s), timeout,
                                              log_file("kafka-connect")), t0)
+    if binance_mode() == "offline":
+        _timed("binance-api", lambda: wait_for("binance-api", lambda: binance_api_healthy(s), timeout,
+                                               log_file("binance-api")), t0)
     _timed("airflow", lambda: wait_for("airflow-scheduler", lambda: airflow_healthy(s), timeout,
                                        log_file("airflow-scheduler")), t0)
     print(f"stack up in {time.monotonic() - t0:.1f}s")
@@ -706,7 +755,12 @@ def cmd_status(args: argparse.Namespace) -> None:
         pid = read_pid(svc.name)
         port = svc.port(s)
         state = "up" if pid is not None else "down"
-        print(f"{svc.name:<22} {state:<5} port {port:<6} pid {pid or '-':<8} log {log_file(svc.name)}")
+        note = "  (offline demo only)" if svc.name == "binance-api" and binance_mode() == "online" else ""
+        print(f"{svc.name:<22} {state:<5} port {port:<6} pid {pid or '-':<8} log {log_file(svc.name)}{note}")
+    if getattr(args, "pipeline", True):
+        from stack.pipeline import print_stages
+
+        print_stages(s)
 
 
 def cmd_env(args: argparse.Namespace) -> None:

@@ -1,0 +1,245 @@
+"""The pipeline on top of the local stack: `make demo` and the per-stage part of `make status`.
+
+demo: brings the stack up (offline: with the bundled Binance-compatible server as `binance_api`),
+runs cdc_setup, unpauses binance_extract, cdc_stream and cassandra_bridge, and waits until data
+has reached every stage. Safe to run again.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from stack import localstack as ls
+
+TABLES = ("latest_prices", "daily_ticker", "klines", "recent_trades", "order_book")
+# the column that says how fresh a source row is
+TIME_COLUMN = {"latest_prices": "time", "daily_ticker": "close_time", "klines": "open_time",
+               "recent_trades": "time", "order_book": "captured_at"}
+DEMO_DAGS = ("binance_extract", "cdc_stream", "cassandra_bridge")
+
+
+@dataclass
+class Stage:
+    name: str
+    counts: dict[str, int | None]
+    freshest: datetime | None
+    error: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(v for v in self.counts.values() if v)
+
+
+def _pg(s: dict[str, str]):
+    import psycopg2
+
+    return psycopg2.connect(host=s["POSTGRES_HOST"], port=s["POSTGRES_PORT"], dbname=s["POSTGRES_DB"],
+                            user=s["POSTGRES_USER"], password=s["POSTGRES_PASSWORD"], connect_timeout=5)
+
+
+def _pg_stage(s: dict[str, str], schema: str) -> Stage:
+    counts: dict[str, int | None] = {}
+    newest: list[datetime] = []
+    conn = _pg(s)
+    try:
+        with conn.cursor() as cur:
+            for t in TABLES:
+                col = TIME_COLUMN[t] if schema == "binance" else "cdc_source_ts"
+                cur.execute("SELECT to_regclass(%s)", (f"{schema}.{t}",))
+                if cur.fetchone()[0] is None:
+                    counts[t] = None
+                    continue
+                cur.execute(f"SELECT count(*), max({col}) FROM {schema}.{t}")
+                n, latest = cur.fetchone()
+                counts[t] = n
+                if latest:
+                    newest.append(latest)
+    finally:
+        conn.close()
+    return Stage(f"postgres {schema}", counts, max(newest) if newest else None)
+
+
+def _kafka_stage(s: dict[str, str]) -> Stage:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": s["KAFKA_BOOTSTRAP_SERVERS"], "group.id": "stack-status",
+                         "log_level": 2})
+    counts: dict[str, int | None] = {}
+    newest = None
+    try:
+        topics = consumer.list_topics(timeout=5).topics
+        for t in TABLES:
+            name = f"binance.binance.{t}"
+            if name not in topics:
+                counts[t] = None
+                continue
+            total = 0
+            for p in topics[name].partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=5)
+                total += high - low
+            # events kept in the topic (inserts, updates, deletes and tombstones), not rows
+            counts[t] = total
+    finally:
+        consumer.close()
+    return Stage("kafka topics", counts, newest)
+
+
+def _cassandra_stage(s: dict[str, str]) -> Stage:
+    from include.cassandra_schema import CassandraSettings, connect
+
+    cs = CassandraSettings((s["CASSANDRA_HOST"],), int(s["CASSANDRA_PORT"]), s["CASSANDRA_USERNAME"],
+                           s["CASSANDRA_PASSWORD"], s["CASSANDRA_KEYSPACE"])
+    cluster, session = connect(cs)
+    counts: dict[str, int | None] = {}
+    newest: list[datetime] = []
+    try:
+        known = {r.table_name for r in session.execute(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (cs.keyspace,))}
+        for t in TABLES:
+            if t not in known:
+                counts[t] = None
+                continue
+            # a full scan: fine at demo sizes, and bounded by the request timeout
+            row = session.execute(f"SELECT count(*) AS n, max(cdc_source_ts) AS latest FROM {cs.keyspace}.{t}",
+                                  timeout=30).one()
+            counts[t] = row.n
+            if row.latest:
+                newest.append(row.latest.replace(tzinfo=UTC))
+    finally:
+        cluster.shutdown()
+    return Stage("cassandra", counts, max(newest) if newest else None)
+
+
+def stages(s: dict[str, str]) -> list[Stage]:
+    out = []
+    probes = (("postgres binance", lambda: _pg_stage(s, "binance")), ("kafka topics", lambda: _kafka_stage(s)),
+              ("cassandra", lambda: _cassandra_stage(s)), ("postgres cassandra", lambda: _pg_stage(s, "cassandra")))
+    for name, probe in probes:
+        try:
+            out.append(probe())
+        except Exception as exc:  # noqa: BLE001 - a stage that cannot be read is reported, not fatal
+            out.append(Stage(name, {}, None, f"{type(exc).__name__}: {str(exc)[:120]}"))
+    return out
+
+
+def print_stages(s: dict[str, str]) -> None:
+    print("\npipeline (rows per table; freshest source time)")
+    header = "  " + f"{'stage':<20}" + "".join(f"{t:>14}" for t in TABLES) + "   freshest"
+    print(header)
+    now = datetime.now(UTC)
+    for st in stages(s):
+        if st.error:
+            print(f"  {st.name:<20} unavailable: {st.error}")
+            continue
+        cells = "".join(f"{('-' if st.counts.get(t) is None else st.counts[t]):>14}" for t in TABLES)
+        fresh = "-"
+        if st.freshest:
+            age = (now - st.freshest).total_seconds()
+            fresh = f"{st.freshest.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z ({age:.0f}s ago)"
+        print(f"  {st.name:<20}{cells}   {fresh}")
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _api(s: dict[str, str], method: str, path: str, body: dict | None = None, token: str | None = None) -> dict:
+    req = urllib.request.Request(f"{s['AIRFLOW_URL']}{path}", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json",
+                                          **({"Authorization": f"Bearer {token}"} if token else {})})
+    with urllib.request.urlopen(req, timeout=15) as resp:  # noqa: S310 - loopback URL from .env
+        return json.loads(resp.read() or b"{}")
+
+
+def _token(s: dict[str, str]) -> str:
+    return _api(s, "POST", "/auth/token", {"username": s["AIRFLOW_ADMIN_USER"],
+                                           "password": s["AIRFLOW_ADMIN_PASSWORD"]})["access_token"]
+
+
+def _unpause(s: dict[str, str], dag_id: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            token = _token(s)
+            _api(s, "PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False}, token)
+            print(f"  unpaused {dag_id}")
+            return
+        except urllib.error.HTTPError as exc:
+            # 404 until the dag-processor has parsed the file
+            if exc.code != 404 or time.monotonic() > deadline:
+                raise ls.StackError(f"could not unpause {dag_id}: HTTP {exc.code} {exc.read()[:200]!r}") from exc
+            time.sleep(3)
+
+
+def run_cdc_setup(s: dict[str, str]) -> None:
+    print("  running cdc_setup (connector, publication, keyspace)")
+    r = subprocess.run([str(ls.VENV_BIN / "airflow"), "dags", "test", "cdc_setup"], env=ls.service_env(s),
+                       capture_output=True, text=True, check=False, cwd=str(ls.REPO))
+    out = r.stdout + r.stderr
+    if r.returncode != 0 or "state=failed" in out or "DagRunState.FAILED" in out:
+        raise ls.StackError(f"cdc_setup failed:\n{out[-4000:]}")
+
+
+def wait_for_flow(s: dict[str, str], timeout: float) -> list[Stage]:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        current = stages(s)
+        summary = ", ".join(f"{st.name}: {'?' if st.error else st.rows}" for st in current)
+        if summary != last:
+            print(f"  {summary}")
+            last = summary
+        if all(not st.error and all((st.counts.get(t) or 0) > 0 for t in TABLES) for st in current):
+            return current
+        if time.monotonic() > deadline:
+            raise ls.StackError(
+                f"data has not reached every stage after {timeout:.0f}s ({summary}). Look at the DAG runs in "
+                f"Airflow ({s['AIRFLOW_URL']}) and the logs in {ls.LOGS}; online mode needs Binance to be reachable "
+                "(use `make demo OFFLINE=1` without it)")
+        time.sleep(10)
+
+
+def demo(offline: bool, timeout: float) -> None:
+    ls.RUN.mkdir(parents=True, exist_ok=True)
+    ls.MODE_FILE.write_text("offline\n" if offline else "online\n")
+    if ls.main(["up"]) != 0:
+        raise ls.StackError("the local stack did not come up (see above)")
+    s = ls.load_env()
+    print(f"pipeline ({'offline: bundled Binance-compatible server' if offline else 'online: Binance API'})")
+    run_cdc_setup(s)
+    for dag_id in DEMO_DAGS:
+        _unpause(s, dag_id)
+    print("  waiting for data in every stage (extract every minute, stream continuous, bridge every minute)")
+    wait_for_flow(s, timeout)
+    print_stages(s)
+    print(f"""
+Airflow:  {s['AIRFLOW_URL']}   login: {s['AIRFLOW_ADMIN_USER']} / {s['AIRFLOW_ADMIN_PASSWORD']}
+Status:   make status
+Grafana:  with Docker, `docker compose up -d grafana` (uses this .env; dashboards in grafana/dashboards),
+          then open http://127.0.0.1:3000 ; it reads Postgres schema cassandra as {s['GRAFANA_DB_USER']}.""")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--offline", action="store_true")
+    p.add_argument("--timeout", type=float, default=480)
+    args = p.parse_args(argv)
+    try:
+        demo(args.offline, args.timeout)
+    except ls.StackError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
