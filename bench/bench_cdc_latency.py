@@ -34,7 +34,8 @@ from include.cassandra_schema import CassandraSettings, connect  # noqa: E402
 from include.loader import load  # noqa: E402
 from stack.localstack import load_env  # noqa: E402
 
-SYMBOL = "BENCHLATUSDT"
+# a symbol of its own per run: the clean-up deletes its rows, which leaves tombstones in its partition
+SYMBOL = f"BENCH{int(time.time()) % 10**6}USDT"
 TOPIC = "binance.binance.recent_trades"
 TICK = 0.1
 

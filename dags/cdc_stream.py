@@ -28,8 +28,12 @@ from cdc_stream_operator import CdcStreamSubmitOperator
     tags=["cdc", "spark", "stream"],
     default_args={"retries": 3, "retry_delay": timedelta(seconds=10), "retry_exponential_backoff": True,
                   "max_retry_delay": timedelta(minutes=2)},
-    params={"mode": Param("continuous", enum=["continuous", "available_now"],
-                          description="continuous: run until it fails; available_now: process what is there, exit")},
+    params={
+        "mode": Param("continuous", enum=["continuous", "available_now"],
+                      description="continuous: run until it fails; available_now: process what is there, exit"),
+        "checkpoint": Param("", type="string",
+                            description="checkpoint folder; empty: env CDC_CHECKPOINT_DIR (one per stream!)"),
+    },
     doc_md=__doc__,
 )
 def cdc_stream():
@@ -37,6 +41,7 @@ def cdc_stream():
         task_id="run_cdc_stream",
         conn_id="spark_default",
         mode="{{ params.mode }}",
+        checkpoint="{{ params.checkpoint }}",
         conf={"spark.driver.memory": "1g", "spark.ui.enabled": "false"},
         verbose=False,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +22,13 @@ def dagbag():
     return bag
 
 
+# the tests' stream keeps its own checkpoint, so a demo's continuous stream can run beside them
+TEST_CHECKPOINT = str(Path(__file__).resolve().parents[2] / ".run" / "spark" / "checkpoints" / "tests")
+
+
 def run_dag(dagbag, dag_id: str, conf: dict | None = None):
+    if dag_id == "cdc_stream":
+        conf = {"checkpoint": TEST_CHECKPOINT, **(conf or {})}
     run = dagbag.dags[dag_id].test(run_conf=conf)
     assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
     return run
@@ -80,11 +87,19 @@ def pg_rows(pg, table: str, symbols: list[str]) -> dict[tuple, tuple]:
     return _keyed(t, rows)
 
 
-def cassandra_rows(session, table: str, symbols: list[str]) -> dict[tuple, tuple]:
+def cassandra_rows(session, table: str, symbols: list[str], intervals: tuple[str, ...] = ("1m", "30m")) -> dict:
+    """The rows of `symbols`, read partition by partition (never a whole-table scan)."""
     t = TABLES[table]
-    rows = [tuple(r) for r in session.execute(f"SELECT {', '.join(t.column_names)} FROM {table}")
-            if r.symbol in symbols]
-    return _keyed(t, rows)
+    cols = ", ".join(t.column_names)
+    rows = []
+    for symbol in symbols:
+        if t.cassandra_partition_key == ("symbol", "interval"):
+            for interval in intervals:
+                rows += session.execute(f"SELECT {cols} FROM {table} WHERE symbol = %s AND interval = %s",
+                                        (symbol, interval))
+        else:
+            rows += session.execute(f"SELECT {cols} FROM {table} WHERE symbol = %s", (symbol,))
+    return _keyed(t, [tuple(r) for r in rows])
 
 
 def _keyed(t, rows) -> dict[tuple, tuple]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -21,7 +22,7 @@ from confluent_kafka import Consumer, TopicPartition
 from include.binance.models import DailyTicker, Kline, LatestPrice, OrderBookLevel, Trade
 from include.loader import load
 from include.tables import TABLES
-from tests.integration.conftest import cassandra_rows, pg_rows, run_dag, wait_for_debezium
+from tests.integration.conftest import TEST_CHECKPOINT, cassandra_rows, pg_rows, run_dag, wait_for_debezium
 
 pytestmark = pytest.mark.integration
 
@@ -111,10 +112,14 @@ def _spark_submit(settings, checkpoint: Path) -> subprocess.Popen:
     return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def test_a_killed_stream_restarts_without_loss_duplicates_or_regression(cdc_ready, pg, cassandra, settings,
+def test_a_killed_stream_restarts_without_loss_duplicates_or_regression(dagbag, cdc_ready, pg, cassandra, settings,
                                                                        tmp_path):
     _delete_test_rows(pg)
+    wait_for_debezium(pg)
+    # start from where the tests' stream has got to, not from the start of the topics' history
+    run_dag(dagbag, "cdc_stream", {"mode": "available_now"})
     checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(TEST_CHECKPOINT, checkpoint)
     key = (SYMBOLS[0], "1m", T0)
     stop = threading.Event()
     written = {"n": 0}
@@ -158,7 +163,7 @@ def test_a_killed_stream_restarts_without_loss_duplicates_or_regression(cdc_read
         thread.join(timeout=30)
         assert written["n"] > killed_at > 0, "no writes happened around the kill"
         wait_for_debezium(pg)
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 120
         while True:
             try:
                 _assert_cassandra_equals_postgres(pg, cassandra)
