@@ -187,8 +187,11 @@ def run_cdc_setup(s: dict[str, str]) -> None:
         raise ls.StackError(f"cdc_setup failed:\n{out[-4000:]}")
 
 
-def wait_for_flow(s: dict[str, str], timeout: float) -> list[Stage]:
+def wait_for_flow(s: dict[str, str], since: datetime, timeout: float) -> list[Stage]:
+    """Wait until data committed after `since` is in every stage (every table non-empty, and each
+    stage's freshest source time, or Kafka's event count, moved on), printing progress."""
     deadline = time.monotonic() + timeout
+    baseline = {st.name: st.rows for st in stages(s)}
     last = ""
     while True:
         current = stages(s)
@@ -196,7 +199,15 @@ def wait_for_flow(s: dict[str, str], timeout: float) -> list[Stage]:
         if summary != last:
             print(f"  {summary}")
             last = summary
-        if all(not st.error and all((st.counts.get(t) or 0) > 0 for t in TABLES) for st in current):
+
+        def arrived(st: Stage) -> bool:
+            if st.error or not all((st.counts.get(t) or 0) > 0 for t in TABLES):
+                return False
+            if st.name == "kafka topics":
+                return st.rows > baseline.get(st.name, 0)
+            return st.freshest is not None and st.freshest >= since
+
+        if all(arrived(st) for st in current):
             return current
         if time.monotonic() > deadline:
             raise ls.StackError(
@@ -213,11 +224,12 @@ def demo(offline: bool, timeout: float) -> None:
         raise ls.StackError("the local stack did not come up (see above)")
     s = ls.load_env()
     print(f"pipeline ({'offline: bundled Binance-compatible server' if offline else 'online: Binance API'})")
+    started = datetime.now(UTC)
     run_cdc_setup(s)
     for dag_id in DEMO_DAGS:
         _unpause(s, dag_id)
     print("  waiting for data in every stage (extract every minute, stream continuous, bridge every minute)")
-    wait_for_flow(s, timeout)
+    wait_for_flow(s, started, timeout)
     print_stages(s)
     print(f"""
 Airflow:  {s['AIRFLOW_URL']}   login: {s['AIRFLOW_ADMIN_USER']} / {s['AIRFLOW_ADMIN_PASSWORD']}
