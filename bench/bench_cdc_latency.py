@@ -95,15 +95,14 @@ def poller(s: dict[str, str], first_id: int, last_id: int, deadline: float, out:
 
 
 def start_stream(s: dict[str, str], checkpoint: Path, trigger: float) -> subprocess.Popen:
-    from cdc_stream_operator import spark_jars
+    from cdc_stream_operator import spark_jars, stream_args, stream_env
 
-    env = dict(os.environ, PYTHONPATH=str(REPO), TZ="UTC", CDC_CASSANDRA_HOSTS=s["CASSANDRA_HOST"],
-               CDC_CASSANDRA_PORT=s["CASSANDRA_PORT"], CDC_CASSANDRA_USERNAME=s["CASSANDRA_USERNAME"],
-               CDC_CASSANDRA_PASSWORD=s["CASSANDRA_PASSWORD"])
+    env = dict(os.environ, **stream_env(s["CASSANDRA_HOST"], s["CASSANDRA_PORT"], s["CASSANDRA_USERNAME"],
+                                        s["CASSANDRA_PASSWORD"]))
     argv = [str(REPO / ".cache" / "bin" / "spark-submit"), "--master", "local[2]", "--driver-memory", "1g",
             "--jars", spark_jars(), str(REPO / "spark" / "cdc_stream.py"),
-            "--bootstrap-servers", s["KAFKA_BOOTSTRAP_SERVERS"], "--keyspace", s["CASSANDRA_KEYSPACE"],
-            "--checkpoint", str(checkpoint), "--trigger-seconds", str(trigger), "--starting-offsets", "latest"]
+            *stream_args(s["KAFKA_BOOTSTRAP_SERVERS"], s["CASSANDRA_KEYSPACE"], str(checkpoint)),
+            "--trigger-seconds", str(trigger), "--starting-offsets", "latest"]
     log = open(checkpoint.parent / "stream.log", "ab")  # noqa: SIM115 - owned by the child
     return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -20,6 +20,24 @@ def spark_jars(folder: str | None = None) -> str:
     return ",".join(jars)
 
 
+def stream_env(hosts: str, port: str | int, username: str, password: str) -> dict[str, str]:
+    """What spark/cdc_stream.py reads from its environment (secrets stay off the command line)."""
+    return {
+        "PYTHONPATH": str(REPO),
+        "TZ": "UTC",
+        "CDC_CASSANDRA_HOSTS": hosts,
+        "CDC_CASSANDRA_PORT": str(port),
+        "CDC_CASSANDRA_USERNAME": username,
+        "CDC_CASSANDRA_PASSWORD": password,
+    }
+
+
+def stream_args(brokers: str, keyspace: str, checkpoint: str, available_now: bool = False) -> list[str]:
+    """spark/cdc_stream.py's arguments."""
+    return ["--bootstrap-servers", brokers, "--keyspace", keyspace, "--checkpoint", checkpoint,
+            *(["--available-now"] if available_now else [])]
+
+
 class CdcStreamSubmitOperator(SparkSubmitOperator):
     """Submits spark/cdc_stream.py. Kafka brokers come from `kafka_conn_id`, Cassandra from
     `cassandra_conn_id` (contact points and credentials passed through the environment, never on
@@ -52,19 +70,9 @@ class CdcStreamSubmitOperator(SparkSubmitOperator):
         checkpoint = self.checkpoint or os.environ.get("CDC_CHECKPOINT_DIR") or str(
             REPO / ".run" / "spark" / "checkpoints" / "cdc_stream")
         self.jars = self.jars or spark_jars()
-        self.application_args = [
-            "--bootstrap-servers", brokers, "--keyspace", cass.schema, "--checkpoint", checkpoint,
-            *(["--available-now"] if self.mode == "available_now" else []),
-        ]
-        self.env_vars = {
-            **(self.env_vars or {}),
-            "PYTHONPATH": str(REPO),
-            "TZ": "UTC",
-            "CDC_CASSANDRA_HOSTS": cass.host or "127.0.0.1",
-            "CDC_CASSANDRA_PORT": str(cass.port or 9042),
-            "CDC_CASSANDRA_USERNAME": cass.login or "",
-            "CDC_CASSANDRA_PASSWORD": cass.password or "",
-        }
+        self.application_args = stream_args(brokers, cass.schema, checkpoint, self.mode == "available_now")
+        secrets_env = stream_env(cass.host or "127.0.0.1", cass.port or 9042, cass.login or "", cass.password or "")
+        self.env_vars = {**(self.env_vars or {}), **secrets_env}
         self.log.info("submitting the CDC stream (%s) from %s to keyspace %s, checkpoint %s", self.mode, brokers,
                       cass.schema, checkpoint)
         super().execute(context)

@@ -100,14 +100,13 @@ def test_inserts_updates_and_deletes_of_every_table_reach_cassandra_exactly(dagb
 
 
 def _spark_submit(settings, checkpoint: Path) -> subprocess.Popen:
-    from cdc_stream_operator import spark_jars
+    from cdc_stream_operator import spark_jars, stream_args, stream_env
 
-    env = dict(os.environ, PYTHONPATH=str(REPO), TZ="UTC", CDC_CASSANDRA_HOSTS=settings["CASSANDRA_HOST"],
-               CDC_CASSANDRA_PORT=settings["CASSANDRA_PORT"], CDC_CASSANDRA_USERNAME=settings["CASSANDRA_USERNAME"],
-               CDC_CASSANDRA_PASSWORD=settings["CASSANDRA_PASSWORD"])
+    env = dict(os.environ, **stream_env(settings["CASSANDRA_HOST"], settings["CASSANDRA_PORT"],
+                                        settings["CASSANDRA_USERNAME"], settings["CASSANDRA_PASSWORD"]))
     argv = ["spark-submit", "--master", "local[2]", "--jars", spark_jars(), str(REPO / "spark" / "cdc_stream.py"),
-            "--bootstrap-servers", settings["KAFKA_BOOTSTRAP_SERVERS"], "--keyspace", settings["CASSANDRA_KEYSPACE"],
-            "--checkpoint", str(checkpoint), "--trigger-seconds", "0.5"]
+            *stream_args(settings["KAFKA_BOOTSTRAP_SERVERS"], settings["CASSANDRA_KEYSPACE"], str(checkpoint)),
+            "--trigger-seconds", "0.5"]
     log = open(checkpoint.parent / "stream.log", "ab")  # noqa: SIM115 - owned by the child
     return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
