@@ -21,9 +21,10 @@ from datetime import timedelta
 
 from airflow.sdk import Asset, dag, task
 
-from include.binance import airflow_tasks as jobs
+from include.tables import TABLES
 
-DATASETS = ("latest_prices", "daily_ticker", "klines", "recent_trades", "order_book")
+# Binance calls share this pool (created by `make up`); the task code is imported only when a task runs
+POOL = "binance_api"
 
 
 def table_asset(table: str) -> Asset:
@@ -42,18 +43,24 @@ def table_asset(table: str) -> Asset:
 def binance_extract():
     @task
     def apply_migrations() -> list[str]:
+        from include.binance import airflow_tasks as jobs
+
         return jobs.apply_migrations()
 
-    @task(pool=jobs.POOL)
+    @task(pool=POOL)
     def validate_symbols() -> list[str]:
+        from include.binance import airflow_tasks as jobs
+
         return jobs.validate_symbols()
 
     ready = apply_migrations() >> validate_symbols()
 
-    for dataset in DATASETS:
+    for dataset in TABLES:
 
-        @task(task_id=f"load_{dataset}", pool=jobs.POOL, outlets=[table_asset(dataset)])
+        @task(task_id=f"load_{dataset}", pool=POOL, outlets=[table_asset(dataset)])
         def load(dataset: str = dataset, data_interval_start=None) -> dict[str, int]:
+            from include.binance import airflow_tasks as jobs
+
             return jobs.run_dataset(dataset, data_interval_start)
 
         loaded = load()
@@ -62,6 +69,8 @@ def binance_extract():
 
             @task(outlets=[table_asset("order_book")])
             def prune_order_book() -> int:
+                from include.binance import airflow_tasks as jobs
+
                 return jobs.prune_order_book()
 
             loaded >> prune_order_book()

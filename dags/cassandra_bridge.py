@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from airflow.sdk import Asset, dag, task
 
-TABLES = ("latest_prices", "daily_ticker", "klines", "recent_trades", "order_book")
+from include.tables import TABLES
 
 
 @dag(

@@ -16,9 +16,9 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from include.tables import TABLES
 from stack import localstack as ls
 
-TABLES = ("latest_prices", "daily_ticker", "klines", "recent_trades", "order_book")
 # the column that says how fresh a source row is
 TIME_COLUMN = {"latest_prices": "time", "daily_ticker": "close_time", "klines": "open_time",
                "recent_trades": "time", "order_book": "captured_at"}

@@ -1,45 +1,7 @@
-"""Binance Spot market-data access: a rate-limit-aware client, response parsers and typed records.
+"""Binance Spot market-data access: a rate-limit-aware client (`client`), response parsers
+(`parse`), typed records (`models`), errors (`errors`), the extraction (`extract`) and a
+Binance-compatible server for tests and the offline demo (`server`).
 
-The test server (`include.binance.server`) is not imported here: it is only for tests and demos.
+Import from the submodules; this package imports nothing, so loading one part (say, the records)
+does not load the HTTP client.
 """
-
-from __future__ import annotations
-
-from include.binance.client import DEFAULT_BASE_URL, KLINE_INTERVALS, BinanceClient, request_weight
-from include.binance.errors import (
-    BinanceAPIError,
-    BinanceBannedError,
-    BinanceError,
-    BinanceHTTPError,
-    BinanceResponseError,
-    UnknownSymbolError,
-)
-from include.binance.models import (
-    DailyTicker,
-    Kline,
-    LatestPrice,
-    OrderBookLevel,
-    Trade,
-    to_epoch_ms,
-    utc_from_epoch,
-)
-
-__all__ = [
-    "DEFAULT_BASE_URL",
-    "KLINE_INTERVALS",
-    "BinanceAPIError",
-    "BinanceBannedError",
-    "BinanceClient",
-    "BinanceError",
-    "BinanceHTTPError",
-    "BinanceResponseError",
-    "DailyTicker",
-    "Kline",
-    "LatestPrice",
-    "OrderBookLevel",
-    "Trade",
-    "UnknownSymbolError",
-    "request_weight",
-    "to_epoch_ms",
-    "utc_from_epoch",
-]

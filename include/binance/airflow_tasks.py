@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 BINANCE_CONN_ID = "binance_api"
 POSTGRES_CONN_ID = "binance_postgres"
-POOL = "binance_api"
 
 
 def _json_variable(name: str, default: Any) -> Any:

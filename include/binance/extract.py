@@ -13,13 +13,13 @@ from typing import Any
 
 from include.binance.client import KLINE_INTERVALS, BinanceClient
 from include.loader import LoadResult, load, prune_order_book
+from include.tables import TABLES
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SYMBOLS = (
     "BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "POLUSDT", "LINKUSDT", "LTCUSDT",
 )
-DATASETS = ("latest_prices", "daily_ticker", "klines", "recent_trades", "order_book")
 DEFAULT_LIMITS = {"klines": 100, "recent_trades": 500, "order_book": 100}
 
 _INTERVAL_SECONDS = {
@@ -84,7 +84,7 @@ def fetch(dataset: str, client: BinanceClient, settings: ExtractSettings, interv
         elif dataset == "order_book":
             records += client.depth(symbol, limit=settings.limit("order_book"))
         else:
-            raise ValueError(f"unknown dataset {dataset!r}; known: {DATASETS}")
+            raise ValueError(f"unknown dataset {dataset!r}; known: {list(TABLES)}")
     return records
 
 
