@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from datetime import UTC, datetime
@@ -34,7 +35,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from include.tables import Table
-from spark.envelope import TOPIC_PREFIX, key_json, known_tables, parse_envelope, rank_events, sink_rows
+from spark.envelope import (
+    TOPIC_PREFIX,
+    batch_summary,
+    key_json,
+    known_tables,
+    parse_envelope,
+    rank_events,
+    sink_rows,
+)
 
 log = logging.getLogger("cdc_stream")
 CASSANDRA_FORMAT = "org.apache.spark.sql.cassandra"
@@ -71,13 +80,14 @@ class Sink:
     """Writes one micro-batch: upserts through the Spark Cassandra Connector (JVM, batched),
     deletes, the change log and dead letters through the Python driver on the driver node."""
 
-    def __init__(self, spark: SparkSession, keyspace: str, settings: dict[str, str]) -> None:
+    def __init__(self, spark: SparkSession, keyspace: str, settings: dict[str, str], query_name: str) -> None:
         from cassandra.auth import PlainTextAuthProvider
         from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
         from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
         self.spark = spark
         self.keyspace = keyspace
+        self.query_name = query_name
         self.tables = known_tables()
         self.cluster = Cluster(
             settings["spark.cassandra.connection.host"].split(","),
@@ -100,10 +110,12 @@ class Sink:
         return self._prepared[cql]
 
     def write_batch(self, batch: DataFrame, batch_id: int) -> None:
+        started = time.monotonic()
         batch = batch.persist()
         try:
-            topics = [r.topic for r in batch.select("topic").distinct().collect()]
-            for topic in sorted(topics):
+            # one small job: which topics are in the batch, and what to report as progress
+            parts = batch_summary(batch).collect()
+            for topic in sorted({p.topic for p in parts}):
                 table = self.tables.get(topic)
                 if table is None:
                     # the heartbeat table and anything else in the schema that the sink does not keep
@@ -111,6 +123,43 @@ class Sink:
                 self._apply_table(batch.where(F.col("topic") == topic), table, topic, batch_id)
         finally:
             batch.unpersist()
+        self._record_progress(batch_id, parts, time.monotonic() - started)
+
+    def _record_progress(self, batch_id: int, parts: list[Any], seconds: float) -> None:
+        """After the batch is applied: one stream_progress row, and per topic partition the next
+        offset to read (pipeline_health's lag check) with the newest source commit applied."""
+        now = datetime.now(UTC)
+        newest_ms = max((p.newest_source_ms for p in parts if p.topic in self.tables and p.newest_source_ms),
+                        default=None)
+        newest = datetime.fromtimestamp(newest_ms / 1000, UTC) if newest_ms else None
+        rows = sum(p.events for p in parts)
+        ks = self.keyspace
+        progress = self._prepare(
+            f'INSERT INTO "{ks}".stream_progress (query_name, finished_at, batch_id, input_rows, processing_ms, '
+            "newest_source_ts, driver_host, driver_pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        futures = [self.session.execute_async(progress, (
+            self.query_name, now, batch_id, rows, int(seconds * 1000), newest, socket.gethostname(), os.getpid()))]
+        # the offset is the write time: a replayed or slower stream can never move it backwards
+        with_ts = self._prepare(
+            f'INSERT INTO "{ks}".stream_offsets (query_name, topic, partition, next_offset, newest_source_ts, '
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?")
+        without_ts = self._prepare(
+            f'INSERT INTO "{ks}".stream_offsets (query_name, topic, partition, next_offset, updated_at) '
+            "VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?")
+        for p in parts:
+            if p.newest_source_ms and p.topic in self.tables:
+                args = (self.query_name, p.topic, p.partition, p.next_offset,
+                        datetime.fromtimestamp(p.newest_source_ms / 1000, UTC), now, p.next_offset)
+                futures.append(self.session.execute_async(with_ts, args))
+            else:
+                futures.append(self.session.execute_async(
+                    without_ts, (self.query_name, p.topic, p.partition, p.next_offset, now, p.next_offset)))
+        for f in futures:
+            f.result()
+        lag_ms = (now - newest).total_seconds() * 1000 if newest else None
+        log.info("batch %d done: %d events from %d partition(s) in %.2fs; newest source commit %s%s", batch_id,
+                 rows, len(parts), seconds, newest.isoformat() if newest else "-",
+                 f" ({lag_ms:.0f} ms ago)" if lag_ms is not None else "")
 
     def _apply_table(self, rows: DataFrame, table: Table, topic: str, batch_id: int) -> None:
         """All of one table's events in this batch in three Spark jobs on cached data; the Python
@@ -222,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    sink = Sink(spark, args.keyspace, settings)
+    sink = Sink(spark, args.keyspace, settings, args.query_name)
     try:
         query = build_stream(spark, args, sink)
         log.info("stream %s started (%s), checkpoint %s", args.query_name,

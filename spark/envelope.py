@@ -149,3 +149,15 @@ def sink_rows(df: DataFrame, table: Table) -> DataFrame:
 
 def known_tables() -> dict[str, Table]:
     return {topic_for(name): t for name, t in TABLES.items()}
+
+
+def batch_summary(df: DataFrame) -> DataFrame:
+    """Per topic partition of a raw Kafka batch: events, the next offset to read (last + 1), and
+    the newest source commit time (epoch ms; null when the partition held only tombstones or
+    unparseable values). One small aggregate the stream reports as its progress."""
+    source_ms = F.get_json_object(F.col("value"), "$.source.ts_ms").cast("long")
+    return df.groupBy("topic", "partition").agg(
+        F.count(F.lit(1)).alias("events"),
+        (F.max("offset") + 1).alias("next_offset"),
+        F.max(source_ms).alias("newest_source_ms"),
+    )

@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 
 from include.tables import TABLES
-from spark.envelope import collapse_last, envelope_schema, key_json, parse_envelope, sink_rows
+from spark.envelope import batch_summary, collapse_last, envelope_schema, key_json, parse_envelope, sink_rows
 
 KLINES = TABLES["klines"]
 BOOK = TABLES["order_book"]
@@ -116,3 +116,19 @@ def test_order_book_delete_keys_on_the_full_before_row(spark):
     out = rows.select(key_json(BOOK).alias("key")).collect()[0].key
     assert json.loads(out) == {"symbol": "ETHUSDT", "captured_at": 1767323045678, "update_id": 9, "side": "bid",
                                "price": "3000.01000000"}
+
+
+def test_batch_summary_reports_next_offsets_and_newest_source_commit(spark):
+    rows = [
+        ("binance.binance.klines", 0, 7, envelope("c", None, kline("1"), 100)),
+        ("binance.binance.klines", 0, 9, json.dumps({"op": "u", "source": {"ts_ms": 1767323099000}})),
+        ("binance.binance.klines", 1, 3, None),  # a tombstone: counted, no source time
+        ("binance.binance.order_book", 0, 41, "{not json"),
+    ]
+    df = spark.createDataFrame(rows, "topic string, partition int, offset long, value string")
+    got = {(r.topic, r.partition): (r.events, r.next_offset, r.newest_source_ms) for r in batch_summary(df).collect()}
+    assert got == {
+        ("binance.binance.klines", 0): (2, 10, 1767323099000),
+        ("binance.binance.klines", 1): (1, 4, None),
+        ("binance.binance.order_book", 0): (1, 42, None),
+    }

@@ -1,0 +1,86 @@
+"""
+### pipeline_health
+
+Watches the CDC pipeline every minute, one task per check, each storing its measurements in
+Postgres schema `pipeline_health` (Grafana dashboard "Pipeline health", `make status`):
+
+- `check_connector`: connector and task states through `kafka_connect`; a FAILED part is restarted
+  through the REST API (bounded attempts with backoff); fails if it stays FAILED, or is PAUSED.
+- `check_replication_slot`: active or not, WAL retained behind the slot, `wal_status`; an
+  invalidated slot is reported with the recovery path (re-snapshot through `cdc_setup`).
+- `check_stream_lag`: newest Kafka offsets (`kafka_default`) minus what the Spark stream applied.
+- `check_freshness`: age of the newest data in Postgres `binance`, Cassandra and Postgres `cassandra`.
+- `record_stream_batches`: the stream's micro-batches (rows, time, latency), copied for Grafana.
+
+A failing check fails its task with a message saying what is wrong and what to do, and alerts
+through `PipelineHealthNotifier` (the log; Slack or email when configured). Thresholds: Variable
+`pipeline_health_thresholds` (JSON; keys in include/health.py `Thresholds`).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from airflow.sdk import dag, task
+from health_notifier import PipelineHealthNotifier
+
+
+@dag(
+    schedule=os.environ.get("PIPELINE_HEALTH_SCHEDULE", "* * * * *"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=5),
+    tags=["cdc", "health", "monitoring"],
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=10),
+                  "on_failure_callback": [PipelineHealthNotifier()]},
+    doc_md=__doc__,
+)
+def pipeline_health():
+    @task
+    def apply_migrations() -> list[str]:
+        from include.health_tasks import apply_migrations
+
+        return apply_migrations()
+
+    @task
+    def check_connector() -> str:
+        from include.health_tasks import check_connector
+
+        return check_connector()
+
+    @task
+    def check_replication_slot() -> str:
+        from include.health_tasks import check_replication_slot
+
+        return check_replication_slot()
+
+    @task
+    def check_stream_lag() -> str:
+        from include.health_tasks import check_stream_lag
+
+        return check_stream_lag()
+
+    @task
+    def check_freshness() -> str:
+        from include.health_tasks import check_freshness
+
+        return check_freshness()
+
+    @task
+    def record_stream_batches() -> int:
+        from include.health_tasks import record_stream_batches
+
+        return record_stream_batches()
+
+    @task
+    def prune_history() -> dict:
+        from include.health_tasks import prune_history
+
+        return prune_history()
+
+    apply_migrations() >> [check_connector(), check_replication_slot(), check_stream_lag(), check_freshness(),
+                           record_stream_batches(), prune_history()]
+
+
+pipeline_health()
