@@ -36,6 +36,7 @@ GRANT CONNECT ON DATABASE :"pipeline_db" TO :"debezium_user", :"grafana_user";
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 CREATE SCHEMA IF NOT EXISTS binance AUTHORIZATION :"pipeline_user";
 CREATE SCHEMA IF NOT EXISTS cassandra AUTHORIZATION :"pipeline_user";
+CREATE SCHEMA IF NOT EXISTS pipeline_health AUTHORIZATION :"pipeline_user";
 GRANT CREATE ON DATABASE :"pipeline_db" TO :"pipeline_user";
 
 -- Debezium: read the source schema, nothing else
@@ -44,9 +45,11 @@ GRANT SELECT ON ALL TABLES IN SCHEMA binance TO :"debezium_user";
 ALTER DEFAULT PRIVILEGES FOR ROLE :"pipeline_user" IN SCHEMA binance GRANT SELECT ON TABLES TO :"debezium_user";
 REVOKE ALL ON SCHEMA cassandra FROM :"debezium_user";
 
--- Grafana: read the bridge schema, nothing else
-GRANT USAGE ON SCHEMA cassandra TO :"grafana_user";
-GRANT SELECT ON ALL TABLES IN SCHEMA cassandra TO :"grafana_user";
+-- Grafana: read the bridge schema and the health measurements, nothing else
+GRANT USAGE ON SCHEMA cassandra, pipeline_health TO :"grafana_user";
+GRANT SELECT ON ALL TABLES IN SCHEMA cassandra, pipeline_health TO :"grafana_user";
 ALTER DEFAULT PRIVILEGES FOR ROLE :"pipeline_user" IN SCHEMA cassandra GRANT SELECT ON TABLES TO :"grafana_user";
+ALTER DEFAULT PRIVILEGES FOR ROLE :"pipeline_user" IN SCHEMA pipeline_health GRANT SELECT ON TABLES TO :"grafana_user";
+REVOKE ALL ON SCHEMA pipeline_health FROM :"debezium_user";
 REVOKE ALL ON SCHEMA binance FROM :"grafana_user";
 ALTER ROLE :"grafana_user" SET default_transaction_read_only = on;
