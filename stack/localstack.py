@@ -758,9 +758,10 @@ def cmd_status(args: argparse.Namespace) -> None:
         note = "  (offline demo only)" if svc.name == "binance-api" and binance_mode() == "online" else ""
         print(f"{svc.name:<22} {state:<5} port {port:<6} pid {pid or '-':<8} log {log_file(svc.name)}{note}")
     if getattr(args, "pipeline", True):
-        from stack.pipeline import print_stages
+        from stack.pipeline import print_health, print_stages
 
         print_stages(s)
+        print_health(s)
 
 
 def cmd_env(args: argparse.Namespace) -> None:

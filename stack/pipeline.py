@@ -1,8 +1,9 @@
 """The pipeline on top of the local stack: `make demo` and the per-stage part of `make status`.
 
 demo: brings the stack up (offline: with the bundled Binance-compatible server as `binance_api`),
-runs cdc_setup, unpauses binance_extract, cdc_stream and cassandra_bridge, and waits until data
-has reached every stage. Safe to run again.
+runs cdc_setup, unpauses binance_extract, cdc_stream, cassandra_bridge and pipeline_health, and
+waits until data has reached every stage. Safe to run again. `make status` prints the per-stage
+counts and the health figures (print_stages, print_health).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from stack import localstack as ls
 # the column that says how fresh a source row is
 TIME_COLUMN = {"latest_prices": "time", "daily_ticker": "close_time", "klines": "open_time",
                "recent_trades": "time", "order_book": "captured_at"}
-DEMO_DAGS = ("binance_extract", "cdc_stream", "cassandra_bridge")
+DEMO_DAGS = ("binance_extract", "cdc_stream", "cassandra_bridge", "pipeline_health")
 
 
 @dataclass
@@ -92,22 +93,18 @@ def _kafka_stage(s: dict[str, str]) -> Stage:
 
 
 def _cassandra_stage(s: dict[str, str]) -> Stage:
-    from include.cassandra_schema import CassandraSettings, connect
-
-    cs = CassandraSettings((s["CASSANDRA_HOST"],), int(s["CASSANDRA_PORT"]), s["CASSANDRA_USERNAME"],
-                           s["CASSANDRA_PASSWORD"], s["CASSANDRA_KEYSPACE"])
-    cluster, session = connect(cs)
+    cluster, session, keyspace = _cassandra(s)
     counts: dict[str, int | None] = {}
     newest: list[datetime] = []
     try:
         known = {r.table_name for r in session.execute(
-            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (cs.keyspace,))}
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (keyspace,))}
         for t in TABLES:
             if t not in known:
                 counts[t] = None
                 continue
             # a full scan: fine at demo sizes, and bounded by the request timeout
-            row = session.execute(f"SELECT count(*) AS n, max(cdc_source_ts) AS latest FROM {cs.keyspace}.{t}",
+            row = session.execute(f"SELECT count(*) AS n, max(cdc_source_ts) AS latest FROM {keyspace}.{t}",
                                   timeout=30).one()
             counts[t] = row.n
             if row.latest:
@@ -144,6 +141,113 @@ def print_stages(s: dict[str, str]) -> None:
             age = (now - st.freshest).total_seconds()
             fresh = f"{st.freshest.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z ({age:.0f}s ago)"
         print(f"  {st.name:<20}{cells}   {fresh}")
+
+
+def _cassandra(s: dict[str, str]):
+    from include.cassandra_schema import CassandraSettings, connect
+
+    cs = CassandraSettings((s["CASSANDRA_HOST"],), int(s["CASSANDRA_PORT"]), s["CASSANDRA_USERNAME"],
+                           s["CASSANDRA_PASSWORD"], s["CASSANDRA_KEYSPACE"])
+    cluster, session = connect(cs)
+    return cluster, session, cs.keyspace
+
+
+def _ago(at: datetime | None, now: datetime) -> str:
+    if at is None:
+        return "-"
+    return f"{(now - at.replace(tzinfo=at.tzinfo or UTC)).total_seconds():.0f}s ago"
+
+
+def health_lines(s: dict[str, str]) -> list[str]:
+    """What the pipeline_health DAG measures, measured now: read-only (nothing is restarted or stored),
+    judged with the thresholds of AIRFLOW_VAR_PIPELINE_HEALTH_THRESHOLDS or the defaults."""
+    import os
+
+    from include import health
+    from include.kafka_connect import KafkaConnectClient
+
+    th = health.Thresholds.from_json(os.environ.get("AIRFLOW_VAR_PIPELINE_HEALTH_THRESHOLDS"))
+    now = datetime.now(UTC)
+    lines: list[str] = []
+
+    def verdict(result: health.CheckResult) -> str:
+        return "ok    " if result.ok else "FAILED"
+
+    def probe(name: str, fn) -> None:
+        try:
+            lines.extend(fn())
+        except Exception as exc:  # noqa: BLE001 - one unreadable part is reported, the others still shown
+            lines.append(f"  {name:<17} unavailable: {type(exc).__name__}: {str(exc)[:120]}")
+
+    def connector() -> list[str]:
+        r = health.check_connector(KafkaConnectClient(s["KAFKA_CONNECT_URL"]), th, heal=False)
+        return [f"  {'connector':<17} {verdict(r)} {r.message.splitlines()[0][:160]}"]
+
+    def slot() -> list[str]:
+        conn = _pg(s)
+        try:
+            r = health.check_slot(conn, th)
+        finally:
+            conn.close()
+        return [f"  {'replication slot':<17} {verdict(r)} {r.message.split('. Recover')[0][:200]}"]
+
+    def stream() -> list[str]:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": s["KAFKA_BOOTSTRAP_SERVERS"], "log_level": 2})
+        end = health.kafka_end_offsets(admin, timeout=5)
+        cluster, session, keyspace = _cassandra(s)
+        try:
+            done = health.processed_offsets(session, keyspace)
+            last = health.last_batch(session, keyspace)
+        finally:
+            cluster.shutdown()
+        r = health.check_stream_lag(end, done, last, th)
+        out = [f"  {'stream lag':<17} {verdict(r)} {r.message[:200]}"]
+        if last is not None:
+            finished = last.finished_at.replace(tzinfo=UTC)
+            latency = "-" if last.newest_source_ts is None else \
+                f"{(finished - last.newest_source_ts.replace(tzinfo=UTC)).total_seconds():.1f}s"
+            out.append(f"  {'latest batch':<17}        #{last.batch_id}, {last.input_rows} row(s) in "
+                       f"{last.processing_ms} ms, {_ago(finished, now)}; newest commit -> Cassandra {latency}")
+        conn = _pg(s)
+        try:
+            newest = {"postgres binance": health.newest_in_postgres(conn, "binance"),
+                      "cassandra": health.newest_in_cassandra(done),
+                      "postgres cassandra": health.newest_in_postgres(conn, "cassandra")}
+        finally:
+            conn.close()
+        f = health.check_freshness(newest, th)
+        out.append(f"  {'freshness':<17} {verdict(f)} {f.message[:300]}")
+        return out
+
+    def dag_verdicts() -> list[str]:
+        conn = _pg(s)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT to_regclass('pipeline_health.checks')")
+                if cur.fetchone()[0] is None:
+                    return [f"  {'pipeline_health':<17}        no run yet (unpause the pipeline_health DAG)"]
+                cur.execute("SELECT DISTINCT ON (check_name) check_name, ok, checked_at FROM pipeline_health.checks "
+                            "ORDER BY check_name, checked_at DESC")
+                rows = cur.fetchall()
+        finally:
+            conn.close()
+        if not rows:
+            return [f"  {'pipeline_health':<17}        no run yet (unpause the pipeline_health DAG)"]
+        verdicts = ", ".join(f"{name} {'ok' if ok else 'FAILED'} ({_ago(at, now)})" for name, ok, at in rows)
+        return [f"  {'pipeline_health':<17}        last DAG verdicts: {verdicts}"]
+
+    for name, fn in (("connector", connector), ("replication slot", slot), ("stream", stream),
+                     ("pipeline_health", dag_verdicts)):
+        probe(name, fn)
+    return lines
+
+
+def print_health(s: dict[str, str]) -> None:
+    print("\nhealth (measured now, read-only; the pipeline_health DAG does the same every minute)")
+    for line in health_lines(s):
+        print(line)
 
 
 # --------------------------------------------------------------------------- demo
@@ -231,11 +335,13 @@ def demo(offline: bool, timeout: float) -> None:
     print("  waiting for data in every stage (extract every minute, stream continuous, bridge every minute)")
     wait_for_flow(s, started, timeout)
     print_stages(s)
+    print_health(s)
     print(f"""
 Airflow:  {s['AIRFLOW_URL']}   login: {s['AIRFLOW_ADMIN_USER']} / {s['AIRFLOW_ADMIN_PASSWORD']}
 Status:   make status
 Grafana:  with Docker, `docker compose up -d grafana` (uses this .env; dashboards in grafana/dashboards),
-          then open http://127.0.0.1:3000 ; it reads Postgres schema cassandra as {s['GRAFANA_DB_USER']}.""")
+          then open http://127.0.0.1:3000 ; it reads Postgres schemas cassandra (dashboard "Binance market")
+          and pipeline_health (dashboard "Pipeline health") as {s['GRAFANA_DB_USER']}.""")
 
 
 def main(argv: list[str] | None = None) -> int:
