@@ -11,11 +11,12 @@ STACK := $(VENV)/bin/python -m stack.localstack
 OFFLINE ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: help install up down status demo test lint clean system-deps
+.PHONY: help install up down status demo test test-faults lint clean system-deps
 
 help:
 	@echo "make demo     install what is missing, start the stack and the pipeline, print the Airflow login"
 	@echo "make test     install what is missing, start the stack, run the whole test suite"
+	@echo "make test-faults   kill -9 each service under load, bad input, WAL safety (run alone)"
 	@echo "make up|down|status|clean   start / stop (data kept) / show / wipe the local stack"
 
 # --- installs (idempotent: each stamp is rebuilt only when its inputs change)
@@ -75,5 +76,10 @@ lint: $(VENV)/.installed
 
 # two runners: Airflow's venv for everything but the Spark transforms, which run in Spark's own venv
 test: up
-	set -a && . ./.env && set +a && $(VENV)/bin/python -m pytest --ignore=tests/spark $(PYTEST_ARGS)
+	set -a && . ./.env && set +a && $(VENV)/bin/python -m pytest --ignore=tests/spark --ignore=tests/faults $(PYTEST_ARGS)
 	TZ=UTC $(SPARK_VENV)/bin/python -m pytest tests/spark -p no:cacheprovider $(PYTEST_ARGS)
+
+# the fault-injection suite: SIGKILLs services of the local stack under load and restarts them
+# (`make up`), so it runs alone; -s prints the recovery times
+test-faults: up
+	set -a && . ./.env && set +a && $(VENV)/bin/python -m pytest tests/faults -s -p no:logging $(PYTEST_ARGS)

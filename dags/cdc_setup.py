@@ -13,15 +13,24 @@ Sets up change data capture, safely re-runnable (manual trigger):
    there is no re-snapshot), then waits until the connector and all its tasks are RUNNING; a
    FAILED task fails this DAG with its trace.
 
-Needs: connections `binance_postgres`, `cassandra_default`, `kafka_connect`; Variable
-`cdc_debezium_role` (default: env `DEBEZIUM_DB_USER`, else `debezium`).
+Param `resnapshot` (default false) starts the capture over, the recovery when changes were lost
+(an invalidated replication slot, Kafka retention shorter than an outage): before registering,
+the connector is stopped, its offsets deleted, its slot dropped (through
+`binance_postgres_replication`, a role with REPLICATION) and the Cassandra tables and the
+bridge's watermarks emptied; the connector then resumes with a new snapshot of every table, and
+the next `cassandra_bridge` run copies every table whole. Cassandra is incomplete until the
+snapshot has streamed through.
+
+Needs: connections `binance_postgres`, `cassandra_default`, `kafka_connect` (and for `resnapshot`
+`binance_postgres_replication`); Variable `cdc_debezium_role` (default: env `DEBEZIUM_DB_USER`,
+else `debezium`).
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import dag, task
+from airflow.sdk import Param, dag, task
 
 CONNECTOR = "binance-postgres"
 
@@ -32,6 +41,8 @@ CONNECTOR = "binance-postgres"
     max_active_runs=1,
     tags=["cdc", "setup"],
     default_args={"retries": 1, "retry_delay": timedelta(seconds=15)},
+    params={"resnapshot": Param(False, type="boolean",
+                                description="start the capture over: new slot, new snapshot, sink emptied first")},
     doc_md=__doc__,
 )
 def cdc_setup():
@@ -64,12 +75,42 @@ def cdc_setup():
         return ensure_schema(settings, replication)
 
     @task
-    def register_connector() -> str:
+    def resnapshot(params: dict | None = None) -> dict:
+        if not (params or {}).get("resnapshot"):
+            return {"resnapshot": False}
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+        from airflow.sdk import BaseHook
+        from kafka_connect_hook import KafkaConnectHook
+
+        from include.cassandra_schema import CassandraSettings, connect
+        from include.cdc_setup import resnapshot
+
+        client = KafkaConnectHook().get_client()
+        if client.get_config(CONNECTOR) is None:
+            return {"resnapshot": False, "reason": "connector not registered yet: registering takes a snapshot"}
+        settings = CassandraSettings.from_connection(BaseHook.get_connection("cassandra_default"))
+        cluster, session = connect(settings)
+        replication = PostgresHook(postgres_conn_id="binance_postgres_replication").get_conn()
+        pg = PostgresHook(postgres_conn_id="binance_postgres").get_conn()
+        try:
+            return resnapshot(client, CONNECTOR, replication, session, settings.keyspace, pg)
+        finally:
+            pg.close()
+            replication.close()
+            cluster.shutdown()
+
+    @task
+    def register_connector(params: dict | None = None) -> str:
         from kafka_connect_hook import KafkaConnectHook
 
         from include.kafka_connect import load_connector
 
-        return KafkaConnectHook().get_client().ensure(CONNECTOR, load_connector(CONNECTOR))
+        client = KafkaConnectHook().get_client()
+        outcome = client.ensure(CONNECTOR, load_connector(CONNECTOR))
+        if (params or {}).get("resnapshot") and client.status(CONNECTOR)["connector"]["state"] == "STOPPED":
+            client.resume(CONNECTOR)
+            outcome += ", resumed for a new snapshot"
+        return outcome
 
     @task
     def wait_for_connector() -> dict:
@@ -77,7 +118,7 @@ def cdc_setup():
 
         return KafkaConnectHook().get_client().wait_running(CONNECTOR, timeout=180)
 
-    [ensure_postgres_side(), ensure_cassandra_schema()] >> register_connector() >> wait_for_connector()
+    [ensure_postgres_side(), ensure_cassandra_schema()] >> resnapshot() >> register_connector() >> wait_for_connector()
 
 
 cdc_setup()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from include.migrations import apply
-from include.tables import SCHEMA, TABLES
+from include.tables import BRIDGE_SCHEMA, SCHEMA, TABLES
 
 log = logging.getLogger(__name__)
 
@@ -40,3 +41,86 @@ def ensure_postgres_side(conn: Any, debezium_role: str) -> dict[str, Any]:
             raise RuntimeError(f"{SCHEMA}.{name} has replica identity {identities.get(name)!r}, expected "
                                f"{table.replica_identity}: Debezium's deletes would lack the sink's key")
     return {"migrations_applied": applied, "publication_tables_added": missing}
+
+
+# --------------------------------------------------------------------------- re-snapshot
+
+def drop_slot(replication_conn: Any, slot: str = SLOT, timeout: float = 60.0) -> bool:
+    """Drop the connector's replication slot once no walsender uses it; False if there was none.
+    Needs a role with REPLICATION (the Debezium role), the pipeline's owner role has none."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with replication_conn.cursor() as cur:
+            cur.execute("SELECT active, wal_status FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+            row = cur.fetchone()
+            if row is None:
+                replication_conn.commit()
+                log.info("replication slot %s does not exist: nothing to drop", slot)
+                return False
+            if not row[0]:
+                cur.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                replication_conn.commit()
+                log.info("dropped replication slot %s (wal_status was %s)", slot, row[1])
+                return True
+        replication_conn.commit()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"replication slot {slot} is still in use after {timeout:.0f}s although the "
+                               "connector is stopped: another consumer holds it (see pg_stat_replication)")
+        time.sleep(1)
+
+
+def current_lsn(pg: Any) -> int:
+    """The WAL insert position as a number: the sink's write timestamps are source LSNs."""
+    with pg.cursor() as cur:
+        cur.execute("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
+        lsn = cur.fetchone()[0]
+    pg.rollback()
+    return lsn
+
+
+def reset_sink(session: Any, keyspace: str, pg: Any, bridge_schema: str = BRIDGE_SCHEMA) -> int:
+    """Empty the Cassandra copy for a new snapshot, and make the bridge copy every table whole on
+    its next run, so rows deleted while changes were lost do not survive.
+
+    Every partition (those in Cassandra and those of the source tables) is deleted with a write
+    timestamp just below the current LSN, not truncated: an older change event still in Kafka that
+    the stream applies later stays shadowed, while the snapshot's events (LSNs above it) show.
+    Returns that timestamp."""
+    from cassandra.concurrent import execute_concurrent_with_args
+
+    below = current_lsn(pg) - 1
+    for name, table in TABLES.items():
+        cols = table.cassandra_partition_key
+        listed = ", ".join(f'"{c}"' for c in cols)
+        keys = {tuple(r) for r in session.execute(f'SELECT DISTINCT {listed} FROM "{keyspace}"."{name}"',
+                                                  timeout=120)}
+        with pg.cursor() as cur:
+            cur.execute(f'SELECT DISTINCT {listed} FROM "{SCHEMA}"."{name}"')
+            keys |= {tuple(r) for r in cur.fetchall()}
+        pg.rollback()
+        where = " AND ".join(f'"{c}" = ?' for c in cols)
+        stmt = session.prepare(f'DELETE FROM "{keyspace}"."{name}" USING TIMESTAMP ? WHERE {where}')
+        results = execute_concurrent_with_args(session, stmt, [(below, *k) for k in keys], concurrency=32,
+                                               raise_on_first_error=True)
+        log.info("Cassandra %s.%s: %d partition(s) deleted below write time %d", keyspace, name,
+                 sum(1 for r in results if r.success), below)
+    session.execute(f'TRUNCATE "{keyspace}".changed_rows', timeout=120)
+    with pg.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (f"{bridge_schema}.bridge_watermarks",))
+        if cur.fetchone()[0] is not None:
+            cur.execute(f'DELETE FROM "{bridge_schema}".bridge_watermarks')
+            log.info("bridge watermarks cleared (%d): the next cassandra_bridge run copies every table whole",
+                     cur.rowcount)
+    pg.commit()
+    return below
+
+
+def resnapshot(client: Any, connector: str, replication_conn: Any, session: Any, keyspace: str, pg: Any) -> dict:
+    """Start the capture over: stop the connector, forget its offsets, drop its slot, empty the
+    sink; registering and resuming the connector afterwards takes a new snapshot of every table.
+    The recovery for an invalidated slot (changes were lost), see README, Guarantees."""
+    client.stop(connector)
+    client.reset_offsets(connector)
+    dropped = drop_slot(replication_conn)
+    below = reset_sink(session, keyspace, pg)
+    return {"connector": connector, "slot_dropped": dropped, "sink_deleted_below_write_time": below}

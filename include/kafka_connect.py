@@ -109,6 +109,26 @@ class KafkaConnectClient:
                       f"&onlyFailed={str(only_failed).lower()}", ok=(200, 202, 204))
 
 
+    def stop(self, name: str, timeout: float = 60.0, poll: float = 1.0) -> None:
+        """Stop the connector (Kafka Connect 3.5+: tasks shut down, config kept) and wait for STOPPED."""
+        self._request("PUT", f"/connectors/{name}/stop", ok=(200, 202, 204))
+        deadline = time.monotonic() + timeout
+        while (state := self.status(name).get("connector", {}).get("state")) != "STOPPED":
+            if time.monotonic() > deadline:
+                raise ConnectError(f"connector {name} not STOPPED after {timeout:.0f}s (state {state})")
+            self._sleep(poll)
+        log.info("connector %s STOPPED", name)
+
+    def reset_offsets(self, name: str) -> None:
+        """Forget the source offsets of a STOPPED connector (Kafka Connect 3.6+): it starts over."""
+        resp = self._request("DELETE", f"/connectors/{name}/offsets", ok=(200,))
+        log.info("connector %s offsets reset: %s", name, resp.text[:200])
+
+    def resume(self, name: str) -> None:
+        """Resume a PAUSED or STOPPED connector."""
+        self._request("PUT", f"/connectors/{name}/resume", ok=(200, 202, 204))
+
+
 def failures(status: dict[str, Any]) -> list[str]:
     """'connector: trace' / 'task N: trace' lines for every FAILED part of a /status answer."""
     out = []

@@ -38,6 +38,7 @@ AIRFLOW_SERVICES = ("airflow-api-server", "airflow-scheduler", "airflow-dag-proc
 ONE_SHOT_SERVICES = ("cassandra-init", "airflow-init")
 CONNECTION_VARS = (
     "AIRFLOW_CONN_BINANCE_POSTGRES",
+    "AIRFLOW_CONN_BINANCE_POSTGRES_REPLICATION",
     "AIRFLOW_CONN_CASSANDRA_DEFAULT",
     "AIRFLOW_CONN_KAFKA_DEFAULT",
     "AIRFLOW_CONN_KAFKA_CONNECT",
