@@ -15,7 +15,7 @@ the connector jars (`make install`, or env `SPARK_JARS_DIR`); checkpoint folder 
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import Param, dag
 from cdc_stream_operator import CdcStreamSubmitOperator
@@ -23,6 +23,10 @@ from cdc_stream_operator import CdcStreamSubmitOperator
 
 @dag(
     schedule="@continuous",
+    # a start date gives the first run a real data interval: without one it is zero-length, and the
+    # next continuous run, which starts where the last ended, would reuse its logical date and
+    # never be created
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     tags=["cdc", "spark", "stream"],

@@ -33,3 +33,21 @@ def test_dags_have_tags_retries_docs_and_no_catchup(dagbag):
         assert dag.doc_md, f"{dag_id} has no doc_md"
         for task in dag.tasks:
             assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
+
+
+def test_the_continuous_stream_gets_a_new_run_after_each_one(dagbag):
+    """Airflow starts a continuous DAG's next run where the last one's data interval ended; a
+    zero-length first interval (no start_date) would give the second run the first one's logical
+    date, and the scheduler would never create it (nothing would restart a dead stream)."""
+    from airflow.timetables.base import TimeRestriction
+    from airflow.timetables.simple import ContinuousTimetable
+
+    dag = dagbag.dags["cdc_stream"]
+    assert type(dag.timetable).__name__ == "ContinuousTimetable"
+    # the scheduler's side of the DAG's timetable
+    timetable = ContinuousTimetable()
+    restriction = TimeRestriction(earliest=dag.start_date, latest=None, catchup=False)
+    first = timetable.next_dagrun_info(last_automated_data_interval=None, restriction=restriction)
+    second = timetable.next_dagrun_info(last_automated_data_interval=first.data_interval, restriction=restriction)
+    third = timetable.next_dagrun_info(last_automated_data_interval=second.data_interval, restriction=restriction)
+    assert len({first.logical_date, second.logical_date, third.logical_date}) == 3
