@@ -364,6 +364,10 @@ _COLUMNS = {
 }
 
 
+# every table of schema pipeline_health (include/sql/pipeline_health), for pruning and for Grafana
+HEALTH_TABLES = ("checks", *_COLUMNS)
+
+
 def _insert(cur: Any, table: str, rows: Iterable[dict[str, Any]]) -> int:
     cols = _COLUMNS[table]
     values = [tuple(r[c] for c in cols) for r in rows]
@@ -403,7 +407,7 @@ def prune(pg: Any, th: Thresholds) -> dict[str, int]:
     """Delete measurements older than `history_days`."""
     out = {}
     with pg.cursor() as cur:
-        for table in ("checks", "connector_states", "slot_states", "stream_lag", "freshness", "stream_batches"):
+        for table in HEALTH_TABLES:
             col = "finished_at" if table == "stream_batches" else "checked_at"
             cur.execute(f"DELETE FROM {HEALTH_SCHEMA}.{table} WHERE {col} < now() - %s * interval '1 day'",
                         (th.history_days,))

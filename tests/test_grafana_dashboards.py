@@ -1,6 +1,7 @@
 """Grafana as code, checked without services: the committed dashboards are what grafana/generate.py
-builds, every panel queries the provisioned datasource with SQL on schema `cassandra` only, and the
-provisioning files read only settings .env.example defines."""
+builds, every panel queries the provisioned datasource with SQL on its dashboard's schema only
+(`cassandra` for the market, `pipeline_health` for health), and the provisioning files read only
+settings .env.example defines."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from grafana import generate
+from include.health import HEALTH_SCHEMA, HEALTH_TABLES
 from include.tables import BRIDGE_SCHEMA, BRIDGE_TABLES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,7 +30,11 @@ _RELATION = re.compile(r"\b(?:FROM|JOIN)\s+([A-Za-z_][\w.]*)\b(?!\s*\()", re.IGN
 # FROM inside EXTRACT(field FROM source) names no relation
 _EXTRACT = re.compile(r"\bEXTRACT\s*\(\s*\w+\s+FROM\b", re.IGNORECASE)
 _CTE = re.compile(r"(?:\bWITH|,)\s*([A-Za-z_]\w*)\s+AS\s*\(", re.IGNORECASE)
-READABLE = {f"{BRIDGE_SCHEMA}.{name}" for name in BRIDGE_TABLES} | {f"{BRIDGE_SCHEMA}.bridge_watermarks"}
+# what each dashboard may read
+READABLE = {
+    generate.MARKET_UID: {f"{BRIDGE_SCHEMA}.{name}" for name in BRIDGE_TABLES} | {f"{BRIDGE_SCHEMA}.bridge_watermarks"},
+    generate.HEALTH_UID: {f"{HEALTH_SCHEMA}.{name}" for name in HEALTH_TABLES},
+}
 
 
 def _dashboards() -> dict[str, dict]:
@@ -144,17 +150,42 @@ def test_panel_specs_are_what_the_dashboards_hold():
 
 
 @pytest.mark.parametrize("spec", generate.panels(), ids=lambda s: s.title)
-def test_panel_sql_reads_only_the_bridge_schema(spec):
+def test_panel_sql_reads_only_its_dashboards_schema(spec):
     relations = _relations(spec.raw_sql)
+    readable = READABLE[spec.dashboard_uid]
     assert relations, f"{spec.title}: no table found in its SQL"
-    assert relations <= READABLE, f"{spec.title} reads {sorted(relations - READABLE)}, outside schema cassandra"
+    assert relations <= readable, f"{spec.title} reads {sorted(relations - readable)}, outside its dashboard's schema"
 
 
 def test_variable_queries_read_only_the_bridge_schema():
     for var in generate.variables():
         if var.kind == "query":
             relations = _relations(var.query)
-            assert relations and relations <= READABLE, f"${var.name} reads {sorted(relations)}"
+            assert relations and relations <= READABLE[var.dashboard_uid], f"${var.name} reads {sorted(relations)}"
+
+
+def test_every_dashboard_has_a_readable_schema_and_panels():
+    assert {d.uid for d in generate.DASHBOARDS} == set(READABLE)
+    for spec in generate.DASHBOARDS:
+        assert any(p.dashboard_uid == spec.uid for p in generate.panels()), f"{spec.uid} has no panel"
+
+
+def test_the_health_dashboard_shows_what_the_issue_lists():
+    """States, retained WAL, lag per topic, freshness per stage, end-to-end latency."""
+    board = _dashboards()[generate.HEALTH_UID]
+    assert board["title"] == "Pipeline health" and board["time"]["to"] == "now"
+    read = set()
+    for spec in (p for p in generate.panels() if p.dashboard_uid == generate.HEALTH_UID):
+        read |= {name.split(".", 1)[1] for name in _relations(spec.raw_sql)}
+    assert {"checks", "connector_states", "slot_states", "stream_lag", "freshness", "stream_batches"} <= read
+    by_title = {p["title"]: p for p in _panels(board)}
+    assert by_title["Retained WAL"]["fieldConfig"]["defaults"]["unit"] == "bytes"
+    assert "slot_name" in by_title["Retained WAL"]["targets"][0]["rawSql"]
+    assert "topic AS metric" in by_title["Stream lag per topic"]["targets"][0]["rawSql"]
+    assert "stage AS metric" in by_title["Freshness per stage"]["targets"][0]["rawSql"]
+    # a failed check is red
+    states = json.dumps(by_title["Checks"]["fieldConfig"]["overrides"])
+    assert '"FAILED": {"color": "red"' in states
 
 
 @pytest.mark.parametrize("spec", generate.panels(), ids=lambda s: s.title)

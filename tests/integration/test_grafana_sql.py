@@ -1,9 +1,10 @@
 """Every Grafana panel's SQL runs on the real bridge schema as the Grafana role, and returns what its
-visualization needs.
+visualization needs. The market dashboard reads the bridge schema, the health dashboard schema
+pipeline_health.
 
 Grafana expands its macros and variables before Postgres sees a query; `expand` below does the same
-for the ones the dashboards use. Fixture rows (symbols GRAFTEST*) are written to the cassandra.*
-tables as the pipeline's owner and removed afterwards.
+for the ones the dashboards use. Fixture rows (symbols GRAFTEST*, health rows named graftest*) are
+written as the pipeline's owner and removed afterwards.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 
 from grafana import generate
 from include import migrations
+from include.health import HEALTH_SCHEMA, HEALTH_TABLES
 from include.tables import BRIDGE_SCHEMA, BRIDGE_TABLES
 
 pytestmark = pytest.mark.integration
@@ -160,17 +162,78 @@ def _rows(now: datetime) -> dict[str, list[dict[str, Any]]]:
     }
 
 
+# the health fixtures' names: real checks never use them
+HEALTH_MARK = "graftest"
+CONNECTOR, SLOT = f"{HEALTH_MARK}-connector", f"{HEALTH_MARK}_slot"
+TOPIC, STAGE = f"{HEALTH_MARK}.topic", f"{HEALTH_MARK} stage"
+HEALTH_KEYS = {  # table -> (column naming the fixture, its value)
+    "checks": ("check_name", f"{HEALTH_MARK}%"),
+    "connector_states": ("connector", CONNECTOR),
+    "slot_states": ("slot_name", SLOT),
+    "stream_lag": ("topic", TOPIC),
+    "freshness": ("stage", STAGE),
+    "stream_batches": ("query_name", HEALTH_MARK),
+}
+
+
+def _health_rows(now: datetime) -> dict[str, list[dict[str, Any]]]:
+    """Two checks' worth of measurements: the older one unhealthy, the newer one healed but for the slot."""
+    old, new = now - timedelta(minutes=5), now - timedelta(minutes=1)
+    return {
+        "checks": [
+            {"checked_at": old, "check_name": f"{HEALTH_MARK}_connector", "ok": False, "message": "task 0 FAILED"},
+            {"checked_at": new, "check_name": f"{HEALTH_MARK}_connector", "ok": True, "message": "RUNNING"},
+            {"checked_at": new, "check_name": f"{HEALTH_MARK}_slot", "ok": False, "message": "slot invalidated"},
+        ],
+        "connector_states": [
+            {"checked_at": old, "connector": CONNECTOR, "task_id": -1, "state": "RUNNING", "restarts": 0},
+            {"checked_at": old, "connector": CONNECTOR, "task_id": 0, "state": "FAILED", "restarts": 0},
+            {"checked_at": new, "connector": CONNECTOR, "task_id": -1, "state": "RUNNING", "restarts": 0},
+            {"checked_at": new, "connector": CONNECTOR, "task_id": 0, "state": "RUNNING", "restarts": 1},
+        ],
+        "slot_states": [
+            {"checked_at": old, "slot_name": SLOT, "present": True, "active": False, "wal_status": "extended",
+             "retained_wal_bytes": 64 << 20, "unconfirmed_bytes": 60 << 20, "safe_wal_size_bytes": 1 << 20},
+            {"checked_at": new, "slot_name": SLOT, "present": True, "active": False, "wal_status": "lost",
+             "retained_wal_bytes": 66 << 20, "unconfirmed_bytes": 66 << 20, "safe_wal_size_bytes": None},
+        ],
+        "stream_lag": [
+            {"checked_at": t, "topic": TOPIC, "partition": part, "end_offset": 1000, "processed_offset": 1000 - lag,
+             "lag": lag}
+            for t, lags in ((old, (40, 2)), (new, (0, 0))) for part, lag in enumerate(lags)
+        ],
+        "freshness": [
+            {"checked_at": old, "stage": STAGE, "age_seconds": 420.0},
+            {"checked_at": new, "stage": STAGE, "age_seconds": 3.5},
+        ],
+        "stream_batches": [
+            {"query_name": HEALTH_MARK, "finished_at": now - timedelta(seconds=30 + i), "batch_id": 10_000 + i,
+             "input_rows": 100 * i, "processing_ms": 400 + i, "latency_ms": 900 + 100 * i}
+            for i in range(5)
+        ],
+    }
+
+
 def _delete_fixtures(conn) -> None:
     with conn.cursor() as cur:
         for name in BRIDGE_TABLES:
             cur.execute(f'DELETE FROM "{BRIDGE_SCHEMA}"."{name}" WHERE symbol = ANY(%s)', (list(SYMBOLS),))
+        for name, (column, value) in HEALTH_KEYS.items():
+            cur.execute(f'DELETE FROM "{HEALTH_SCHEMA}"."{name}" WHERE {column} LIKE %s', (value,))
     conn.commit()
+
+
+def _insert(cur, schema: str, table: str, rows: list[dict[str, Any]]) -> None:
+    columns = list(rows[0])
+    cur.executemany(f'INSERT INTO "{schema}"."{table}" ({", ".join(columns)}) '
+                    f'VALUES ({", ".join(["%s"] * len(columns))})', [tuple(r[c] for c in columns) for r in rows])
 
 
 @pytest.fixture
 def seeded(pg) -> Iterator[dict[str, Any]]:
     """The bridge tables exist and hold the fixture rows; yields the test's clock and fixture rows."""
     migrations.apply(pg, BRIDGE_SCHEMA)
+    migrations.apply(pg, HEALTH_SCHEMA)
     _delete_fixtures(pg)  # a run that died before its clean-up
     now = datetime.now(UTC).replace(microsecond=0)
     rows = _rows(now)
@@ -178,11 +241,9 @@ def seeded(pg) -> Iterator[dict[str, Any]]:
         with pg.cursor() as cur:
             for name, table_rows in rows.items():
                 columns = BRIDGE_TABLES[name].column_names
-                cur.executemany(
-                    f'INSERT INTO "{BRIDGE_SCHEMA}"."{name}" ({", ".join(columns)}) '
-                    f'VALUES ({", ".join(["%s"] * len(columns))})',
-                    [tuple(row[c] for c in columns) for row in table_rows],
-                )
+                _insert(cur, BRIDGE_SCHEMA, name, [{c: row[c] for c in columns} for row in table_rows])
+            for name, table_rows in _health_rows(now).items():
+                _insert(cur, HEALTH_SCHEMA, name, table_rows)
         pg.commit()
         yield {"now": now, "rows": rows}
     finally:
@@ -263,8 +324,59 @@ def _check_latency_series(rows: list[dict]) -> None:
     assert all(r["p50"] is not None and r["p95"] >= r["p50"] >= 0 for r in rows)
 
 
+def _mine(rows: list[dict], column: str) -> list[dict]:
+    """The rows the health fixtures wrote (real checks may have written others)."""
+    return [r for r in rows if str(r[column]).startswith(HEALTH_MARK)]
+
+
+def _check_checks(rows: list[dict]) -> None:
+    assert [(r["check_name"], r["status"]) for r in _mine(rows, "check_name")] == [
+        (f"{HEALTH_MARK}_connector", "OK"), (f"{HEALTH_MARK}_slot", "FAILED")]
+
+
+def _check_connector_states(rows: list[dict]) -> None:
+    assert [(r["part"], r["state"], r["restarts"]) for r in _mine(rows, "connector")] == [
+        ("connector", "RUNNING", 0), ("task 0", "RUNNING", 1)]
+
+
+def _check_slot(rows: list[dict]) -> None:
+    assert [(r["wal_status"], r["retained_wal"]) for r in _mine(rows, "slot_name")] == [("lost", float(66 << 20))]
+
+
+def _check_retained_wal(rows: list[dict]) -> None:
+    mine = _mine(rows, "metric")
+    assert {r["metric"] for r in mine} == {f"{SLOT} retained", f"{SLOT} unconfirmed"}
+    assert [r["bytes"] for r in mine if r["metric"] == f"{SLOT} retained"] == [64 << 20, 66 << 20]
+
+
+def _check_lag(rows: list[dict]) -> None:
+    assert [r["lag"] for r in _mine(rows, "metric")] == [42.0, 0.0]
+
+
+def _check_stage_age(rows: list[dict]) -> None:
+    assert [r["age_s"] for r in _mine(rows, "metric")] == [420.0, 3.5]
+
+
+def _check_batch_latency(rows: list[dict]) -> None:
+    # the fixture batches' latencies are 0.9 .. 1.3 s; real batches may share their minute
+    assert any(r["worst"] >= 1.3 for r in rows), rows
+    assert all(r["worst"] >= r["p50"] >= 0 for r in rows)
+
+
+def _check_batches(rows: list[dict]) -> None:
+    assert sum(r["input_rows"] for r in rows) >= 1000 and all(r["processing_s"] > 0 for r in rows)
+
+
 # what the fixture rows guarantee, beyond the columns and types every panel is checked for
 EXPECTED = {
+    "Checks": _check_checks,
+    "Connector and tasks": _check_connector_states,
+    "Slot at the newest check": _check_slot,
+    "Retained WAL": _check_retained_wal,
+    "Stream lag per topic": _check_lag,
+    "Freshness per stage": _check_stage_age,
+    "Commit to Cassandra latency per micro-batch": _check_batch_latency,
+    "Micro-batches": _check_batches,
     "Latest prices": _check_latest_prices,
     "24h leaders": _check_leaders,
     "Traded volume per symbol": _check_volume,
@@ -276,7 +388,8 @@ EXPECTED = {
     "Commit to Cassandra latency over time": _check_latency_series,
 }
 # columns a chart shows as labels or categories, not as numbers
-LABELS = {"time", "metric", "symbol", "table_name"}
+LABELS = {"time", "metric", "symbol", "table_name", "check_name", "status", "message", "connector", "part",
+          "state", "worker_id", "slot_name", "wal_status", "present", "active", "checked_at"}
 CHARTS = {"timeseries", "candlestick", "barchart", "stat", "bargauge"}
 
 
@@ -357,12 +470,13 @@ def test_grafana_role_is_read_only_with_select_only(seeded, grafana_db):
     assert rows == [("on",)]
     _, rows = _query(grafana_db, "SELECT has_schema_privilege(current_user, %s, 'CREATE')", (BRIDGE_SCHEMA,))
     assert rows == [(False,)], "Grafana's role may create objects in the bridge schema"
-    for name in (*BRIDGE_TABLES, "bridge_watermarks"):
-        table = f"{BRIDGE_SCHEMA}.{name}"
+    tables = [f"{BRIDGE_SCHEMA}.{name}" for name in (*BRIDGE_TABLES, "bridge_watermarks")]
+    tables += [f"{HEALTH_SCHEMA}.{name}" for name in HEALTH_TABLES]
+    for table in tables:
         _, rows = _query(grafana_db, "SELECT has_table_privilege(current_user, %s, 'SELECT'), "
                                      "has_table_privilege(current_user, %s, "
                                      "'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')", (table, table))
-        assert rows == [(True, False)], f"Grafana's role on {BRIDGE_SCHEMA}.{name}: (SELECT, any write) = {rows}"
+        assert rows == [(True, False)], f"Grafana's role on {table}: (SELECT, any write) = {rows}"
 
 
 def test_grafana_role_cannot_read_the_source_schema(grafana_db):
