@@ -13,11 +13,14 @@ Faults for tests can be injected through the Python API (`add_fault`) or over HT
     POST /_control/faults    {"kind": "429", "count": 1, "path": "/api/v3/klines", "retry_after": 1}
                              (or a list of those); kinds: 429, 418, 5xx, html, truncated,
                              missing_field, delay
-    POST /_control/settings  {"used_weight": 5990, "ban_retry_after": 120, "weight_limit": 6000}
+    POST /_control/settings  {"used_weight": 5990, "ban_retry_after": 120, "weight_limit": 6000,
+                              "frozen": true}
     POST /_control/reset     {} or {"market": true}: clear faults, ban, weights and the call log
     GET  /_control/calls     every API call received, with arrival time and answer status
 As on Binance, a call arriving while a 429/418 Retry-After runs gets 418, so a test can catch a
-client that kept calling.
+client that kept calling. A frozen market (`freeze()`, or "frozen": true) stops moving: every call
+answers with the same data, at the time it was frozen, until it is thawed (rate limits keep the real
+clock); tests use it to re-run an interval against the same source data.
 """
 
 from __future__ import annotations
@@ -269,7 +272,8 @@ class _SymbolState:
 
     def __init__(self, spec: SymbolSpec, seed: int, now_us: int, market: Market) -> None:
         self.spec = spec
-        self.rng = random.Random(f"{seed}|{spec.symbol}|live")
+        self.rng_seed = f"{seed}|{spec.symbol}"
+        self.rng = random.Random(f"{self.rng_seed}|live")
         self.trades: list[_Trade] = []
         self.series: dict[str, _Series] = {}
         self.next_id = 100_000_000 + self.rng.randrange(1_000_000)
@@ -311,6 +315,10 @@ class _SymbolState:
             self.update_id += self.rng.randint(1, 20)
         for series in self.series.values():
             series.roll_to(now_us // 1000)
+
+    def book_rng(self) -> random.Random:
+        """The order book's randomness: one book per update id, so the same update id is the same book."""
+        return random.Random(f"{self.rng_seed}|book|{self.update_id}")
 
     def series_for(self, interval: str, now_us: int) -> _Series:
         """The kline series of `interval`, built from the retained trades on first use."""
@@ -524,6 +532,7 @@ class BinanceTestServer:
         self.weight_limit = weight_limit
         self.ban_retry_after_s = ban_retry_after_s
         self.market = Market(seed)
+        self._frozen_at: float | None = None
         self._lock = threading.RLock()
         self._faults: list[Fault] = []
         self._calls: list[dict[str, Any]] = []
@@ -624,6 +633,15 @@ class BinanceTestServer:
             if market:
                 self.market = Market(self.seed)
 
+    def freeze(self, frozen: bool = True) -> None:
+        """Stop (or restart) the market: while frozen, data calls neither trade nor move the clock."""
+        with self._lock:
+            self._frozen_at = self.clock() if frozen else None
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen_at is not None
+
     def calls(self) -> list[dict[str, Any]]:
         """Every API call received so far: time (arrival, epoch s), path, query, params, status, ..."""
         with self._lock:
@@ -722,7 +740,8 @@ class BinanceTestServer:
             unit = headers.get("x-mbx-time-unit", "MILLISECOND").upper()
             if unit not in ("MILLISECOND", "MICROSECOND"):
                 raise ApiError(-1100, f"Invalid X-MBX-TIME-UNIT {unit!r}: use MILLISECOND or MICROSECOND.")
-            payload = route(params, _Ctx(now, unit == "MICROSECOND"))
+            market_now = now if self._frozen_at is None else self._frozen_at
+            payload = route(params, _Ctx(market_now, unit == "MICROSECOND"))
         except ApiError as exc:
             return self._error(exc, now)
         return self._apply_fault(fault, path, payload, weight_header)
@@ -811,7 +830,12 @@ class BinanceTestServer:
                         self.ban_retry_after_s = int(data["ban_retry_after"])
                     if "weight_limit" in data:
                         self.weight_limit = int(data["weight_limit"])
-                return _json_answer(200, {"ban_retry_after": self.ban_retry_after_s, "weight_limit": self.weight_limit})
+                    if "frozen" in data:
+                        if not isinstance(data["frozen"], bool):
+                            raise TypeError(f"frozen must be true or false, got {data['frozen']!r}")
+                        self.freeze(data["frozen"])
+                return _json_answer(200, {"ban_retry_after": self.ban_retry_after_s, "weight_limit": self.weight_limit,
+                                          "frozen": self.frozen})
         except (TypeError, ValueError) as exc:
             return _json_answer(400, {"error": str(exc)})
         return _json_answer(404, {"error": f"no control endpoint {method} {path}"})
@@ -874,7 +898,8 @@ class BinanceTestServer:
 
     def _stepped(self, symbol: str, ctx: _Ctx) -> _SymbolState:
         state = self.market.state(symbol, ctx.now_us)
-        state.step(ctx.now_us)
+        if self._frozen_at is None:
+            state.step(ctx.now_us)
         return state
 
     def _ticker_price(self, params: dict[str, str], ctx: _Ctx) -> Any:
@@ -928,6 +953,7 @@ class BinanceTestServer:
             return row
         change = last_price - open_price
         previous = self.market.candle(state, "1h", period_prev("1h", start), ctx.now_us)
+        book = state.book_rng()
         return {
             "symbol": symbol,
             "priceChange": fmt(change),
@@ -937,9 +963,9 @@ class BinanceTestServer:
             "lastPrice": row["lastPrice"],
             "lastQty": fmt(last.qty),
             "bidPrice": fmt(last_price),
-            "bidQty": fmt(spec.step * state.rng.randint(1, 10_000)),
+            "bidQty": fmt(spec.step * book.randint(1, 10_000)),
             "askPrice": fmt(last_price + spec.tick),
-            "askQty": fmt(spec.step * state.rng.randint(1, 10_000)),
+            "askQty": fmt(spec.step * book.randint(1, 10_000)),
             **{k: row[k] for k in ("openPrice", "highPrice", "lowPrice", "volume", "quoteVolume")},
             **{k: row[k] for k in ("openTime", "closeTime", "firstId", "lastId", "count")},
         }
@@ -996,7 +1022,7 @@ class BinanceTestServer:
         symbol = _one_symbol(params)
         limit = _int_param(params, "limit", 100, 5000) or 100
         state = self._stepped(symbol, ctx)
-        spec, rng = state.spec, state.rng
+        spec, rng = state.spec, state.book_rng()
         bids: list[list[str]] = []
         price = state.price
         while len(bids) < limit and price > 0:

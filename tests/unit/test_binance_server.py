@@ -226,6 +226,26 @@ def test_prices_move_and_update_ids_grow(server: BinanceTestServer) -> None:
     assert ids == sorted(set(ids))
 
 
+def test_a_frozen_market_answers_the_same_until_thawed(server: BinanceTestServer, clock: Clock) -> None:
+    def snapshot() -> list[Any]:
+        return [get(server, "/api/v3/ticker/price", symbol="ADAUSDT"),
+                get(server, "/api/v3/ticker/24hr", symbol="ADAUSDT"),
+                get(server, "/api/v3/klines", symbol="ADAUSDT", interval="1m", limit=3),
+                get(server, "/api/v3/trades", symbol="ADAUSDT", limit=5),
+                get(server, "/api/v3/depth", symbol="ADAUSDT", limit=5),
+                get(server, "/api/v3/time")]
+
+    get(server, "/api/v3/ticker/price", symbol="ADAUSDT")  # the symbol's live state exists
+    response = requests.post(server.url + "/_control/settings", json={"frozen": True}, timeout=5)
+    assert response.status_code == 200 and response.json()["frozen"] is True
+    first = snapshot()
+    clock.now += 90  # time passes, a minute boundary too: the market stays where it was
+    assert snapshot() == first
+    server.freeze(False)
+    assert snapshot() != first
+    assert requests.post(server.url + "/_control/settings", json={"frozen": "yes"}, timeout=5).status_code == 400
+
+
 def test_break_symbol_does_not_move(server: BinanceTestServer) -> None:
     prices = {get(server, "/api/v3/ticker/price", symbol="MATICUSDT")["price"] for _ in range(3)}
     assert len(prices) == 1
