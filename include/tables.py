@@ -108,6 +108,9 @@ TABLES: dict[str, Table] = {
                 "update_id:bigint symbol:text side:text price:numeric quantity:numeric captured_at:timestamptz"
             ),
             primary_key=("symbol", "update_id", "side", "price"),
+            # a snapshot (update_id) never changes; fetched twice, it must keep its first captured_at,
+            # which Cassandra's key includes (an update of it would leave the old row there)
+            immutable=True,
             # deletes (retention) must carry captured_at too, which the sink keys on
             replica_identity="FULL",
             cassandra_clustering=("captured_at", "update_id", "side", "price"),

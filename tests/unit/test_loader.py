@@ -55,6 +55,12 @@ def test_immutable_trades_are_never_compared_or_updated():
     assert 'ON CONFLICT ("symbol", "trade_id") DO NOTHING' in sql
 
 
+def test_an_order_book_snapshot_fetched_twice_keeps_its_first_capture_time():
+    # captured_at is part of Cassandra's key: updating it would leave the old row in Cassandra
+    sql = upsert_sql(TABLES["order_book"], "stage_order_book")
+    assert 'ON CONFLICT ("symbol", "update_id", "side", "price") DO NOTHING' in sql
+
+
 def test_record_fields_match_table_columns():
     kline = Kline("BTCUSDT", "1m", T0, *(Decimal("1"),) * 5, T0, Decimal("1"), 3)
     assert list(_rows(TABLES["klines"], [kline]))[0][:3] == ("BTCUSDT", "1m", T0)
