@@ -3,8 +3,9 @@
 
 Pulls five Binance market datasets into PostgreSQL schema `binance`, every minute:
 latest prices, 24 h ticker, klines, recent trades and the order book. Each load is one
-transaction of upserts, so re-running an interval changes nothing and the open kline is
-updated in place.
+transaction of upserts, so re-running an interval adds nothing twice and the open kline is
+updated in place. Latest prices are stamped with the end of the run's data interval (one row per
+symbol and interval); an interval that ended more than 10 minutes ago skips them.
 
 Needs: connection `binance_postgres` (Postgres), connection `binance_api` (HTTP; host may carry
 the scheme; default `https://data-api.binance.vision`), pool `binance_api` (bounds concurrent
@@ -58,10 +59,10 @@ def binance_extract():
     for dataset in TABLES:
 
         @task(task_id=f"load_{dataset}", pool=POOL, outlets=[table_asset(dataset)])
-        def load(dataset: str = dataset, data_interval_start=None) -> dict[str, int]:
+        def load(dataset: str = dataset, data_interval_start=None, data_interval_end=None) -> dict[str, int]:
             from include.binance import airflow_tasks as jobs
 
-            return jobs.run_dataset(dataset, data_interval_start)
+            return jobs.run_dataset(dataset, data_interval_start, data_interval_end)
 
         loaded = load()
         ready >> loaded

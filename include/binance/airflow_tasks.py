@@ -109,13 +109,14 @@ def validate_symbols() -> list[str]:
     return list(settings.symbols)
 
 
-def run_dataset(dataset: str, data_interval_start: datetime | None) -> dict[str, int]:
+def run_dataset(dataset: str, data_interval_start: datetime | None,
+                data_interval_end: datetime | None = None) -> dict[str, int]:
     settings = settings_from_variables()
     start = data_interval_start or datetime.now(UTC)
     conn = _pg_conn()
     try:
         with make_client() as client:
-            result: LoadResult = extract(dataset, client, conn, settings, start)
+            result: LoadResult = extract(dataset, client, conn, settings, start, data_interval_end)
     finally:
         conn.close()
     return {"received": result.received, "inserted": result.inserted, "updated": result.updated}

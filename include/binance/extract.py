@@ -7,8 +7,8 @@ dataset is fetched before anything is written, so a failed call leaves the table
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from include.binance.client import KLINE_INTERVALS, BinanceClient
@@ -21,6 +21,10 @@ DEFAULT_SYMBOLS = (
     "BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "POLUSDT", "LINKUSDT", "LTCUSDT",
 )
 DEFAULT_LIMITS = {"klines": 100, "recent_trades": 500, "order_book": 100}
+
+# a price observed now can stand for an interval that ended at most this long ago (a late run, a
+# retry); an older interval (a backfill) cannot be observed any more, so its latest_prices are skipped
+MAX_OBSERVATION_DELAY = timedelta(minutes=10)
 
 _INTERVAL_SECONDS = {
     "1s": 1, "1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "2h": 7200, "4h": 14400,
@@ -89,9 +93,22 @@ def fetch(dataset: str, client: BinanceClient, settings: ExtractSettings, interv
 
 
 def extract(dataset: str, client: BinanceClient, conn: Any, settings: ExtractSettings,
-            interval_start: datetime) -> LoadResult:
-    """Fetch `dataset` for every symbol, then upsert it in one transaction."""
+            interval_start: datetime, interval_end: datetime | None = None,
+            now: datetime | None = None) -> LoadResult:
+    """Fetch `dataset` for every symbol, then upsert it in one transaction.
+
+    Latest prices are stamped with `interval_end` when given (a scheduled run: the interval the
+    observation belongs to), so re-running an interval updates its rows instead of adding more.
+    """
+    if dataset == "latest_prices" and interval_end is not None:
+        late = (now or datetime.now(UTC)) - interval_end
+        if late > MAX_OBSERVATION_DELAY:
+            log.warning("latest_prices skipped: the interval ended %s ago (more than %s), and a price observed "
+                        "now cannot stand for it", late, MAX_OBSERVATION_DELAY)
+            return LoadResult(dataset, 0, 0, 0)
     records = fetch(dataset, client, settings, interval_start)
+    if dataset == "latest_prices" and interval_end is not None:
+        records = [replace(r, time=interval_end) for r in records]
     log.info("fetched %d %s records for %d symbols", len(records), dataset, len(settings.symbols))
     return load(conn, dataset, records)
 

@@ -53,7 +53,8 @@ def utc_ms(moment: datetime) -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class LatestPrice:
-    """Latest price of a symbol (ticker/price); `time` is when the client observed it."""
+    """Latest price of a symbol (ticker/price); `time` is when the client observed it (the extract
+    stamps the end of the run's data interval instead)."""
 
     symbol: str
     price: Decimal

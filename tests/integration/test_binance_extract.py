@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -146,8 +147,6 @@ def test_429_mid_run_is_waited_out_and_no_call_goes_out_before_retry_after(dag, 
 def test_malformed_body_fails_clearly_and_leaves_the_table_unchanged(pg, server, clean_tables, fault):
     settings = ExtractSettings(symbols=tuple(SYMBOLS), kline_interval="1m")
     with BinanceClient(server.url, max_retries=0) as client:
-        from datetime import UTC, datetime
-
         extract("daily_ticker", client, pg, settings, datetime.now(UTC))
         with pg.cursor() as cur:
             cur.execute("SELECT * FROM binance.daily_ticker WHERE symbol = ANY(%s) ORDER BY 1, 9", (SYMBOLS,))
@@ -163,3 +162,32 @@ def test_malformed_body_fails_clearly_and_leaves_the_table_unchanged(pg, server,
         cur.execute("SELECT * FROM binance.daily_ticker WHERE symbol = ANY(%s) ORDER BY 1, 9", (SYMBOLS,))
         assert cur.fetchall() == before
     pg.commit()
+
+
+def test_latest_prices_belong_to_the_runs_interval_and_a_rerun_rewrites_nothing(pg, server, clean_tables):
+    settings = ExtractSettings(symbols=tuple(SYMBOLS), kline_interval="1m")
+    interval_end = datetime.now(UTC).replace(second=0, microsecond=0)
+    server.freeze()
+
+    def rows() -> list[tuple]:
+        with pg.cursor() as cur:
+            cur.execute("SELECT symbol, price, time, xmin::text FROM binance.latest_prices WHERE symbol = ANY(%s) "
+                        "ORDER BY symbol, time", (SYMBOLS,))
+            out = cur.fetchall()
+        pg.commit()
+        return out
+
+    with BinanceClient(server.url, max_retries=0) as client:
+        first = extract("latest_prices", client, pg, settings, interval_end, interval_end)
+        stored = rows()
+        assert first.inserted == len(SYMBOLS)
+        assert [(s, t) for s, _, t, _ in stored] == [(s, interval_end) for s in sorted(SYMBOLS)]
+        again = extract("latest_prices", client, pg, settings, interval_end, interval_end)
+        assert (again.inserted, again.updated) == (0, 0)
+        assert rows() == stored, "a re-run of the interval rewrote latest_prices"
+        # a backfill of an old interval cannot observe its prices: nothing fetched, nothing written
+        calls = len(server.calls())
+        old = interval_end - timedelta(hours=1)
+        skipped = extract("latest_prices", client, pg, settings, old, old)
+        assert (skipped.received, skipped.inserted) == (0, 0)
+        assert len(server.calls()) == calls and rows() == stored
