@@ -6,7 +6,6 @@ real stack in tests/integration/test_health.py; here only the decisions are.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -16,6 +15,12 @@ from include import health
 from include.kafka_connect import ConnectError
 
 NOW = datetime.now(UTC)
+
+
+@pytest.fixture(autouse=True)
+def _clock(monkeypatch):
+    """The checks' clock stands at NOW: the suite may run these tests minutes after importing them."""
+    monkeypatch.setattr(health, "_now", lambda: NOW)
 TOPIC = health.TOPIC_PREFIX + "latest_prices"
 
 
@@ -136,8 +141,7 @@ def _done(next_offset: int) -> SimpleNamespace:
 
 
 def _batch(seconds_ago: float) -> SimpleNamespace:
-    # from the clock now, not the module's import time: the check compares with the clock
-    return SimpleNamespace(finished_at=(datetime.now(UTC) - timedelta(seconds=seconds_ago)).replace(tzinfo=None))
+    return SimpleNamespace(finished_at=(NOW - timedelta(seconds=seconds_ago)).replace(tzinfo=None))
 
 
 def test_lag_is_end_minus_processed_per_partition_and_summed_per_topic():
@@ -162,7 +166,7 @@ def test_lag_above_the_threshold_fails():
 def test_a_stream_with_lag_and_no_recent_batch_is_stalled():
     stalled = health.check_stream_lag({(TOPIC, 0): 15}, {(TOPIC, 0): _done(10)}, _batch(500), health.Thresholds())
     assert not stalled.ok and "not making progress" in stalled.message
-    assert re.search(r"last batch 50[01]s ago", stalled.message), stalled.message
+    assert "last batch 500s ago" in stalled.message, stalled.message
     never = health.check_stream_lag({(TOPIC, 0): 15}, {}, None, health.Thresholds())
     assert not never.ok and "never reported a batch" in never.message
 
