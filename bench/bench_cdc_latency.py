@@ -1,6 +1,7 @@
 """Benchmark: commit in Postgres -> visible in Cassandra, through Debezium, Kafka and the Spark stream.
 
 Usage: python bench/bench_cdc_latency.py [--rates 200,1000,3000,5000] [--seconds 20] [--trigger 0.5]
+                                         [--paths driver,spark-jobs]
 
 Needs the local stack up with the connector RUNNING (`make up`, then the cdc_setup DAG or
 `make demo`). Starts its own spark/cdc_stream.py (fresh checkpoint, reading from the latest
@@ -9,6 +10,10 @@ batches every 100 ms for a fixed time, while another process polls Cassandra eve
 notes when each trade becomes visible. Prints latency p50/p95/p99 per rate and whether the lag
 stayed flat (the backlog at the end of the run no larger than in its middle). Bounded: loopback
 only, rates x seconds rows in all, and the bench rows are deleted at the end.
+
+`--paths` runs the rates once per write path of the stream, one after the other in the same run:
+`driver` (the default: batches up to 2000 events written from the Spark driver, bigger ones by
+Spark jobs) and `spark-jobs` (every batch by Spark jobs, `--driver-max-events 0`).
 """
 
 from __future__ import annotations
@@ -94,7 +99,10 @@ def poller(s: dict[str, str], first_id: int, last_id: int, deadline: float, out:
     out.put(seen)
 
 
-def start_stream(s: dict[str, str], checkpoint: Path, trigger: float) -> subprocess.Popen:
+PATHS = {"driver": "2000", "spark-jobs": "0"}
+
+
+def start_stream(s: dict[str, str], checkpoint: Path, trigger: float, driver_max_events: str) -> subprocess.Popen:
     from cdc_stream_operator import spark_jars, stream_args, stream_env
 
     env = dict(os.environ, **stream_env(s["CASSANDRA_HOST"], s["CASSANDRA_PORT"], s["CASSANDRA_USERNAME"],
@@ -102,7 +110,7 @@ def start_stream(s: dict[str, str], checkpoint: Path, trigger: float) -> subproc
     argv = [str(REPO / ".cache" / "bin" / "spark-submit"), "--master", "local[2]", "--driver-memory", "1g",
             "--jars", spark_jars(), str(REPO / "spark" / "cdc_stream.py"),
             *stream_args(s["KAFKA_BOOTSTRAP_SERVERS"], s["CASSANDRA_KEYSPACE"], str(checkpoint)),
-            "--trigger-seconds", str(trigger), "--starting-offsets", "latest"]
+            "--trigger-seconds", str(trigger), "--starting-offsets", "latest", "--driver-max-events", driver_max_events]
     log = open(checkpoint.parent / "stream.log", "ab")  # noqa: SIM115 - owned by the child
     return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -218,36 +226,44 @@ def main() -> None:
     parser.add_argument("--rates", default="200,1000,3000,5000")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--trigger", type=float, default=0.5, help="the stream's trigger interval, seconds")
+    parser.add_argument("--paths", default="driver", help=f"comma-separated, of {', '.join(PATHS)}")
     args = parser.parse_args()
+    paths = args.paths.split(",")
+    unknown = set(paths) - set(PATHS)
+    if unknown:
+        parser.error(f"unknown path(s) {sorted(unknown)}; known: {', '.join(PATHS)}")
     s = load_env()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-cdc-", dir=REPO / ".run"))
-    stream = start_stream(s, tmp / "checkpoint", args.trigger)
     next_id = int(time.time()) * 1000
     try:
-        print(f"stream starting (trigger {args.trigger}s, log {tmp / 'stream.log'}); warming up")
-        time.sleep(5)
-        next_id = wait_visible(s, next_id, timeout=180)
-        print(f"{'rate/s':>7} {'rows':>7} {'achieved':>8} {'p50 s':>6} {'p95 s':>6} {'p99 s':>6} {'max s':>6} "
-              f"{'missing':>7} {'backlog mid/end':>15} {'debezium p50/p99 s':>18}  lag")
-        for rate in [int(r) for r in args.rates.split(",")]:
-            r, next_id = run_rate(s, rate, args.seconds, next_id)
-            print(f"{r['rate']:>7} {r['rows']:>7} {r['achieved']:>8} {r['p50']:6.2f} {r['p95']:6.2f} {r['p99']:6.2f} "
-                  f"{r['max']:6.2f} {r['missing']:>7} {r['backlog_mid']:>7}/{r['backlog_end']:<7} "
-                  f"{r['dbz_p50']:>8.2f}/{r['dbz_p99']:<9.2f}  "
-                  f"{'flat' if r['flat'] else 'GROWING'}", flush=True)
-            time.sleep(3)
+        for path in paths:
+            tmp = Path(tempfile.mkdtemp(prefix=f"bench-cdc-{path}-", dir=REPO / ".run"))
+            stream = start_stream(s, tmp / "checkpoint", args.trigger, PATHS[path])
+            try:
+                print(f"\n[{path}] stream starting (trigger {args.trigger}s, log {tmp / 'stream.log'}); warming up")
+                time.sleep(5)
+                next_id = wait_visible(s, next_id, timeout=180)
+                print(f"{'path':>10} {'rate/s':>7} {'rows':>7} {'achieved':>8} {'p50 s':>6} {'p95 s':>6} {'p99 s':>6} "
+                      f"{'max s':>6} {'missing':>7} {'backlog mid/end':>15} {'debezium p50/p99 s':>18}  lag")
+                for rate in [int(r) for r in args.rates.split(",")]:
+                    r, next_id = run_rate(s, rate, args.seconds, next_id)
+                    print(f"{path:>10} {r['rate']:>7} {r['rows']:>7} {r['achieved']:>8} {r['p50']:6.2f} "
+                          f"{r['p95']:6.2f} {r['p99']:6.2f} {r['max']:6.2f} {r['missing']:>7} "
+                          f"{r['backlog_mid']:>7}/{r['backlog_end']:<7} {r['dbz_p50']:>8.2f}/{r['dbz_p99']:<9.2f}  "
+                          f"{'flat' if r['flat'] else 'GROWING'}", flush=True)
+                    time.sleep(3)
+            finally:
+                os.killpg(stream.pid, signal.SIGTERM)
+                try:
+                    stream.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(stream.pid, signal.SIGKILL)
+                print(f"[{path}] stream log: {tmp / 'stream.log'}")
     finally:
-        os.killpg(stream.pid, signal.SIGTERM)
-        try:
-            stream.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(stream.pid, signal.SIGKILL)
         conn = pg_connect(s)
         with conn.cursor() as cur:
             cur.execute("DELETE FROM binance.recent_trades WHERE symbol = %s", (SYMBOL,))
         conn.commit()
         conn.close()
-    print(f"stream log: {tmp / 'stream.log'}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,11 @@ Cassandra write carries the event's source LSN as its write timestamp, so replay
 can never make a row older than it is (last write wins by source order). Messages that cannot be
 applied go to `dead_letters`; the stream carries on. `--available-now` processes what is in Kafka
 and exits (catch-up runs, tests); otherwise the query runs until it fails, and fails loudly.
+
+Two ways to write a micro-batch, with the same result: a batch of at most `--driver-max-events`
+events is collected in one Spark job and applied from the driver through the Cassandra driver
+(spark/driver_sink.py; low latency at ordinary rates), a bigger one by Spark jobs per table
+through the Spark Cassandra Connector (throughput when catching up).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from include.tables import Table
+from spark import driver_sink
 from spark.envelope import (
     TOPIC_PREFIX,
     batch_summary,
@@ -56,8 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True, help="durable checkpoint folder (HDFS/S3/local path)")
     p.add_argument("--topic-pattern", default=TOPIC_PREFIX.replace(".", r"\.") + ".*")
     p.add_argument("--available-now", action="store_true", help="process what is there, then exit")
-    p.add_argument("--trigger-seconds", type=float, default=1.0)
+    p.add_argument("--trigger-seconds", type=float, default=0.5)
     p.add_argument("--max-offsets-per-trigger", type=int, default=20000)
+    p.add_argument("--driver-max-events", type=int, default=int(os.environ.get("CDC_DRIVER_MAX_EVENTS", "2000")),
+                   help="batches up to this many events are applied from the driver (0: always through Spark "
+                        "jobs); default from CDC_DRIVER_MAX_EVENTS, else 2000")
     p.add_argument("--starting-offsets", default="earliest")
     p.add_argument("--query-name", default="binance_cdc_to_cassandra")
     return p.parse_args(argv)
@@ -80,7 +89,8 @@ class Sink:
     """Writes one micro-batch: upserts through the Spark Cassandra Connector (JVM, batched),
     deletes, the change log and dead letters through the Python driver on the driver node."""
 
-    def __init__(self, spark: SparkSession, keyspace: str, settings: dict[str, str], query_name: str) -> None:
+    def __init__(self, spark: SparkSession, keyspace: str, settings: dict[str, str], query_name: str,
+                 driver_max_events: int = 0) -> None:
         from cassandra.auth import PlainTextAuthProvider
         from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
         from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
@@ -88,6 +98,7 @@ class Sink:
         self.spark = spark
         self.keyspace = keyspace
         self.query_name = query_name
+        self.driver_max_events = driver_max_events
         self.tables = known_tables()
         self.cluster = Cluster(
             settings["spark.cassandra.connection.host"].split(","),
@@ -111,6 +122,13 @@ class Sink:
 
     def write_batch(self, batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
+        if self.driver_max_events > 0:
+            # one job reads the batch (every Kafka partition at once: spark.sql.limit.initialNumPartitions)
+            records = batch.limit(self.driver_max_events + 1).collect()
+            if len(records) <= self.driver_max_events:
+                parts = self._apply_on_driver(records, batch_id)
+                self._record_progress(batch_id, parts, time.monotonic() - started)
+                return
         batch = batch.persist()
         try:
             # one small job: which topics are in the batch, and what to report as progress
@@ -124,6 +142,65 @@ class Sink:
         finally:
             batch.unpersist()
         self._record_progress(batch_id, parts, time.monotonic() - started)
+
+    def _apply_on_driver(self, records: list[Any], batch_id: int) -> list[driver_sink.PartitionSummary]:
+        """The batch's events applied with the Cassandra driver: per table collapsed to the last
+        event per key, dead letters first, then upserts and deletes (LSN as write time), then the
+        change log, so a logged key is always already applied."""
+        from cassandra.concurrent import execute_concurrent
+
+        t0 = time.monotonic()
+        now = datetime.now(UTC)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        bucket = now.replace(second=0, microsecond=0)
+        by_topic: dict[str, list[Any]] = {}
+        for r in records:
+            by_topic.setdefault(r.topic, []).append(r)
+        writes: list[tuple[Any, tuple]] = []
+        logged: list[tuple] = []
+        counts = []
+        for topic, rows in sorted(by_topic.items()):
+            table = self.tables.get(topic)
+            if table is None:
+                continue
+            events = [e for r in rows if (e := driver_sink.parse_event(table, r.partition, r.offset, r.value))]
+            winners, bad = driver_sink.collapse(table, events)
+            if bad:
+                self._dead_letters(topic, bad)
+            upsert, delete = self._driver_statements(table)
+            n_deletes = 0
+            for w in winners:
+                if w.cdc_op == "d":
+                    n_deletes += 1
+                    writes.append((delete, (w.cdc_lsn, *[w.row[k] for k in table.cassandra_key])))
+                else:
+                    writes.append((upsert, (*[w.row[c] for c in table.column_names], w.cdc_op, w.cdc_source_ts,
+                                            w.cdc_lsn, now, w.cdc_lsn)))
+                logged.append((table.name, bucket, driver_sink.key_json(table, w), w.cdc_lsn))
+            dead = f" {len(bad)} dead" if bad else ""
+            counts.append(f"{table.name} {len(winners) - n_deletes}+{n_deletes}d{dead}")
+        t1 = time.monotonic()
+        _raise_failures(execute_concurrent(self.session, writes, concurrency=64, raise_on_first_error=False),
+                        "upsert/delete", "the sink tables")
+        t2 = time.monotonic()
+        log_stmt = self._prepare(f'INSERT INTO "{self.keyspace}".changed_rows (table_name, bucket, key, cdc_lsn) '
+                                 "VALUES (?, ?, ?, ?)")
+        _raise_failures(execute_concurrent(self.session, [(log_stmt, args) for args in logged], concurrency=64,
+                                           raise_on_first_error=False), "change log", "changed_rows")
+        t3 = time.monotonic()
+        log.info("batch %d on the driver: %d records; %s (parse+collapse %.3fs, writes %.3fs, change log %.3fs)",
+                 batch_id, len(records), ", ".join(counts) or "nothing to apply", t1 - t0, t2 - t1, t3 - t2)
+        return driver_sink.summarize(records)
+
+    def _driver_statements(self, table: Table) -> tuple[Any, Any]:
+        ks, name = self.keyspace, table.name
+        columns = [*table.column_names, "cdc_op", "cdc_source_ts", "cdc_lsn", "cdc_written_at"]
+        quoted = ", ".join(f'"{c}"' for c in columns)
+        marks = ", ".join("?" * len(columns))
+        upsert = self._prepare(f'INSERT INTO "{ks}"."{name}" ({quoted}) VALUES ({marks}) USING TIMESTAMP ?')
+        where = " AND ".join(f'"{k}" = ?' for k in table.cassandra_key)
+        delete = self._prepare(f'DELETE FROM "{ks}"."{name}" USING TIMESTAMP ? WHERE {where}')
+        return upsert, delete
 
     def _record_progress(self, batch_id: int, parts: list[Any], seconds: float) -> None:
         """After the batch is applied: one stream_progress row, and per topic partition the next
@@ -267,11 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     # batches are small and frequent: one shuffle partition avoids a task per empty partition
     builder = builder.config("spark.sql.shuffle.partitions", os.environ.get("CDC_SHUFFLE_PARTITIONS", "1"))
     builder = builder.config("spark.ui.enabled", "false")
+    # the driver path's collect(limit) reads every Kafka partition of the batch in one job
+    builder = builder.config("spark.sql.limit.initialNumPartitions", "1024")
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    sink = Sink(spark, args.keyspace, settings, args.query_name)
+    sink = Sink(spark, args.keyspace, settings, args.query_name, args.driver_max_events)
     try:
         query = build_stream(spark, args, sink)
         log.info("stream %s started (%s), checkpoint %s", args.query_name,

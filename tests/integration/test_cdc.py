@@ -70,7 +70,15 @@ def _assert_cassandra_equals_postgres(pg, cassandra) -> dict[str, int]:
     return counts
 
 
-def test_inserts_updates_and_deletes_of_every_table_reach_cassandra_exactly(dagbag, cdc_ready, pg, cassandra):
+# the stream writes a small batch from the Spark driver, a big one through Spark jobs: both exactly
+WRITE_PATHS = {"driver": "2000", "spark-jobs": "0"}
+
+
+@pytest.mark.parametrize("path", WRITE_PATHS)
+def test_inserts_updates_and_deletes_of_every_table_reach_cassandra_exactly(dagbag, cdc_ready, pg, cassandra,
+                                                                            monkeypatch, capfd, path):
+    # spark-submit inherits the environment; spark/cdc_stream.py reads its default from it
+    monkeypatch.setenv("CDC_DRIVER_MAX_EVENTS", WRITE_PATHS[path])
     _delete_test_rows(pg)
     for table, records in _records(1).items():
         load(pg, table, records)
@@ -80,6 +88,7 @@ def test_inserts_updates_and_deletes_of_every_table_reach_cassandra_exactly(dagb
     with pg.cursor() as cur:
         cur.execute("UPDATE binance.recent_trades SET qty = qty + 0.00000001 WHERE symbol = %s AND trade_id = 1001",
                     (SYMBOLS[0],))
+        cur.execute("UPDATE binance.order_book SET quantity = quantity * 2 WHERE symbol = %s", (SYMBOLS[1],))
         # deletes in every table
         cur.execute("DELETE FROM binance.latest_prices WHERE symbol = %s AND time = %s", (SYMBOLS[0], T0))
         cur.execute("DELETE FROM binance.daily_ticker WHERE symbol = %s", (SYMBOLS[1],))
@@ -97,6 +106,16 @@ def test_inserts_updates_and_deletes_of_every_table_reach_cassandra_exactly(dagb
                             (SYMBOLS[0], T0 + timedelta(minutes=1))).one()
     assert str(row.low_price) == "0.00001234"
     assert row.cdc_op == "u" and row.wt == row.cdc_lsn
+    # every row written with its source LSN as write time, whichever path wrote it
+    for table in TABLES:
+        value = next(c for c in TABLES[table].column_names if c not in TABLES[table].cassandra_key)
+        rows = cassandra.execute(f"SELECT symbol, cdc_lsn, writetime({value}) AS wt FROM {table}", timeout=60)
+        mine = [r for r in rows if r.symbol in SYMBOLS]
+        assert mine and all(r.wt == r.cdc_lsn for r in mine), f"{table}: a write time is not the source LSN"
+    # the stream's log (spark-submit's output, relayed by the task) names the path that wrote
+    out = capfd.readouterr()
+    marker = "on the driver:" if path == "driver" else "parse+rank"
+    assert marker in out.out + out.err, f"the {path} path did not write this batch"
 
 
 def _spark_submit(settings, checkpoint: Path) -> subprocess.Popen:
