@@ -4,6 +4,12 @@ One transaction per dataset: COPY the batch into a temporary staging table, then
 `INSERT ... ON CONFLICT (primary key) DO UPDATE ... WHERE something changed`. A row that already
 holds the same values is left alone (no UPDATE, so no change event); a failure rolls the whole
 batch back and leaves the table as it was.
+
+Immutable tables (trades, order book snapshots), keyed by a symbol and a growing id, skip the
+staging table: the keys already stored in the batch's id range are read first, and only the new
+rows are COPYed straight into the table (half the server's work). If another writer stored one
+of them in between, the COPY fails on the key, is rolled back to a savepoint, and the batch goes
+the staging way instead.
 """
 
 from __future__ import annotations
@@ -11,9 +17,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from operator import attrgetter
 from typing import Any
@@ -69,6 +75,87 @@ class _CsvStream(io.TextIOBase):
         return out
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+_TEXT_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+NULL = "\\N"
+
+
+class _TimestampText:
+    """Timestamps as COPY text in UTC ('2026-01-02 03:04:05.678000+00'), about four times faster
+    than str(): the date and time to the second are formatted once per second seen. Naive values
+    are read as UTC, as the load's `SET LOCAL timezone = 'UTC'` reads them."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[int, str] = {}
+
+    def __call__(self, moment: datetime) -> str:
+        delta = moment - (_EPOCH_NAIVE if moment.tzinfo is None else _EPOCH)
+        second = delta.days * 86400 + delta.seconds
+        prefix = self._seconds.get(second)
+        if prefix is None:
+            if len(self._seconds) > 100_000:
+                self._seconds.clear()
+            prefix = self._seconds[second] = (_EPOCH + timedelta(seconds=second)).strftime("%Y-%m-%d %H:%M:%S")
+        return f"{prefix}.{delta.microseconds:06d}+00"
+
+
+def _bool_text(value: bool) -> str:
+    return "t" if value else "f"
+
+
+def _text(value: str) -> str:
+    return value.translate(_TEXT_ESCAPES)
+
+
+def _converters(table: Table) -> list[Callable[[Any], str]]:
+    """Per column, value -> COPY text field (decimals and ints by str(): exact)."""
+    by_type: dict[str, Callable[[Any], str]] = {
+        "text": _text, "numeric": str, "bigint": str, "boolean": _bool_text, "timestamptz": _TimestampText(),
+    }
+    return [by_type[c.type] for c in table.columns]
+
+
+def copy_text(table: Table, records: Sequence[Any], rows_per_chunk: int = 2000) -> Iterator[str]:
+    """`records` as COPY text format (tab-separated, \\N for NULL), a chunk of rows at a time."""
+    converters = _converters(table)
+    rows = _rows(table, records)
+    while chunk := list(islice(rows, rows_per_chunk)):
+        yield "".join(
+            "\t".join([NULL if v is None else conv(v) for conv, v in zip(converters, values, strict=True)]) + "\n"
+            for values in chunk
+        )
+
+
+class _ChunkStream(io.TextIOBase):
+    """A file-like reader over text chunks, for COPY FROM STDIN: the chunks are made while the
+    server parses the previous ones."""
+
+    def __init__(self, chunks: Iterator[str]) -> None:
+        self._chunks = chunks
+        self._pending = ""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> str:
+        want = size if size is not None and size >= 0 else None
+        parts = [self._pending]
+        have = len(self._pending)
+        while want is None or have < want:
+            chunk = next(self._chunks, "")
+            if not chunk:
+                break
+            parts.append(chunk)
+            have += len(chunk)
+        data = "".join(parts)
+        if want is None:
+            self._pending = ""
+            return data
+        self._pending = data[want:]
+        return data[:want]
+
+
 def _rows(table: Table, records: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
     """Column values in table order from dataclasses or named tuples (e.g. Cassandra rows)."""
     names = table.column_names
@@ -113,17 +200,66 @@ def upsert_sql(table: Table, staging: str, schema: str = SCHEMA) -> str:
     )
 
 
+def _direct_insert_key(table: Table) -> tuple[str, str] | None:
+    """(group column, id column) when new rows can be COPYed straight into the table: immutable
+    rows keyed by a text column and a bigint id (recent_trades, order_book)."""
+    if not table.immutable or len(table.primary_key) < 2:
+        return None
+    group, ident = table.primary_key[0], table.primary_key[1]
+    if table.column(group).type != "text" or table.column(ident).type != "bigint":
+        return None
+    return group, ident
+
+
+def _new_rows(cur: Any, table: Table, batch: list[Any], schema: str, group: str, ident: str) -> list[Any]:
+    """The records whose key is not stored yet: one range read per group (ids grow, so a re-fetch
+    overlaps the newest stored ids only)."""
+    ranges: dict[Any, list[int]] = {}
+    for rec in batch:
+        g, i = getattr(rec, group), getattr(rec, ident)
+        bounds = ranges.setdefault(g, [i, i])
+        bounds[0], bounds[1] = min(bounds[0], i), max(bounds[1], i)
+    key_cols = ", ".join(f'"{c}"' for c in table.primary_key)
+    stored: set[tuple[Any, ...]] = set()
+    for g, (lo, hi) in ranges.items():
+        cur.execute(f'SELECT {key_cols} FROM "{schema}"."{table.name}" '
+                    f'WHERE "{group}" = %s AND "{ident}" BETWEEN %s AND %s', (g, lo, hi))
+        stored.update(cur.fetchall())
+    if not stored:
+        return batch
+    key = attrgetter(*table.primary_key)
+    return [rec for rec in batch if key(rec) not in stored]
+
+
 def upsert(cur: Any, table: Table, records: Iterable[Any], schema: str = SCHEMA) -> tuple[int, int, int]:
     """Upsert into <schema>.<table> inside the caller's transaction: (received, inserted, updated)."""
     batch = _dedupe(table, records)
     if not batch:
         return 0, 0, 0
-    staging = f"stage_{table.name}"
     cols = ", ".join(f'"{c}"' for c in table.column_names)
     # naive times, if any slipped in, are read as UTC whatever the server's default
     cur.execute("SET LOCAL timezone = 'UTC'")
+    direct = _direct_insert_key(table)
+    if direct is not None:
+        new = _new_rows(cur, table, batch, schema, *direct)
+        if not new:
+            return len(batch), 0, 0
+        cur.execute("SAVEPOINT direct_copy")
+        try:
+            _copy_in(cur, f'COPY "{schema}"."{table.name}" ({cols}) FROM STDIN', _ChunkStream(copy_text(table, new)))
+        except Exception as exc:
+            # psycopg2 names the SQLSTATE pgcode, psycopg 3 sqlstate; 23505 is unique_violation
+            if "23505" not in (getattr(exc, "pgcode", None), getattr(exc, "sqlstate", None)):
+                raise
+            # another writer stored some of these keys meanwhile: the staging way sorts it out
+            cur.execute("ROLLBACK TO SAVEPOINT direct_copy")
+            log.info("%s.%s: a key was stored meanwhile; loading through the staging table", schema, table.name)
+        else:
+            cur.execute("RELEASE SAVEPOINT direct_copy")
+            return len(batch), len(new), 0
+    staging = f"stage_{table.name}"
     cur.execute(f'CREATE TEMP TABLE {staging} (LIKE "{schema}"."{table.name}" INCLUDING DEFAULTS) ON COMMIT DROP')
-    _copy_in(cur, f"COPY {staging} ({cols}) FROM STDIN WITH (FORMAT csv)", _CsvStream(_rows(table, batch)))
+    _copy_in(cur, f"COPY {staging} ({cols}) FROM STDIN", _ChunkStream(copy_text(table, batch)))
     cur.execute(upsert_sql(table, staging, schema))
     inserted, updated = cur.fetchone()
     return len(batch), inserted, updated

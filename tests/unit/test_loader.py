@@ -1,14 +1,25 @@
-"""The loader's pure parts: CSV rendering for COPY, the upsert statement, de-duplication."""
+"""The loader's pure parts: rendering for COPY, the upsert statement, de-duplication."""
 
 from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
+import pytest
+
 from include.binance.models import Kline, Trade
-from include.loader import _CsvStream, _dedupe, _rows, upsert_sql
+from include.loader import (
+    _ChunkStream,
+    _CsvStream,
+    _dedupe,
+    _direct_insert_key,
+    _rows,
+    _TimestampText,
+    copy_text,
+    upsert_sql,
+)
 from include.tables import TABLES
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
@@ -24,6 +35,55 @@ def test_csv_keeps_decimals_exact_and_times_in_utc():
     assert rows[0] == ["BTCUSDT", "1", "0.00001234", "12.00000000", "0.00014808", "2026-01-02 03:04:05.678000+00:00",
                        "True"]
     assert rows[1][2] == "64000.12345678"
+
+
+def test_copy_text_keeps_decimals_exact_times_in_utc_and_marks_nulls():
+    lines = "".join(copy_text(TABLES["recent_trades"], [_trade(1), _trade(2, "64000.12345678")], rows_per_chunk=1))
+    rows = [line.split("\t") for line in lines.splitlines()]
+    assert rows[0] == ["BTCUSDT", "1", "0.00001234", "12.00000000", "0.00014808", "2026-01-02 03:04:05.678000+00", "t"]
+    assert rows[1][2] == "64000.12345678"
+    kline = Kline("BTCUSDT", "1m", T0, Decimal("1E+2"), *(Decimal("1"),) * 4, T0, None, 3)
+    fields = "".join(copy_text(TABLES["klines"], [kline])).rstrip("\n").split("\t")
+    assert fields[3] == "1E+2" and fields[-2] == "\\N"
+
+
+def test_copy_text_escapes_what_the_text_format_reserves():
+    odd = Trade("A\tB\\C\nD\rE", 1, Decimal(1), Decimal(1), Decimal(1), T0, False)
+    line = "".join(copy_text(TABLES["recent_trades"], [odd]))
+    assert len(line.split("\t")) == 7  # the symbol's tab is escaped, not a field separator
+    assert line.startswith("A\\tB\\\\C\\nD\\rE\t") and line.count("\n") == 1
+
+
+@pytest.mark.parametrize("moment", [
+    T0,
+    datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+    datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    datetime(2026, 1, 2, 5, 4, 5, 1, tzinfo=timezone(timedelta(hours=2))),  # another offset: same instant in UTC
+])
+def test_timestamps_render_like_str_in_utc(moment):
+    text = _TimestampText()
+    expected = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") + "+00"
+    assert text(moment) == expected
+    assert text(moment) == expected  # from the per-second cache
+    assert text(moment.astimezone(UTC).replace(tzinfo=None)) == expected  # naive is read as UTC
+
+
+def test_chunk_stream_reads_in_pieces_of_any_size():
+    records = [_trade(i) for i in range(100)]
+    whole = "".join(copy_text(TABLES["recent_trades"], records))
+    stream = _ChunkStream(copy_text(TABLES["recent_trades"], records, rows_per_chunk=7))
+    pieces = []
+    while chunk := stream.read(33):
+        pieces.append(chunk)
+    assert "".join(pieces) == whole and whole.count("\n") == 100
+    assert _ChunkStream(copy_text(TABLES["recent_trades"], records)).read() == whole
+
+
+def test_only_immutable_id_keyed_tables_are_copied_straight_in():
+    assert _direct_insert_key(TABLES["recent_trades"]) == ("symbol", "trade_id")
+    assert _direct_insert_key(TABLES["order_book"]) == ("symbol", "update_id")
+    for name in ("latest_prices", "daily_ticker", "klines"):
+        assert _direct_insert_key(TABLES[name]) is None
 
 
 def test_csv_stream_reads_in_pieces_of_any_size():
