@@ -79,3 +79,10 @@ def test_a_bad_row_leaves_the_table_as_it_was(scratch):
     with pytest.raises(Exception, match="qty"):
         loader.load(scratch, "recent_trades", bad, schema=SCHEMA)
     assert _stored(scratch) == before
+
+
+def test_a_key_twice_in_one_batch_keeps_the_last(scratch):
+    batch = _trades(range(1, 6)) + _trades([3], price="9.5")
+    result = loader.load(scratch, "recent_trades", batch, schema=SCHEMA)
+    assert (result.received, result.inserted, result.updated) == (5, 5, 0)
+    assert [(r[0], r[1]) for r in _stored(scratch)][2] == (3, Decimal("9.5"))
