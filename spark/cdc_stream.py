@@ -64,9 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--available-now", action="store_true", help="process what is there, then exit")
     p.add_argument("--trigger-seconds", type=float, default=0.5)
     p.add_argument("--max-offsets-per-trigger", type=int, default=20000)
-    p.add_argument("--driver-max-events", type=int, default=int(os.environ.get("CDC_DRIVER_MAX_EVENTS", "2000")),
+    p.add_argument("--driver-max-events", type=int, default=int(os.environ.get("CDC_DRIVER_MAX_EVENTS", "5000")),
                    help="batches up to this many events are applied from the driver (0: always through Spark "
-                        "jobs); default from CDC_DRIVER_MAX_EVENTS, else 2000")
+                        "jobs); default from CDC_DRIVER_MAX_EVENTS, else 5000")
     p.add_argument("--starting-offsets", default="earliest")
     p.add_argument("--query-name", default="binance_cdc_to_cassandra")
     return p.parse_args(argv)
@@ -156,7 +156,8 @@ class Sink:
         by_topic: dict[str, list[Any]] = {}
         for r in records:
             by_topic.setdefault(r.topic, []).append(r)
-        writes: list[tuple[Any, tuple]] = []
+        # (Cassandra partition, statement, values): written as single-partition unlogged batches
+        writes: list[tuple[tuple, Any, tuple]] = []
         logged: list[tuple] = []
         counts = []
         for topic, rows in sorted(by_topic.items()):
@@ -170,22 +171,24 @@ class Sink:
             upsert, delete = self._driver_statements(table)
             n_deletes = 0
             for w in winners:
+                partition = (table.name, *[w.row[k] for k in table.cassandra_partition_key])
                 if w.cdc_op == "d":
                     n_deletes += 1
-                    writes.append((delete, (w.cdc_lsn, *[w.row[k] for k in table.cassandra_key])))
+                    writes.append((partition, delete, (w.cdc_lsn, *[w.row[k] for k in table.cassandra_key])))
                 else:
-                    writes.append((upsert, (*[w.row[c] for c in table.column_names], w.cdc_op, w.cdc_source_ts,
-                                            w.cdc_lsn, now, w.cdc_lsn)))
+                    writes.append((partition, upsert, (*[w.row[c] for c in table.column_names], w.cdc_op,
+                                                       w.cdc_source_ts, w.cdc_lsn, now, w.cdc_lsn)))
                 logged.append((table.name, bucket, driver_sink.key_json(table, w), w.cdc_lsn))
             dead = f" {len(bad)} dead" if bad else ""
             counts.append(f"{table.name} {len(winners) - n_deletes}+{n_deletes}d{dead}")
         t1 = time.monotonic()
-        _raise_failures(execute_concurrent(self.session, writes, concurrency=64, raise_on_first_error=False),
-                        "upsert/delete", "the sink tables")
+        _raise_failures(execute_concurrent(self.session, _partition_batches(writes), concurrency=32,
+                                           raise_on_first_error=False), "upsert/delete", "the sink tables")
         t2 = time.monotonic()
         log_stmt = self._prepare(f'INSERT INTO "{self.keyspace}".changed_rows (table_name, bucket, key, cdc_lsn) '
                                  "VALUES (?, ?, ?, ?)")
-        _raise_failures(execute_concurrent(self.session, [(log_stmt, args) for args in logged], concurrency=64,
+        changes = [((args[0], args[1]), log_stmt, args) for args in logged]
+        _raise_failures(execute_concurrent(self.session, _partition_batches(changes), concurrency=32,
                                            raise_on_first_error=False), "change log", "changed_rows")
         t3 = time.monotonic()
         log.info("batch %d on the driver: %d records; %s (parse+collapse %.3fs, writes %.3fs, change log %.3fs)",
@@ -303,6 +306,24 @@ def _cql_value(table: Table, name: str, value: Any) -> Any:
         # Spark hands back naive local datetimes; the session and the driver run in UTC
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value
     return value
+
+
+def _partition_batches(writes: list[tuple[tuple, Any, tuple]], size: int = 100) -> list[tuple[Any, None]]:
+    """Statements grouped by Cassandra partition into unlogged batches of up to `size`: one request
+    per batch, applied atomically within its partition; each statement keeps its own write time."""
+    from cassandra.query import BatchStatement, BatchType
+
+    by_partition: dict[tuple, list[tuple[Any, tuple]]] = {}
+    for partition, stmt, values in writes:
+        by_partition.setdefault(partition, []).append((stmt, values))
+    out: list[tuple[Any, None]] = []
+    for statements in by_partition.values():
+        for start in range(0, len(statements), size):
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+            for stmt, values in statements[start:start + size]:
+                batch.add(stmt, values)
+            out.append((batch, None))
+    return out
 
 
 def _raise_failures(results: Any, what: str, table: str) -> None:
