@@ -12,7 +12,7 @@ stayed flat (the backlog at the end of the run no larger than in its middle). Bo
 only, rates x seconds rows in all, and the bench rows are deleted at the end.
 
 `--paths` runs the rates once per write path of the stream, one after the other in the same run:
-`driver` (the default: batches up to 5000 events written from the Spark driver, bigger ones by
+`driver` (the default: batches up to 20000 events written from the Spark driver, bigger ones by
 Spark jobs) and `spark-jobs` (every batch by Spark jobs, `--driver-max-events 0`).
 """
 
@@ -99,7 +99,7 @@ def poller(s: dict[str, str], first_id: int, last_id: int, deadline: float, out:
     out.put(seen)
 
 
-PATHS = {"driver": "5000", "spark-jobs": "0"}
+PATHS = {"driver": "20000", "spark-jobs": "0"}
 
 
 def start_stream(s: dict[str, str], checkpoint: Path, trigger: float, driver_max_events: str) -> subprocess.Popen:

@@ -64,9 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--available-now", action="store_true", help="process what is there, then exit")
     p.add_argument("--trigger-seconds", type=float, default=0.5)
     p.add_argument("--max-offsets-per-trigger", type=int, default=20000)
-    p.add_argument("--driver-max-events", type=int, default=int(os.environ.get("CDC_DRIVER_MAX_EVENTS", "5000")),
+    p.add_argument("--driver-max-events", type=int, default=int(os.environ.get("CDC_DRIVER_MAX_EVENTS", "20000")),
                    help="batches up to this many events are applied from the driver (0: always through Spark "
-                        "jobs); default from CDC_DRIVER_MAX_EVENTS, else 5000")
+                        "jobs); default from CDC_DRIVER_MAX_EVENTS, else 20000")
     p.add_argument("--starting-offsets", default="earliest")
     p.add_argument("--query-name", default="binance_cdc_to_cassandra")
     return p.parse_args(argv)

@@ -32,6 +32,10 @@ class _Number(str):
     """A JSON number kept as its text, the way Spark's JSON reader sees it."""
 
 
+class _NumberAsText(Exception):
+    """A JSON number where text is expected: only the slow parse keeps the number's exact text."""
+
+
 def _loads(value: str) -> Any:
     return json.loads(value, parse_int=_Number, parse_float=_Number, parse_constant=_Number)
 
@@ -39,8 +43,9 @@ def _loads(value: str) -> Any:
 def _as_long(value: Any) -> int | None:
     """What Spark's from_json makes of a value for a LongType field: integers only, else null."""
     if isinstance(value, _Number) and re.fullmatch(r"-?[0-9]+", value):
-        n = int(value)
-        return n if -(2**63) <= n < 2**63 else None
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if -(2**63) <= value < 2**63 else None
     return None
 
 
@@ -48,6 +53,8 @@ def _as_string(value: Any) -> str | None:
     """For a StringType field Spark keeps strings, and the JSON text of anything else."""
     if value is None or isinstance(value, str):
         return value  # _Number is a str: its text as written
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise _NumberAsText
     if isinstance(value, bool):
         return "true" if value else "false"
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
@@ -157,7 +164,15 @@ def parse_event(table: Table, partition: int, offset: int, value: str | None) ->
     if value is None:
         return None
     try:
-        env = _loads(value)
+        # the C parser; a number where text is expected is parsed again keeping its text
+        return _parse_event(table, partition, offset, value, json.loads)
+    except _NumberAsText:
+        return _parse_event(table, partition, offset, value, _loads)
+
+
+def _parse_event(table: Table, partition: int, offset: int, value: str, loads: Any) -> Event:
+    try:
+        env = loads(value)
     except ValueError:
         env = None
     if not isinstance(env, dict):

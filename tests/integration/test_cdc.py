@@ -71,7 +71,7 @@ def _assert_cassandra_equals_postgres(pg, cassandra) -> dict[str, int]:
 
 
 # the stream writes a small batch from the Spark driver, a big one through Spark jobs: both exactly
-WRITE_PATHS = {"driver": "5000", "spark-jobs": "0"}
+WRITE_PATHS = {"driver": "20000", "spark-jobs": "0"}
 
 
 @pytest.mark.parametrize("path", WRITE_PATHS)
