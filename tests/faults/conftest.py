@@ -205,9 +205,16 @@ def differences(pg, session, symbols, schema: str | None = None) -> dict[str, st
 
 def wait_equal(pg, session, symbols, timeout: float, schema: str | None = None) -> float:
     """Seconds until the copy equals Postgres `binance` for `symbols`; fails with the differences."""
+    from cassandra import OperationTimedOut
+    from cassandra.cluster import NoHostAvailable
+
     started = time.monotonic()
     while True:
-        diff = differences(pg, session, symbols, schema)
+        try:
+            diff = differences(pg, session, symbols, schema)
+        except (NoHostAvailable, OperationTimedOut) as exc:
+            # a restarted Cassandra: the driver reconnects in the background
+            diff = {"cassandra": f"not readable yet: {exc}"}
         if not diff:
             return time.monotonic() - started
         if time.monotonic() - started > timeout:
