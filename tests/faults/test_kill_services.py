@@ -39,6 +39,11 @@ def _make_up() -> float:
     started = time.monotonic()
     r = subprocess.run(["make", "up"], cwd=REPO, capture_output=True, text=True, check=False, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    # this process's Airflow ORM (dag.test) holds pooled connections a restarted Postgres closed
+    from airflow import settings as airflow_settings
+
+    if airflow_settings.engine is not None:
+        airflow_settings.engine.dispose()
     return time.monotonic() - started
 
 
