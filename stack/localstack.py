@@ -32,6 +32,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -640,6 +641,10 @@ def start_airflow(s: dict[str, str]) -> None:
         for part in reversed(AIRFLOW_PARTS):
             stop_pid(part)
     started_mode.write_text(binance_mode() + "\n")
+    for part in _hung_airflow_parts(s):
+        # alive but no heartbeat while the database answers (seen after a Postgres restart): restart it
+        print(f"{part}: running but its heartbeat stopped; restarting it")
+        stop_pid(part)
     commands = {
         "airflow-api-server": _airflow(s, "api-server", "--host", s["AIRFLOW_HOST"], "--port", s["AIRFLOW_PORT"]),
         # the log servers would bind every interface; with LocalExecutor the API server reads
@@ -654,6 +659,32 @@ def start_airflow(s: dict[str, str]) -> None:
                 _check_port_free(name, s["AIRFLOW_HOST"], int(s["AIRFLOW_PORT"]))
             spawn(name, argv, env, cwd=Path(s["AIRFLOW_HOME"]))
             _SPAWNED.add(name)
+
+
+# heartbeat components of /api/v2/monitor/health, by the service that sends it
+_HEARTBEATS = {"scheduler": "airflow-scheduler", "triggerer": "airflow-triggerer",
+               "dag_processor": "airflow-dag-processor"}
+HUNG_AFTER_S = 90.0
+
+
+def _hung_airflow_parts(s: dict[str, str]) -> list[str]:
+    """Airflow services whose process runs but whose heartbeat is older than HUNG_AFTER_S while the
+    metadata database is healthy (so the service itself is stuck, not waiting for the database)."""
+    try:
+        health = _http_json(f"{s['AIRFLOW_URL']}/api/v2/monitor/health")
+    except Exception:  # noqa: BLE001 - no API server yet: nothing to judge
+        return []
+    if health.get("metadatabase", {}).get("status") != "healthy":  # type: ignore[union-attr]
+        return []
+    hung = []
+    now = datetime.now(UTC)
+    for component, part in _HEARTBEATS.items():
+        beat = health.get(component, {}).get(f"latest_{component}_heartbeat")  # type: ignore[union-attr]
+        if read_pid(part) is None or not beat:
+            continue
+        if (now - datetime.fromisoformat(beat)).total_seconds() > HUNG_AFTER_S:
+            hung.append(part)
+    return hung
 
 
 def airflow_healthy(s: dict[str, str]) -> bool:
