@@ -133,7 +133,8 @@ def copy_text(table: Table, records: Sequence[Any], rows_per_chunk: int = 2000) 
     rendered column by column (several times faster than row by row)."""
     converters = _converters(table)
     getters = [attrgetter(name) for name in table.column_names]
-    _rows(table, records[:1])  # names a missing field before anything is rendered
+    if records:
+        _check_fields(table, records[0])
     for start in range(0, len(records), rows_per_chunk):
         chunk = records[start:start + rows_per_chunk]
         columns = [_column_text(conv, list(map(get, chunk))) for conv, get in zip(converters, getters, strict=True)]
@@ -169,13 +170,18 @@ class _ChunkStream(io.TextIOBase):
         return data[:want]
 
 
+def _check_fields(table: Table, record: Any) -> None:
+    """Fail naming the fields `record` lacks for `table`, before anything is written."""
+    missing = [n for n in table.column_names if not hasattr(record, n)]
+    if missing:
+        raise ValueError(f"{type(record).__name__} has no field(s) {missing} for table {table.name}")
+
+
 def _rows(table: Table, records: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
     """Column values in table order from dataclasses or named tuples (e.g. Cassandra rows)."""
-    names = table.column_names
-    missing = [n for n in names if not hasattr(records[0], n)]
-    if missing:
-        raise ValueError(f"{type(records[0]).__name__} has no field(s) {missing} for table {table.name}")
-    return map(attrgetter(*names), records)
+    if records:
+        _check_fields(table, records[0])
+    return map(attrgetter(*table.column_names), records)
 
 
 def _dedupe(table: Table, records: Iterable[Any]) -> list[Any]:
