@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from grafana import generate
-from include.health import HEALTH_SCHEMA, HEALTH_TABLES
-from include.tables import BRIDGE_SCHEMA, BRIDGE_TABLES
+from include.health.checks import HEALTH_TABLES
+from include.names import BRIDGE_SCHEMA, HEALTH_SCHEMA
+from include.tables import BRIDGE_TABLES
 
 REPO = Path(__file__).resolve().parent.parent
 PROVISIONING = REPO / "grafana" / "provisioning"
