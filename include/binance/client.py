@@ -38,6 +38,7 @@ from include.binance.errors import (
     UnknownSymbolError,
     excerpt,
 )
+from include.binance.intervals import KLINE_INTERVALS
 from include.binance.models import (
     DailyTicker,
     Kline,
@@ -70,7 +71,6 @@ TIME = "/api/v3/time"
 DEFAULT_BASE_URL = "https://data-api.binance.vision"
 REQUEST_WEIGHT_LIMIT = 6000
 DEFAULT_WEIGHT_BUDGET = REQUEST_WEIGHT_LIMIT // 2
-KLINE_INTERVALS = ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M")
 MAX_LIMITS = {KLINES: 1000, TRADES: 1000, DEPTH: 5000}
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9\-_.]{1,20}$")
 

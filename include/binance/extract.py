@@ -11,7 +11,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from include.binance.client import KLINE_INTERVALS, BinanceClient
+from include.binance.client import BinanceClient
+from include.binance.intervals import KLINE_INTERVALS, candle_open
 from include.loader import LoadResult, load, prune_order_book
 from include.tables import TABLES
 
@@ -25,11 +26,6 @@ DEFAULT_LIMITS = {"klines": 100, "recent_trades": 500, "order_book": 100}
 # a price observed now can stand for an interval that ended at most this long ago (a late run, a
 # retry); an older interval (a backfill) cannot be observed any more, so its latest_prices are skipped
 MAX_OBSERVATION_DELAY = timedelta(minutes=10)
-
-_INTERVAL_SECONDS = {
-    "1s": 1, "1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "2h": 7200, "4h": 14400,
-    "6h": 21600, "8h": 28800, "12h": 43200, "1d": 86400, "3d": 259200, "1w": 604800, "1M": 2678400,
-}
 
 
 class SettingsError(ValueError):
@@ -65,10 +61,12 @@ class ExtractSettings:
 
 
 def kline_start(interval_start: datetime, interval: str) -> datetime:
-    """First candle to (re-)read for a data interval: the one open at its start, and the one before."""
-    step = _INTERVAL_SECONDS[interval]
-    epoch_s = int(interval_start.timestamp())
-    return datetime.fromtimestamp(epoch_s - epoch_s % step - step, tz=interval_start.tzinfo)
+    """First candle to (re-)read for a data interval: the one open at its start, and the one before.
+
+    Candles open on Binance's boundaries (Monday weeks, calendar months); the result is in the zone of
+    `interval_start`, which must be aware.
+    """
+    return candle_open(interval, interval_start, shift=-1).astimezone(interval_start.tzinfo)
 
 
 def fetch(dataset: str, client: BinanceClient, settings: ExtractSettings, interval_start: datetime) -> list[Any]:

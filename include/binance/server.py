@@ -37,17 +37,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from include.binance.client import KLINE_INTERVALS, REQUEST_WEIGHT_LIMIT, request_weight
+from include.binance.client import REQUEST_WEIGHT_LIMIT, request_weight
+from include.binance.intervals import KLINE_INTERVALS, fixed_length_ms, period_next, period_open, period_prev
 
 log = logging.getLogger("include.binance.server")
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DAY_MS = 86_400_000
 E8 = Decimal("0.00000001")
 MAX_TRADES_KEPT = 5000
 MAX_CANDLES_KEPT = 1500
@@ -110,59 +110,6 @@ def fmt(value: Decimal) -> str:
 
 def _to_tick(value: Decimal, tick: Decimal) -> Decimal:
     return value.quantize(tick, rounding=ROUND_HALF_EVEN)
-
-
-# -- kline periods ---------------------------------------------------------------------------
-
-_DAY_MS = 86_400_000
-_FIXED_MS = {
-    "1s": 1000,
-    "1m": 60_000,
-    "3m": 180_000,
-    "5m": 300_000,
-    "15m": 900_000,
-    "30m": 1_800_000,
-    "1h": 3_600_000,
-    "2h": 7_200_000,
-    "4h": 14_400_000,
-    "6h": 21_600_000,
-    "8h": 28_800_000,
-    "12h": 43_200_000,
-    "1d": _DAY_MS,
-    "3d": 3 * _DAY_MS,
-    "1w": 7 * _DAY_MS,
-}
-# 1970-01-01 was a Thursday; Binance weeks open on Monday 00:00 UTC.
-_WEEK_OFFSET_MS = 4 * _DAY_MS
-
-
-def _ms_of(moment: datetime) -> int:
-    delta = moment - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-
-
-def period_open(interval: str, t_ms: int) -> int:
-    """Open time (ms) of the `interval` kline containing `t_ms`."""
-    if interval == "1M":
-        moment = EPOCH + timedelta(milliseconds=t_ms)
-        return _ms_of(datetime(moment.year, moment.month, 1, tzinfo=UTC))
-    size = _FIXED_MS[interval]
-    offset = _WEEK_OFFSET_MS if interval == "1w" else 0
-    return (t_ms - offset) // size * size + offset
-
-
-def period_next(interval: str, open_ms: int) -> int:
-    """Open time (ms) of the kline after the one opening at `open_ms`."""
-    if interval == "1M":
-        moment = EPOCH + timedelta(milliseconds=open_ms)
-        year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
-        return _ms_of(datetime(year, month, 1, tzinfo=UTC))
-    return open_ms + _FIXED_MS[interval]
-
-
-def period_prev(interval: str, open_ms: int) -> int:
-    """Open time (ms) of the kline before the one opening at `open_ms`."""
-    return period_open(interval, open_ms - 1)
 
 
 # -- market simulation -----------------------------------------------------------------------
@@ -246,7 +193,7 @@ class _Series:
         self._keep(current)
         target = period_open(self.interval, t_ms)
         start = current.next_open
-        size = _FIXED_MS.get(self.interval)
+        size = fixed_length_ms(self.interval)
         if size is not None and (target - start) // size > MAX_CANDLES_KEPT:
             start = target - MAX_CANDLES_KEPT * size
         price = current.close

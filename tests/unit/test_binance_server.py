@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import requests
 
-from include.binance.server import SPECS, TRADING_SYMBOLS, BinanceTestServer, period_next, period_open
+from include.binance.intervals import period_open
+from include.binance.server import SPECS, TRADING_SYMBOLS, BinanceTestServer
 
 REPO = Path(__file__).resolve().parents[2]
 DECIMAL_8 = re.compile(r"^\d+\.\d{8}$")
@@ -138,13 +139,6 @@ def test_klines_start_and_end_time(server: BinanceTestServer) -> None:
     before = get(server, "/api/v3/klines", symbol="ETHUSDT", interval="1h", endTime=start, limit=2)
     assert [k[0] for k in before] == [start - hour, start]
     assert get(server, "/api/v3/klines", symbol="ETHUSDT", interval="1h", startTime=int(T0 * 1000) + hour) == []
-
-
-def test_calendar_intervals_align_like_binance() -> None:
-    jan_15 = 1_768_435_200_000  # 2026-01-15T00:00Z, a Thursday
-    assert period_open("1w", jan_15) == 1_768_176_000_000  # Monday 2026-01-12
-    assert period_open("1M", jan_15) == 1_767_225_600_000  # 2026-01-01
-    assert period_next("1M", 1_767_225_600_000) == 1_769_904_000_000  # 2026-02-01
 
 
 def test_trades_shape(server: BinanceTestServer) -> None:
