@@ -584,7 +584,7 @@ def start_binance_api(s: dict[str, str]) -> None:
         return
     port = s.get("BINANCE_TEST_SERVER_PORT", "8765")
     _check_port_free("binance-api", "127.0.0.1", int(port))
-    spawn("binance-api", [str(VENV_BIN / "python"), "-m", "include.binance.server", "--host", "127.0.0.1",
+    spawn("binance-api", [str(VENV_BIN / "python"), "-m", "stack.exchange", "--host", "127.0.0.1",
                           "--port", port], service_env(s))
     _SPAWNED.add("binance-api")
 

@@ -12,9 +12,9 @@ import requests
 from include.binance.client import BinanceClient
 from include.binance.errors import BinanceResponseError
 from include.binance.extract import ExtractSettings, extract
-from include.binance.server import BinanceTestServer
 from include.migrations import apply
 from include.tables import TABLES
+from stack.exchange import BinanceTestServer
 
 pytestmark = pytest.mark.integration
 

@@ -31,7 +31,7 @@ from include.binance.errors import (
     BinanceResponseError,
     UnknownSymbolError,
 )
-from include.binance.server import BinanceTestServer
+from stack.exchange import BinanceTestServer
 
 TICKER_PRICE = "/api/v3/ticker/price"
 # 2026-01-01T00:00:10Z: early in a minute, so minute arithmetic in tests is unambiguous.

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from include.binance.intervals import period_open
-from include.binance.server import SPECS, TRADING_SYMBOLS, BinanceTestServer
+from stack.exchange import SPECS, TRADING_SYMBOLS, BinanceTestServer
 
 REPO = Path(__file__).resolve().parents[2]
 DECIMAL_8 = re.compile(r"^\d+\.\d{8}$")
@@ -381,7 +381,7 @@ def test_settings_control(server: BinanceTestServer) -> None:
 
 def test_cli_serves_until_stopped() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "include.binance.server", "--host", "127.0.0.1", "--port", "0", "--seed", "5"],
+        [sys.executable, "-m", "stack.exchange", "--host", "127.0.0.1", "--port", "0", "--seed", "5"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -19,8 +19,8 @@ from include.binance.intervals import (
     period_open,
     period_prev,
 )
-from include.binance.server import BinanceTestServer
 from include.times import to_epoch_ms
+from stack.exchange import BinanceTestServer
 
 # 2026-01-09T13:47:25.123Z, a Friday
 NOW = datetime(2026, 1, 9, 13, 47, 25, 123_000, tzinfo=UTC)

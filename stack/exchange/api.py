@@ -1,13 +1,6 @@
-"""A small Binance-compatible market-data server, for tests and for running the pipeline offline.
-
-Usage:
-    python -m include.binance.server --host 127.0.0.1 --port 8765 [--seed N]
-
-It serves GET /api/v3/{ping,time,exchangeInfo,ticker/price,ticker/24hr,klines,trades,depth} with
-Binance's shapes, parameter checks, error codes, request weights and `X-MBX-USED-WEIGHT-1M`.
-Data moves between calls: every data request on a symbol adds one to three trades to a seeded
-random walk, so trade ids grow, the newest kline changes while earlier ones stay fixed, and the
-order book's lastUpdateId increases. MATICUSDT is listed with status BREAK and never moves.
+"""The test exchange's HTTP layer: Binance's market-data endpoints over the simulated market, with
+Binance's parameter checks, error codes, request weights, `X-MBX-USED-WEIGHT-1M`, 429/418 bans, the
+injected faults (`stack.exchange.faults`) and the control endpoints tests drive it with.
 
 Faults for tests can be injected through the Python API (`add_fault`) or over HTTP:
     POST /_control/faults    {"kind": "429", "count": 1, "path": "/api/v3/klines", "retry_after": 1}
@@ -25,307 +18,37 @@ clock); tests use it to re-run an interval against the same source data.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import random
 import re
-import signal
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from include.binance.client import REQUEST_WEIGHT_LIMIT, request_weight
-from include.binance.intervals import KLINE_INTERVALS, fixed_length_ms, period_next, period_open, period_prev
+from include.binance.intervals import KLINE_INTERVALS, period_next, period_open, period_prev
+from stack.exchange.faults import Fault, Faults, damage_answer, damage_payload
+from stack.exchange.market import E8, SPECS, Candle, Market, SymbolState
 
-log = logging.getLogger("include.binance.server")
+log = logging.getLogger(__name__)
 
 _DAY_MS = 86_400_000
-E8 = Decimal("0.00000001")
-MAX_TRADES_KEPT = 5000
-MAX_CANDLES_KEPT = 1500
-INITIAL_TRADES = 1000
-INITIAL_TRADE_SPACING_US = 60_000
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9\-_.]{1,20}$")
 SYMBOLS_RE = re.compile(r'^\[("[A-Z0-9\-_.]{1,20}"(,"[A-Z0-9\-_.]{1,20}")*)?\]$')
 SYMBOLS_LEGAL = '^\\[("[A-Z0-9-_.]{1,20}"(,"[A-Z0-9-_.]{1,20}"){0,}){0,1}\\]$'
 INT_RE = re.compile(r"^[0-9]{1,20}$")
 
-FAULT_KINDS = ("429", "418", "5xx", "html", "truncated", "missing_field", "delay")
-# The field a missing_field fault drops by default: one the project's parsers read.
-DEFAULT_MISSING_FIELD = {
-    "/api/v3/time": "serverTime",
-    "/api/v3/exchangeInfo": "status",
-    "/api/v3/ticker/price": "price",
-    "/api/v3/ticker/24hr": "lastPrice",
-    "/api/v3/trades": "price",
-    "/api/v3/depth": "lastUpdateId",
-}
-
-
-@dataclass(frozen=True)
-class SymbolSpec:
-    """A listed symbol: status, assets, a starting price and its tick and lot step (powers of ten)."""
-
-    symbol: str
-    base: str
-    quote: str
-    status: str
-    base_price: Decimal
-    tick: Decimal
-    step: Decimal
-
-
-SPECS: dict[str, SymbolSpec] = {
-    spec.symbol: spec
-    for spec in (
-        SymbolSpec("BTCUSDT", "BTC", "USDT", "TRADING", Decimal("65000.00"), Decimal("0.01"), Decimal("0.00001")),
-        SymbolSpec("ETHUSDT", "ETH", "USDT", "TRADING", Decimal("3200.00"), Decimal("0.01"), Decimal("0.0001")),
-        SymbolSpec("BNBUSDT", "BNB", "USDT", "TRADING", Decimal("600.00"), Decimal("0.01"), Decimal("0.001")),
-        SymbolSpec("SOLUSDT", "SOL", "USDT", "TRADING", Decimal("150.00"), Decimal("0.01"), Decimal("0.001")),
-        SymbolSpec("XRPUSDT", "XRP", "USDT", "TRADING", Decimal("0.5200"), Decimal("0.0001"), Decimal("0.1")),
-        SymbolSpec("ADAUSDT", "ADA", "USDT", "TRADING", Decimal("0.4500"), Decimal("0.0001"), Decimal("0.1")),
-        SymbolSpec("DOGEUSDT", "DOGE", "USDT", "TRADING", Decimal("0.12000"), Decimal("0.00001"), Decimal("1")),
-        SymbolSpec("POLUSDT", "POL", "USDT", "TRADING", Decimal("0.4000"), Decimal("0.0001"), Decimal("0.1")),
-        SymbolSpec("LINKUSDT", "LINK", "USDT", "TRADING", Decimal("15.000"), Decimal("0.001"), Decimal("0.01")),
-        SymbolSpec("LTCUSDT", "LTC", "USDT", "TRADING", Decimal("80.00"), Decimal("0.01"), Decimal("0.001")),
-        SymbolSpec("MATICUSDT", "MATIC", "USDT", "BREAK", Decimal("0.3800"), Decimal("0.0001"), Decimal("0.1")),
-    )
-}
-TRADING_SYMBOLS = tuple(s for s, spec in SPECS.items() if spec.status == "TRADING")
-
 
 def fmt(value: Decimal) -> str:
     """Binance's decimal string: exactly 8 decimals, never exponent notation."""
     return format(value.quantize(E8, rounding=ROUND_HALF_EVEN), "f")
-
-
-def _to_tick(value: Decimal, tick: Decimal) -> Decimal:
-    return value.quantize(tick, rounding=ROUND_HALF_EVEN)
-
-
-# -- market simulation -----------------------------------------------------------------------
-
-
-@dataclass
-class _Candle:
-    open_time: int
-    next_open: int
-    open: Decimal
-    high: Decimal
-    low: Decimal
-    close: Decimal
-    volume: Decimal = Decimal(0)
-    quote_volume: Decimal = Decimal(0)
-    trades: int = 0
-    taker_base: Decimal = Decimal(0)
-    taker_quote: Decimal = Decimal(0)
-
-    def add(self, trade: _Trade) -> None:
-        self.high = max(self.high, trade.price)
-        self.low = min(self.low, trade.price)
-        self.close = trade.price
-        self.volume += trade.qty
-        self.quote_volume += trade.quote_qty
-        self.trades += 1
-        if not trade.is_buyer_maker:  # the taker bought
-            self.taker_base += trade.qty
-            self.taker_quote += trade.quote_qty
-
-    def to_json(self, ctx: _Ctx) -> list[Any]:
-        return [
-            ctx.ms(self.open_time),
-            fmt(self.open),
-            fmt(self.high),
-            fmt(self.low),
-            fmt(self.close),
-            fmt(self.volume),
-            ctx.close_time(self.next_open),
-            fmt(self.quote_volume),
-            self.trades,
-            fmt(self.taker_base),
-            fmt(self.taker_quote),
-            "0",
-        ]
-
-
-@dataclass(frozen=True)
-class _Trade:
-    id: int
-    price: Decimal
-    qty: Decimal
-    quote_qty: Decimal
-    time_us: int
-    is_buyer_maker: bool
-
-
-class _Series:
-    """Klines of one symbol and interval built from live trades: the open one, and frozen closed ones."""
-
-    def __init__(self, interval: str) -> None:
-        self.interval = interval
-        self.current: _Candle | None = None
-        self.closed: OrderedDict[int, _Candle] = OrderedDict()
-
-    def add(self, trade: _Trade) -> None:
-        t_ms = trade.time_us // 1000
-        self.roll_to(t_ms)
-        if self.current is None:
-            start = period_open(self.interval, t_ms)
-            self.current = _Candle(
-                start, period_next(self.interval, start), trade.price, trade.price, trade.price, trade.price
-            )
-        self.current.add(trade)
-
-    def roll_to(self, t_ms: int) -> None:
-        """Close the open kline if `t_ms` is past it; periods without trades become flat klines."""
-        current = self.current
-        if current is None or t_ms < current.next_open:
-            return
-        self._keep(current)
-        target = period_open(self.interval, t_ms)
-        start = current.next_open
-        size = fixed_length_ms(self.interval)
-        if size is not None and (target - start) // size > MAX_CANDLES_KEPT:
-            start = target - MAX_CANDLES_KEPT * size
-        price = current.close
-        while start < target:
-            nxt = period_next(self.interval, start)
-            self._keep(_Candle(start, nxt, price, price, price, price))
-            start = nxt
-        self.current = _Candle(target, period_next(self.interval, target), price, price, price, price)
-
-    def _keep(self, candle: _Candle) -> None:
-        self.closed[candle.open_time] = candle
-        while len(self.closed) > MAX_CANDLES_KEPT:
-            self.closed.popitem(last=False)
-
-    def get(self, open_ms: int) -> _Candle | None:
-        if self.current is not None and self.current.open_time == open_ms:
-            return self.current
-        return self.closed.get(open_ms)
-
-
-class _SymbolState:
-    """Live state of one symbol: price, recent trades, order-book update id and kline series."""
-
-    def __init__(self, spec: SymbolSpec, seed: int, now_us: int, market: Market) -> None:
-        self.spec = spec
-        self.rng_seed = f"{seed}|{spec.symbol}"
-        self.rng = random.Random(f"{self.rng_seed}|live")
-        self.trades: list[_Trade] = []
-        self.series: dict[str, _Series] = {}
-        self.next_id = 100_000_000 + self.rng.randrange(1_000_000)
-        self.update_id = 1_000_000_000 + self.rng.randrange(1_000_000_000)
-        first_us = now_us - INITIAL_TRADES * INITIAL_TRADE_SPACING_US
-        self.price = market.anchor(spec, "1m", period_open("1m", first_us // 1000))
-        for i in range(INITIAL_TRADES):
-            self.trade(first_us + i * INITIAL_TRADE_SPACING_US)
-
-    def trade(self, time_us: int) -> _Trade:
-        spec, rng = self.spec, self.rng
-        move = _to_tick(self.price * rng.randint(-3, 3) / 10_000, spec.tick)
-        if move == 0:
-            move = spec.tick * rng.choice((-1, 1))
-        self.price = max(self.price + move, spec.tick)
-        most = max(2, int(Decimal(5000) / (self.price * spec.step)))
-        qty = spec.step * rng.randint(max(1, most // 1000), most)
-        trade = _Trade(
-            id=self.next_id,
-            price=self.price,
-            qty=qty,
-            quote_qty=(self.price * qty).quantize(E8),
-            time_us=time_us,
-            is_buyer_maker=rng.random() < 0.5,
-        )
-        self.next_id += 1
-        self.trades.append(trade)
-        if len(self.trades) > MAX_TRADES_KEPT + 1000:
-            del self.trades[:-MAX_TRADES_KEPT]
-        for series in self.series.values():
-            series.add(trade)
-        return trade
-
-    def step(self, now_us: int) -> None:
-        """Market activity between two calls: 1-3 trades and a new book update (none when not TRADING)."""
-        if self.spec.status == "TRADING":
-            for _ in range(self.rng.randint(1, 3)):
-                self.trade(now_us)
-            self.update_id += self.rng.randint(1, 20)
-        for series in self.series.values():
-            series.roll_to(now_us // 1000)
-
-    def book_rng(self) -> random.Random:
-        """The order book's randomness: one book per update id, so the same update id is the same book."""
-        return random.Random(f"{self.rng_seed}|book|{self.update_id}")
-
-    def series_for(self, interval: str, now_us: int) -> _Series:
-        """The kline series of `interval`, built from the retained trades on first use."""
-        series = self.series.get(interval)
-        if series is None:
-            series = self.series[interval] = _Series(interval)
-            for trade in self.trades:
-                series.add(trade)
-            series.roll_to(now_us // 1000)
-        return series
-
-
-class Market:
-    """Seeded market for every symbol: live states on first use, synthetic history before that."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-        self._states: dict[str, _SymbolState] = {}
-
-    def state(self, symbol: str, now_us: int) -> _SymbolState:
-        state = self._states.get(symbol)
-        if state is None:
-            state = self._states[symbol] = _SymbolState(SPECS[symbol], self.seed, now_us, self)
-        return state
-
-    def anchor(self, spec: SymbolSpec, interval: str, open_ms: int) -> Decimal:
-        """Deterministic price at a kline boundary before live data: within 2% of the base price."""
-        rng = random.Random(f"{self.seed}|{spec.symbol}|{interval}|{open_ms}")
-        return _to_tick(spec.base_price * (1 + Decimal(rng.randint(-200, 200)) / 10_000), spec.tick)
-
-    def synthetic(self, spec: SymbolSpec, interval: str, open_ms: int) -> _Candle:
-        """A fixed kline for a period without live data; consecutive ones join (close = next open)."""
-        nxt = period_next(interval, open_ms)
-        open_, close = self.anchor(spec, interval, open_ms), self.anchor(spec, interval, nxt)
-        rng = random.Random(f"{self.seed}|{spec.symbol}|{interval}|{open_ms}|shape")
-        high = _to_tick(max(open_, close) * (1 + Decimal(rng.randint(0, 50)) / 10_000), spec.tick)
-        low = max(_to_tick(min(open_, close) * (1 - Decimal(rng.randint(0, 50)) / 10_000), spec.tick), spec.tick)
-        volume = spec.step * rng.randint(1_000, 1_000_000)
-        quote = (volume * (open_ + close) / 2).quantize(E8)
-        share = Decimal(rng.randint(30, 70)) / 100
-        return _Candle(
-            open_time=open_ms,
-            next_open=nxt,
-            open=open_,
-            high=high,
-            low=low,
-            close=close,
-            volume=volume,
-            quote_volume=quote,
-            trades=rng.randint(10, 5_000),
-            taker_base=(volume * share).quantize(spec.step),
-            taker_quote=(quote * share).quantize(E8),
-        )
-
-    def candle(self, state: _SymbolState, interval: str, open_ms: int, now_us: int) -> _Candle:
-        live = state.series_for(interval, now_us).get(open_ms)
-        return live if live is not None else self.synthetic(state.spec, interval, open_ms)
-
-
-# -- HTTP layer ------------------------------------------------------------------------------
 
 
 class ApiError(Exception):
@@ -360,29 +83,18 @@ class _Ctx:
 
 
 @dataclass
-class Fault:
-    """An injected misbehaviour for the next `remaining` API calls (to `path`, or to any path)."""
+class Answer:
+    """One HTTP answer; `delay_s` holds it back before sending (a delay fault)."""
 
-    kind: str
-    remaining: int = 1
-    path: str | None = None
-    retry_after: int = 1
-    status: int | None = None
-    field: str | None = None
-    delay_s: float = 0.0
-
-
-@dataclass
-class _Answer:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
 
 
-def _json_answer(status: int, payload: Any, headers: dict[str, str] | None = None) -> _Answer:
+def _json_answer(status: int, payload: Any, headers: dict[str, str] | None = None) -> Answer:
     body = json.dumps(payload, separators=(",", ":")).encode()
-    return _Answer(status, body, {"Content-Type": "application/json;charset=UTF-8", **(headers or {})})
+    return Answer(status, body, {"Content-Type": "application/json;charset=UTF-8", **(headers or {})})
 
 
 def _read_params(params: dict[str, str], allowed: tuple[str, ...]) -> None:
@@ -481,7 +193,6 @@ class BinanceTestServer:
         self.market = Market(seed)
         self._frozen_at: float | None = None
         self._lock = threading.RLock()
-        self._faults: list[Fault] = []
         self._calls: list[dict[str, Any]] = []
         self._banned_until: float | None = None
         self._weight_minute: int | None = None
@@ -498,6 +209,7 @@ class BinanceTestServer:
             "/api/v3/trades": self._trades,
             "/api/v3/depth": self._depth,
         }
+        self._faults = Faults(self._routes)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -551,23 +263,11 @@ class BinanceTestServer:
         field: str | None = None,
         delay_s: float = 0.0,
     ) -> Fault:
-        """Misbehave on the next `count` API calls (to `path` only, if given); see FAULT_KINDS."""
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; known: {FAULT_KINDS}")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"fault count must be an int >= 1, got {count!r}")
-        if path is not None and path not in self._routes:
-            raise ValueError(f"fault path {path!r} is not an API path; known: {sorted(self._routes)}")
-        if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
-            raise ValueError(f"retry_after must be whole seconds >= 0, got {retry_after!r}")
-        if kind == "5xx" and status is not None and not 500 <= status <= 599:
-            raise ValueError(f"a 5xx fault needs a status in 500..599, got {status}")
-        if kind == "delay" and not delay_s > 0:
-            raise ValueError(f"a delay fault needs delay_s > 0, got {delay_s!r}")
-        fault = Fault(kind, count, path, retry_after, status, field, float(delay_s))
+        """Misbehave on the next `count` API calls (to `path` only, if given); see stack.exchange.faults."""
         with self._lock:
-            self._faults.append(fault)
-        return fault
+            return self._faults.add(
+                kind, count=count, path=path, retry_after=retry_after, status=status, field=field, delay_s=delay_s
+            )
 
     def reset(self, *, market: bool = False) -> None:
         """Forget faults, ban, used weight and the call log (and the market state if `market`)."""
@@ -608,7 +308,7 @@ class BinanceTestServer:
 
     # -- request handling --------------------------------------------------------------------
 
-    def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> _Answer:
+    def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
         """Answer one HTTP request (the socket layer only transports it)."""
         parts = urlsplit(target)
         if parts.path.startswith("/_control/"):
@@ -633,11 +333,11 @@ class BinanceTestServer:
             call["banned_until"] = self._banned_until
             return answer
 
-    def _api(self, method: str, path: str, query: str, headers: dict[str, str], call: dict[str, Any]) -> _Answer:
+    def _api(self, method: str, path: str, query: str, headers: dict[str, str], call: dict[str, Any]) -> Answer:
         route = self._routes.get(path)
         if route is None:
             html = f"<html><body><h1>404 Not Found</h1><p>{path}</p></body></html>".encode()
-            return _Answer(404, html, {"Content-Type": "text/html"})
+            return Answer(404, html, {"Content-Type": "text/html"})
         now = self.clock()
         try:
             if method != "GET":
@@ -663,7 +363,7 @@ class BinanceTestServer:
                 "Please use the websocket for live updates to avoid bans.",
                 now,
             )
-        fault = self._take_fault(path)
+        fault = self._faults.take(path)
         call["fault"] = fault.kind if fault else None
         if fault is not None and fault.kind in ("429", "418"):
             self._banned_until = now + fault.retry_after
@@ -693,22 +393,10 @@ class BinanceTestServer:
             return self._error(exc, now)
         return self._apply_fault(fault, path, payload, weight_header)
 
-    def _apply_fault(self, fault: Fault | None, path: str, payload: Any, headers: dict[str, str]) -> _Answer:
-        if fault is not None and fault.kind == "missing_field":
-            _drop_field(payload, fault.field or DEFAULT_MISSING_FIELD.get(path))
+    def _apply_fault(self, fault: Fault | None, path: str, payload: Any, headers: dict[str, str]) -> Answer:
+        damage_payload(fault, path, payload)
         answer = _json_answer(200, payload, headers)
-        if fault is None:
-            return answer
-        if fault.kind == "truncated":
-            answer.body = answer.body[: max(1, len(answer.body) // 2)]
-        elif fault.kind == "html":
-            answer.status = fault.status or 200
-            answer.body = (
-                b"<!DOCTYPE html><html><head><title>Bad gateway</title></head><body><h1>502</h1></body></html>"
-            )
-            answer.headers["Content-Type"] = "text/html; charset=utf-8"
-        elif fault.kind == "delay":
-            answer.delay_s = fault.delay_s
+        damage_answer(fault, answer)
         return answer
 
     def _parse_query(self, query: str) -> dict[str, str]:
@@ -718,15 +406,6 @@ class BinanceTestServer:
                 raise ApiError(-1101, f"Duplicate values for parameter '{name}'.")
             params[name] = value
         return params
-
-    def _take_fault(self, path: str) -> Fault | None:
-        for fault in self._faults:
-            if fault.path is None or fault.path == path:
-                fault.remaining -= 1
-                if fault.remaining <= 0:
-                    self._faults.remove(fault)
-                return fault
-        return None
 
     def _add_weight(self, now: float, weight: int) -> int:
         minute = int(now // 60)
@@ -738,15 +417,15 @@ class BinanceTestServer:
     def _used_weight(self, now: float) -> int:
         return self._weight_used if self._weight_minute == int(now // 60) else 0
 
-    def _rate_limited(self, status: int, retry_after: int, msg: str, now: float) -> _Answer:
+    def _rate_limited(self, status: int, retry_after: int, msg: str, now: float) -> Answer:
         headers = {"Retry-After": str(retry_after), "X-MBX-USED-WEIGHT-1M": str(self._used_weight(now))}
         return _json_answer(status, {"code": -1003, "msg": msg}, headers)
 
-    def _error(self, exc: ApiError, now: float) -> _Answer:
+    def _error(self, exc: ApiError, now: float) -> Answer:
         headers = {"X-MBX-USED-WEIGHT-1M": str(self._used_weight(now))}
         return _json_answer(exc.status, {"code": exc.code, "msg": exc.msg}, headers)
 
-    def _control(self, method: str, path: str, body: bytes) -> _Answer:
+    def _control(self, method: str, path: str, body: bytes) -> Answer:
         try:
             data = json.loads(body) if body.strip() else {}
         except ValueError as exc:
@@ -756,7 +435,7 @@ class BinanceTestServer:
                 return _json_answer(200, {"calls": self.calls()})
             if (method, path) == ("GET", "/_control/faults"):
                 with self._lock:
-                    return _json_answer(200, {"faults": [asdict(f) for f in self._faults]})
+                    return _json_answer(200, {"faults": self._faults.as_json()})
             if (method, path) == ("POST", "/_control/faults"):
                 specs = data if isinstance(data, list) else [data]
                 for spec in specs:
@@ -765,7 +444,7 @@ class BinanceTestServer:
                     spec = dict(spec)
                     self.add_fault(str(spec.pop("kind")), **spec)
                 with self._lock:
-                    return _json_answer(200, {"faults": [asdict(f) for f in self._faults]})
+                    return _json_answer(200, {"faults": self._faults.as_json()})
             if (method, path) == ("POST", "/_control/reset"):
                 self.reset(market=bool(data.get("market", False)))
                 return _json_answer(200, {})
@@ -843,7 +522,7 @@ class BinanceTestServer:
             ],
         }
 
-    def _stepped(self, symbol: str, ctx: _Ctx) -> _SymbolState:
+    def _stepped(self, symbol: str, ctx: _Ctx) -> SymbolState:
         state = self.market.state(symbol, ctx.now_us)
         if self._frozen_at is None:
             state.step(ctx.now_us)
@@ -944,7 +623,7 @@ class BinanceTestServer:
                 opens.append(p)
                 p = period_prev(interval, p)
             opens.reverse()
-        return [self.market.candle(state, interval, p, ctx.now_us).to_json(ctx) for p in opens]
+        return [_kline_row(self.market.candle(state, interval, p, ctx.now_us), ctx) for p in opens]
 
     def _trades(self, params: dict[str, str], ctx: _Ctx) -> Any:
         _read_params(params, ("symbol", "limit"))
@@ -969,31 +648,30 @@ class BinanceTestServer:
         symbol = _one_symbol(params)
         limit = _int_param(params, "limit", 100, 5000) or 100
         state = self._stepped(symbol, ctx)
-        spec, rng = state.spec, state.book_rng()
-        bids: list[list[str]] = []
-        price = state.price
-        while len(bids) < limit and price > 0:
-            bids.append([fmt(price), fmt(spec.step * rng.randint(1, 20_000))])
-            price -= spec.tick * rng.randint(1, 3)
-        asks: list[list[str]] = []
-        price = state.price + spec.tick
-        while len(asks) < limit:
-            asks.append([fmt(price), fmt(spec.step * rng.randint(1, 20_000))])
-            price += spec.tick * rng.randint(1, 3)
-        return {"lastUpdateId": state.update_id, "bids": bids, "asks": asks}
+        bids, asks = state.book(limit)
+        return {
+            "lastUpdateId": state.update_id,
+            "bids": [[fmt(price), fmt(qty)] for price, qty in bids],
+            "asks": [[fmt(price), fmt(qty)] for price, qty in asks],
+        }
 
 
-def _drop_field(payload: Any, name: str | None) -> None:
-    """Damage the first record: drop `name` from an object, or the last element of an array."""
-    record = payload
-    if isinstance(payload, dict) and isinstance(payload.get("symbols"), list) and payload["symbols"]:
-        record = payload["symbols"][0]
-    elif isinstance(payload, list) and payload:
-        record = payload[0]
-    if isinstance(record, list) and record:
-        record.pop()
-    elif isinstance(record, dict) and record:
-        record.pop(name if name in record else next(iter(record)))
+def _kline_row(candle: Candle, ctx: _Ctx) -> list[Any]:
+    """A kline as Binance's 12-element array, times in the unit the request asked for."""
+    return [
+        ctx.ms(candle.open_time),
+        fmt(candle.open),
+        fmt(candle.high),
+        fmt(candle.low),
+        fmt(candle.close),
+        fmt(candle.volume),
+        ctx.close_time(candle.next_open),
+        fmt(candle.quote_volume),
+        candle.trades,
+        fmt(candle.taker_base),
+        fmt(candle.taker_quote),
+        "0",
+    ]
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -1033,27 +711,3 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, message_format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), message_format % args)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the server in the foreground until Ctrl-C or SIGTERM."""
-    parser = argparse.ArgumentParser(description="Binance-compatible market-data server for tests and demos.")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8765, help="port to bind; 0 picks a free one (default 8765)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the simulated market (default 0)")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = BinanceTestServer(args.host, args.port, seed=args.seed).start()
-    print(f"Binance test server on {server.url} (seed {args.seed}); Ctrl-C to stop", flush=True)
-    stopped = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopped.set())
-    while not stopped.wait(0.5):
-        pass
-    server.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
