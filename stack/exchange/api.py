@@ -25,7 +25,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from include.binance.client import REQUEST_WEIGHT_LIMIT, request_weight
 from include.binance.intervals import KLINE_INTERVALS, period_next, period_open, period_prev
-from stack.exchange.faults import Fault, Faults, damage_answer, damage_payload
+from stack.exchange.faults import Answer, Fault, Faults, damage_answer, damage_payload
 from stack.exchange.market import E8, SPECS, Candle, Market, SymbolState
 
 log = logging.getLogger(__name__)
@@ -80,16 +80,6 @@ class _Ctx:
 
     def close_time(self, next_open_ms: int) -> int:
         return next_open_ms * 1000 - 1 if self.micro else next_open_ms - 1
-
-
-@dataclass
-class Answer:
-    """One HTTP answer; `delay_s` holds it back before sending (a delay fault)."""
-
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0
 
 
 def _json_answer(status: int, payload: Any, headers: dict[str, str] | None = None) -> Answer:

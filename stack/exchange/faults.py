@@ -16,11 +16,8 @@ Rate limits and weights are not faults: the API layer applies them to every call
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from stack.exchange.api import Answer
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 FAULT_KINDS = ("429", "418", "5xx", "html", "truncated", "missing_field", "delay")
 # The field a missing_field fault drops by default: one the project's parsers read.
@@ -33,6 +30,16 @@ DEFAULT_MISSING_FIELD = {
     "/api/v3/depth": "lastUpdateId",
 }
 HTML_PAGE = b"<!DOCTYPE html><html><head><title>Bad gateway</title></head><body><h1>502</h1></body></html>"
+
+
+@dataclass
+class Answer:
+    """One HTTP answer; `delay_s` holds it back before sending (a delay fault)."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
 
 
 @dataclass
