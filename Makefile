@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 SPARK_VENV := .cache/spark-venv
 UV := $(VENV)/bin/uv
-STACK := $(VENV)/bin/python -m stack.localstack
+STACK := $(VENV)/bin/python -m stack
 OFFLINE ?= 0
 PYTEST_ARGS ?=
 
@@ -67,7 +67,7 @@ clean:
 # the main job: the stack, cdc_setup, the three DAGs unpaused, data in every stage, the login printed.
 # OFFLINE=1 feeds it from the bundled Binance-compatible server instead of the live API.
 demo: install
-	@$(VENV)/bin/python -m stack.pipeline $(if $(filter 1,$(OFFLINE)),--offline,)
+	@$(STACK) demo $(if $(filter 1,$(OFFLINE)),--offline,)
 
 # --- tests
 

@@ -25,8 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from include.bridge import sync_table  # noqa: E402
-from include.cassandra_schema import CassandraSettings, connect, ensure_schema  # noqa: E402
+from include.bridge.sync import sync_table  # noqa: E402
+from include.connections import CassandraSettings, open_cassandra  # noqa: E402
+from include.schema.cassandra import ensure_schema  # noqa: E402
 from stack.localstack import load_env  # noqa: E402
 
 KEYSPACE = SCHEMA = "bench_bridge"
@@ -95,7 +96,7 @@ def main() -> None:
     pg = psycopg2.connect(host=s["POSTGRES_HOST"], port=s["POSTGRES_PORT"], dbname=s["POSTGRES_DB"],
                           user=s["POSTGRES_USER"], password=s["POSTGRES_PASSWORD"])
     ensure_schema(cs)
-    cluster, session = connect(cs)
+    cluster, session = open_cassandra(cs)
     try:
         with pg.cursor() as cur:
             cur.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA};"

@@ -35,13 +35,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
 from include.binance.models import Trade  # noqa: E402
-from include.cassandra_schema import CassandraSettings, connect  # noqa: E402
+from include.connections import CassandraSettings, open_cassandra  # noqa: E402
 from include.loader import load  # noqa: E402
+from include.names import topic_for  # noqa: E402
 from stack.localstack import load_env  # noqa: E402
 
 # a symbol of its own per run: the clean-up deletes its rows, which leaves tombstones in its partition
 SYMBOL = f"BENCH{int(time.time()) % 10**6}USDT"
-TOPIC = "binance.binance.recent_trades"
+TOPIC = topic_for("recent_trades")
 TICK = 0.1
 
 
@@ -53,7 +54,7 @@ def pg_connect(s: dict[str, str]):
 
 
 def cassandra(s: dict[str, str]):
-    return connect(CassandraSettings((s["CASSANDRA_HOST"],), int(s["CASSANDRA_PORT"]), s["CASSANDRA_USERNAME"],
+    return open_cassandra(CassandraSettings((s["CASSANDRA_HOST"],), int(s["CASSANDRA_PORT"]), s["CASSANDRA_USERNAME"],
                                      s["CASSANDRA_PASSWORD"], s["CASSANDRA_KEYSPACE"]), s["CASSANDRA_KEYSPACE"])
 
 

@@ -25,7 +25,7 @@ import sqlalchemy
 
 from include.binance.models import Trade
 from include.loader import load
-from include.migrations import apply
+from include.schema.postgres import apply
 from include.tables import TABLES
 from stack.localstack import load_env
 

@@ -22,14 +22,12 @@ from datetime import timedelta
 
 from airflow.sdk import Asset, dag, task
 
+from include.names import BINANCE_POOL, SOURCE_SCHEMA
 from include.tables import TABLES
-
-# Binance calls share this pool (created by `make up`); the task code is imported only when a task runs
-POOL = "binance_api"
 
 
 def table_asset(table: str) -> Asset:
-    return Asset(name=f"binance.{table}", uri=f"postgres-table://binance/binance/{table}")
+    return Asset(name=f"{SOURCE_SCHEMA}.{table}", uri=f"postgres-table://binance/{SOURCE_SCHEMA}/{table}")
 
 
 @dag(
@@ -44,25 +42,25 @@ def table_asset(table: str) -> Asset:
 def binance_extract():
     @task
     def apply_migrations() -> list[str]:
-        from include.binance import airflow_tasks as jobs
+        from include.binance import tasks
 
-        return jobs.apply_migrations()
+        return tasks.apply_migrations()
 
-    @task(pool=POOL)
+    @task(pool=BINANCE_POOL)
     def validate_symbols() -> list[str]:
-        from include.binance import airflow_tasks as jobs
+        from include.binance import tasks
 
-        return jobs.validate_symbols()
+        return tasks.validate_symbols()
 
     ready = apply_migrations() >> validate_symbols()
 
     for dataset in TABLES:
 
-        @task(task_id=f"load_{dataset}", pool=POOL, outlets=[table_asset(dataset)])
+        @task(task_id=f"load_{dataset}", pool=BINANCE_POOL, outlets=[table_asset(dataset)])
         def load(dataset: str = dataset, data_interval_start=None, data_interval_end=None) -> dict[str, int]:
-            from include.binance import airflow_tasks as jobs
+            from include.binance import tasks
 
-            return jobs.run_dataset(dataset, data_interval_start, data_interval_end)
+            return tasks.run_dataset(dataset, data_interval_start, data_interval_end)
 
         loaded = load()
         ready >> loaded
@@ -70,9 +68,9 @@ def binance_extract():
 
             @task(outlets=[table_asset("order_book")])
             def prune_order_book() -> int:
-                from include.binance import airflow_tasks as jobs
+                from include.binance import tasks
 
-                return jobs.prune_order_book()
+                return tasks.prune_order_book()
 
             loaded >> prune_order_book()
 

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from airflow.sdk import Asset, dag, task
 
+from include.names import BRIDGE_SCHEMA
 from include.tables import TABLES
 
 
@@ -30,37 +31,19 @@ from include.tables import TABLES
 def cassandra_bridge():
     @task
     def apply_migrations() -> list[str]:
-        from airflow.providers.postgres.hooks.postgres import PostgresHook
+        from include.bridge import tasks
 
-        from include.migrations import apply
-
-        conn = PostgresHook(postgres_conn_id="binance_postgres").get_conn()
-        try:
-            return apply(conn, "cassandra")
-        finally:
-            conn.close()
+        return tasks.apply_migrations()
 
     ready = apply_migrations()
     for table in TABLES:
 
-        @task(task_id=f"sync_{table}", outlets=[Asset(name=f"cassandra.{table}",
-                                                       uri=f"postgres-table://binance/cassandra/{table}")])
+        @task(task_id=f"sync_{table}", outlets=[Asset(name=f"{BRIDGE_SCHEMA}.{table}",
+                                                       uri=f"postgres-table://binance/{BRIDGE_SCHEMA}/{table}")])
         def sync(table: str = table) -> dict:
-            from airflow.providers.postgres.hooks.postgres import PostgresHook
-            from airflow.sdk import BaseHook
+            from include.bridge import tasks
 
-            from include.bridge import sync_table
-            from include.cassandra_schema import CassandraSettings, connect
-
-            settings = CassandraSettings.from_connection(BaseHook.get_connection("cassandra_default"))
-            cluster, session = connect(settings)
-            pg = PostgresHook(postgres_conn_id="binance_postgres").get_conn()
-            try:
-                r = sync_table(pg, session, settings.keyspace, table)
-            finally:
-                pg.close()
-                cluster.shutdown()
-            return {"mode": r.mode, "changed_keys": r.changed_keys, "upserted": r.upserted, "deleted": r.deleted}
+            return tasks.sync(table)
 
         ready >> sync()
 

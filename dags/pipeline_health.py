@@ -14,7 +14,7 @@ Postgres schema `pipeline_health` (Grafana dashboard "Pipeline health", `make st
 
 A failing check fails its task with a message saying what is wrong and what to do, and alerts
 through `PipelineHealthNotifier` (the log; Slack or email when configured). Thresholds: Variable
-`pipeline_health_thresholds` (JSON; keys in include/health.py `Thresholds`).
+`pipeline_health_thresholds` (JSON; keys in include/health/checks.py `Thresholds`).
 """
 
 from __future__ import annotations
@@ -39,45 +39,45 @@ from health_notifier import PipelineHealthNotifier
 def pipeline_health():
     @task
     def apply_migrations() -> list[str]:
-        from include.health_tasks import apply_migrations
+        from include.health import tasks
 
-        return apply_migrations()
+        return tasks.apply_migrations()
 
     @task
     def check_connector() -> str:
-        from include.health_tasks import check_connector
+        from include.health import tasks
 
-        return check_connector()
+        return tasks.check_connector()
 
     @task
     def check_replication_slot() -> str:
-        from include.health_tasks import check_replication_slot
+        from include.health import tasks
 
-        return check_replication_slot()
+        return tasks.check_replication_slot()
 
     @task
     def check_stream_lag() -> str:
-        from include.health_tasks import check_stream_lag
+        from include.health import tasks
 
-        return check_stream_lag()
+        return tasks.check_stream_lag()
 
     @task
     def check_freshness() -> str:
-        from include.health_tasks import check_freshness
+        from include.health import tasks
 
-        return check_freshness()
+        return tasks.check_freshness()
 
     @task
     def record_stream_batches() -> int:
-        from include.health_tasks import record_stream_batches
+        from include.health import tasks
 
-        return record_stream_batches()
+        return tasks.record_stream_batches()
 
     @task
     def prune_history() -> dict:
-        from include.health_tasks import prune_history
+        from include.health import tasks
 
-        return prune_history()
+        return tasks.prune_history()
 
     apply_migrations() >> [check_connector(), check_replication_slot(), check_stream_lag(), check_freshness(),
                            record_stream_batches(), prune_history()]

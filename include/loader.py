@@ -14,17 +14,17 @@ the staging way instead.
 
 from __future__ import annotations
 
-import csv
 import io
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from itertools import islice
+from datetime import datetime, timedelta
 from operator import attrgetter
 from typing import Any
 
-from include.tables import SCHEMA, TABLES, Table
+from include.names import SOURCE_SCHEMA
+from include.tables import TABLES, Table
+from include.times import EPOCH
 
 log = logging.getLogger(__name__)
 
@@ -41,42 +41,7 @@ class LoadResult:
         return self.received - self.inserted - self.updated
 
 
-class _CsvStream(io.TextIOBase):
-    """Records rendered as CSV chunk by chunk while COPY reads them: the Python side formats the
-    next rows while the server parses the previous ones, and the batch is never in memory twice.
-
-    csv.writer's str() is exact for Decimal and int; str(datetime) and str(bool) are valid
-    Postgres input; None becomes an unquoted empty field, i.e. NULL."""
-
-    def __init__(self, rows: Iterator[tuple[Any, ...]], rows_per_chunk: int = 2000) -> None:
-        self._rows = rows
-        self._per_chunk = rows_per_chunk
-        self._buf = io.StringIO()
-        self._writer = csv.writer(self._buf, lineterminator="\n")
-        self._pending = ""
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> str:
-        want = size if size is not None and size >= 0 else None
-        while want is None or len(self._pending) < want:
-            chunk = list(islice(self._rows, self._per_chunk))
-            if not chunk:
-                break
-            self._buf.seek(0)
-            self._buf.truncate()
-            self._writer.writerows(chunk)
-            self._pending += self._buf.getvalue()
-        if want is None:
-            out, self._pending = self._pending, ""
-        else:
-            out, self._pending = self._pending[:want], self._pending[want:]
-        return out
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_EPOCH_NAIVE = datetime(1970, 1, 1)
+_EPOCH_NAIVE = EPOCH.replace(tzinfo=None)
 _TEXT_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 NULL = "\\N"
 
@@ -90,13 +55,13 @@ class _TimestampText:
         self._seconds: dict[int, str] = {}
 
     def __call__(self, moment: datetime) -> str:
-        delta = moment - (_EPOCH_NAIVE if moment.tzinfo is None else _EPOCH)
+        delta = moment - (_EPOCH_NAIVE if moment.tzinfo is None else EPOCH)
         second = delta.days * 86400 + delta.seconds
         prefix = self._seconds.get(second)
         if prefix is None:
             if len(self._seconds) > 100_000:
                 self._seconds.clear()
-            prefix = self._seconds[second] = (_EPOCH + timedelta(seconds=second)).strftime("%Y-%m-%d %H:%M:%S")
+            prefix = self._seconds[second] = (EPOCH + timedelta(seconds=second)).strftime("%Y-%m-%d %H:%M:%S")
         return f"{prefix}.{delta.microseconds:06d}+00"
 
 
@@ -129,8 +94,9 @@ def _column_text(conv: Callable[[Any], str], values: list[Any]) -> list[str]:
 
 
 def copy_text(table: Table, records: Sequence[Any], rows_per_chunk: int = 2000) -> Iterator[str]:
-    """`records` as COPY text format (tab-separated, \\N for NULL), a chunk of rows at a time,
-    rendered column by column (several times faster than row by row)."""
+    """`records` (objects with an attribute per column: dataclasses, named tuples, Cassandra rows)
+    as COPY text format (tab-separated, \\N for NULL), a chunk of rows at a time, rendered column
+    by column (several times faster than row by row)."""
     converters = _converters(table)
     getters = [attrgetter(name) for name in table.column_names]
     if records:
@@ -177,14 +143,7 @@ def _check_fields(table: Table, record: Any) -> None:
         raise ValueError(f"{type(record).__name__} has no field(s) {missing} for table {table.name}")
 
 
-def _rows(table: Table, records: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
-    """Column values in table order from dataclasses or named tuples (e.g. Cassandra rows)."""
-    if records:
-        _check_fields(table, records[0])
-    return map(attrgetter(*table.column_names), records)
-
-
-def _dedupe(table: Table, records: Iterable[Any]) -> list[Any]:
+def dedupe(table: Table, records: Iterable[Any]) -> list[Any]:
     """Last record wins per primary key: ON CONFLICT cannot touch one row twice in a statement."""
     key = attrgetter(*table.primary_key)
     return list({key(rec): rec for rec in records}.values())
@@ -200,7 +159,26 @@ def _copy_in(cur: Any, sql: str, stream: io.TextIOBase) -> None:
             copy.write(chunk)
 
 
-def upsert_sql(table: Table, staging: str, schema: str = SCHEMA) -> str:
+def stage(cur: Any, table: Table, records: Sequence[Any], name: str | None = None) -> str:
+    """COPY `records` into a new temporary table holding `table`'s columns, dropped at commit;
+    returns its name (default `stage_<table>`). What the upsert reads from, and what the bridge
+    compares against or deletes by (with a Table of just the key columns)."""
+    name = name or f"stage_{table.name}"
+    defs = ", ".join(f'"{c.name}" {c.type}' for c in table.columns)
+    cols = ", ".join(f'"{c}"' for c in table.column_names)
+    cur.execute(f'CREATE TEMP TABLE "{name}" ({defs}) ON COMMIT DROP')
+    _copy_in(cur, f'COPY "{name}" ({cols}) FROM STDIN', _ChunkStream(copy_text(table, records)))
+    return name
+
+
+def upsert_staged(cur: Any, table: Table, staging: str, schema: str = SOURCE_SCHEMA) -> tuple[int, int]:
+    """Upsert a staging table's rows (one per key) into <schema>.<table>: (inserted, updated)."""
+    cur.execute(upsert_sql(table, f'"{staging}"', schema))
+    inserted, updated = cur.fetchone()
+    return inserted, updated
+
+
+def upsert_sql(table: Table, staging: str, schema: str = SOURCE_SCHEMA) -> str:
     cols = ", ".join(f'"{c}"' for c in table.column_names)
     key = ", ".join(f'"{c}"' for c in table.primary_key)
     target = f'"{schema}"."{table.name}"'
@@ -250,7 +228,7 @@ def _new_rows(cur: Any, table: Table, batch: list[Any], schema: str, group: str,
     return [rec for rec in batch if key(rec) not in stored]
 
 
-def upsert(cur: Any, table: Table, records: Iterable[Any], schema: str = SCHEMA) -> tuple[int, int, int]:
+def upsert(cur: Any, table: Table, records: Iterable[Any], schema: str = SOURCE_SCHEMA) -> tuple[int, int, int]:
     """Upsert into <schema>.<table> inside the caller's transaction: (received, inserted, updated)."""
     records = list(records)
     if not records:
@@ -278,16 +256,12 @@ def upsert(cur: Any, table: Table, records: Iterable[Any], schema: str = SCHEMA)
         else:
             cur.execute("RELEASE SAVEPOINT direct_copy")
             return len(batch), len(new), 0
-    batch = _dedupe(table, records)
-    staging = f"stage_{table.name}"
-    cur.execute(f'CREATE TEMP TABLE {staging} (LIKE "{schema}"."{table.name}" INCLUDING DEFAULTS) ON COMMIT DROP')
-    _copy_in(cur, f"COPY {staging} ({cols}) FROM STDIN", _ChunkStream(copy_text(table, batch)))
-    cur.execute(upsert_sql(table, staging, schema))
-    inserted, updated = cur.fetchone()
+    batch = dedupe(table, records)
+    inserted, updated = upsert_staged(cur, table, stage(cur, table, batch), schema)
     return len(batch), inserted, updated
 
 
-def load(conn: Any, table: str | Table, records: Iterable[Any], schema: str = SCHEMA) -> LoadResult:
+def load(conn: Any, table: str | Table, records: Iterable[Any], schema: str = SOURCE_SCHEMA) -> LoadResult:
     """Upsert `records` into <schema>.<table> in one transaction on a DB-API connection."""
     table = TABLES[table] if isinstance(table, str) else table
     try:
@@ -309,11 +283,11 @@ def prune_order_book(conn: Any, older_than: datetime) -> int:
     """Delete order book snapshots captured before `older_than` (the CDC pipeline sees the deletes)."""
     try:
         with conn.cursor() as cur:
-            cur.execute(f'DELETE FROM "{SCHEMA}".order_book WHERE captured_at < %s', (older_than,))
+            cur.execute(f'DELETE FROM "{SOURCE_SCHEMA}".order_book WHERE captured_at < %s', (older_than,))
             deleted = cur.rowcount
         conn.commit()
     except Exception:
         conn.rollback()
         raise
-    log.info("%s.order_book: deleted %d levels captured before %s", SCHEMA, deleted, older_than.isoformat())
+    log.info("%s.order_book: deleted %d levels captured before %s", SOURCE_SCHEMA, deleted, older_than.isoformat())
     return deleted

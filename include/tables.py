@@ -1,13 +1,17 @@
-"""The five source tables, defined once.
+"""The five source tables, defined once: columns, keys, time columns, and how Cassandra keys them.
 
-Postgres migrations (include/sql/binance), the loader's column order and conflict keys, and later
-the Spark parsing schema and the Cassandra DDL all read these definitions; a test checks that the
-tables the migrations create match them column for column.
+Everything else follows these definitions: the loader's column order and conflict keys, the
+publication and the connector's table list (set by cdc_setup), the Spark parsing schema, the
+bridge, the health checks and the status report. The migrations (include/schema/sql, cql) are
+written by hand as versioned files, and tests/unit/test_table_definitions.py checks every one of
+them, and the record dataclasses of include/binance/models.py, against these definitions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from include.names import SOURCE_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,11 @@ class Table:
     name: str
     columns: tuple[Column, ...]
     primary_key: tuple[str, ...]
+    # the column that says when a row happened (status report, freshness)
+    time_column: str
+    # time_column is when the row was observed and is indexed, so max() of it tells how fresh the
+    # table is cheaply (klines carry a candle's open time, trades are only scanned at a cost)
+    tells_freshness: bool = False
     # what Debezium puts in `before` of a delete: the primary key (DEFAULT) or every column (FULL)
     replica_identity: str = "DEFAULT"
     # rows never change once written (a trade): a re-load adds nothing and compares nothing
@@ -51,8 +60,6 @@ def _cols(spec: str) -> tuple[Column, ...]:
     return tuple(Column(*item.split(":")) for item in spec.split())
 
 
-SCHEMA = "binance"
-
 # Columns the CDC sink adds to every Cassandra table (and the bridge carries to Postgres):
 # the Debezium op, the source commit time, the source LSN, and when the row reached Cassandra.
 CDC_COLUMNS = (
@@ -69,6 +76,8 @@ TABLES: dict[str, Table] = {
             "latest_prices",
             _cols("symbol:text price:numeric time:timestamptz"),
             primary_key=("symbol", "time"),
+            time_column="time",
+            tells_freshness=True,
             cassandra_clustering=("time",),
         ),
         Table(
@@ -79,6 +88,8 @@ TABLES: dict[str, Table] = {
                 "first_id:bigint last_id:bigint count:bigint"
             ),
             primary_key=("symbol", "close_time"),
+            time_column="close_time",
+            tells_freshness=True,
             cassandra_clustering=("close_time",),
         ),
         Table(
@@ -89,6 +100,7 @@ TABLES: dict[str, Table] = {
                 "quote_volume:numeric num_trades:bigint"
             ),
             primary_key=("symbol", "interval", "open_time"),
+            time_column="open_time",
             cassandra_partition_key=("symbol", "interval"),
             cassandra_clustering=("open_time",),
         ),
@@ -99,6 +111,7 @@ TABLES: dict[str, Table] = {
                 "is_buyer_maker:boolean"
             ),
             primary_key=("symbol", "trade_id"),
+            time_column="time",
             immutable=True,
             cassandra_clustering=("trade_id",),
         ),
@@ -108,6 +121,8 @@ TABLES: dict[str, Table] = {
                 "update_id:bigint symbol:text side:text price:numeric quantity:numeric captured_at:timestamptz"
             ),
             primary_key=("symbol", "update_id", "side", "price"),
+            time_column="captured_at",
+            tells_freshness=True,
             # a snapshot (update_id) never changes; fetched twice, it must keep its first captured_at,
             # which Cassandra's key includes (an update of it would leave the old row there)
             immutable=True,
@@ -126,10 +141,18 @@ def bridge_table(table: Table) -> Table:
         table.name,
         table.columns + CDC_COLUMNS,
         primary_key=table.cassandra_key,
+        # the bridge's freshness is the newest source commit it holds (indexed in every bridge table)
+        time_column="cdc_source_ts",
+        tells_freshness=True,
         cassandra_partition_key=table.cassandra_partition_key,
         cassandra_clustering=table.cassandra_clustering,
     )
 
 
-BRIDGE_SCHEMA = "cassandra"
 BRIDGE_TABLES: dict[str, Table] = {name: bridge_table(t) for name, t in TABLES.items()}
+
+
+def qualified(table: str, schema: str = SOURCE_SCHEMA) -> str:
+    """schema.table, as Debezium's table.include.list and pg_publication_tables name it."""
+    return f"{schema}.{table}"
+

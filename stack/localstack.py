@@ -1,13 +1,9 @@
 """Local stack: every service of the pipeline on one machine, from the project's own files.
 
-Usage: python stack/localstack.py {up,down,status,env,clean} [service ...]
-
-  up      write .env from .env.example if missing, then start PostgreSQL, Kafka (KRaft),
-          Cassandra, Kafka Connect and Airflow in dependency order and wait for each health check
-  down    stop what `up` started (by PID file), keeping all data
-  status  one line per service: up/down, port, PID, log path
-  env     print the settings from .env, expanded (for scripts)
-  clean   stop everything and delete the runtime folder (.run/)
+`up` writes .env from .env.example if missing, then starts PostgreSQL, Kafka (KRaft), Cassandra,
+Kafka Connect and Airflow in dependency order and waits for each health check; `down` stops what
+`up` started (by PID file), keeping all data; `clean` also deletes the runtime folder (.run/).
+The command line is stack/__main__.py (`python -m stack up|down|status|env|clean|demo`).
 
 Installs (venvs, jars, Debian packages) are the Makefile's job; this script only runs services.
 Data, logs and PID files live under .run/ (git-ignored). Every socket binds 127.0.0.1.
@@ -15,7 +11,6 @@ Data, logs and PID files live under .run/ (git-ignored). Every socket binds 127.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
@@ -26,7 +21,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from include.names import BINANCE_POOL
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / ".run"
@@ -622,7 +618,7 @@ def prepare_airflow(s: dict[str, str]) -> None:
 
 
 # (name, slots, description): created once with the metadata database, editable in the UI after
-AIRFLOW_POOLS = [("binance_api", 2, "Concurrent Binance REST calls (Binance bans per IP)")]
+AIRFLOW_POOLS = [(BINANCE_POOL, 2, "Concurrent Binance REST calls (Binance bans per IP)")]
 
 
 def _airflow_cli(s: dict[str, str], *args: str) -> None:
@@ -722,11 +718,11 @@ def _timed(label: str, fn: Callable[[], None], t0: float) -> None:
     print(f"  {label:<14} healthy  (+{time.monotonic() - t0:5.1f}s)")
 
 
-def cmd_up(args: argparse.Namespace) -> None:
+def up(timeout: float = 180.0) -> None:
+    """Install-free part of `make up`: .env on first use, every service started and healthy."""
     write_env_if_missing()
     s = load_env()
     t0 = time.monotonic()
-    timeout = args.timeout
     print(f"starting the local stack (data and logs in {RUN})")
     # independent services first, started together; the rest once what they need is healthy
     start_postgres(s)
@@ -767,7 +763,7 @@ def _retry(fn: Callable[[], None], timeout: float, what: str) -> None:
             time.sleep(2)
 
 
-def cmd_down(args: argparse.Namespace) -> None:
+def down() -> None:
     s = load_env() if ENV_FILE.exists() else {}
     for name in reversed([svc.name for svc in SERVICES]):
         if name == "postgres":
@@ -780,51 +776,8 @@ def cmd_down(args: argparse.Namespace) -> None:
     print("stack down (data kept in .run/)")
 
 
-def cmd_status(args: argparse.Namespace) -> None:
-    s = load_env()
-    for svc in SERVICES:
-        pid = read_pid(svc.name)
-        port = svc.port(s)
-        state = "up" if pid is not None else "down"
-        note = "  (offline demo only)" if svc.name == "binance-api" and binance_mode() == "online" else ""
-        print(f"{svc.name:<22} {state:<5} port {port:<6} pid {pid or '-':<8} log {log_file(svc.name)}{note}")
-    if getattr(args, "pipeline", True):
-        from stack.pipeline import print_health, print_stages
-
-        print_stages(s)
-        print_health(s)
-
-
-def cmd_env(args: argparse.Namespace) -> None:
-    for k, v in load_env().items():
-        print(f"{k}={v}")
-
-
-def cmd_clean(args: argparse.Namespace) -> None:
-    cmd_down(args)
+def clean() -> None:
+    down()
     if RUN.exists():
         shutil.rmtree(RUN)
     print(f"removed {RUN}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up")
-    up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each health check")
-    up.set_defaults(func=cmd_up)
-    sub.add_parser("down").set_defaults(func=cmd_down)
-    sub.add_parser("status").set_defaults(func=cmd_status)
-    sub.add_parser("env").set_defaults(func=cmd_env)
-    sub.add_parser("clean").set_defaults(func=cmd_clean)
-    args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except StackError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

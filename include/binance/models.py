@@ -8,11 +8,11 @@ time unit the server answered in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Literal
+from typing import ClassVar, Literal
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+from include.times import EPOCH, to_epoch_ms
 
 # Epoch values in ms have at most 13 digits until year 2286, values in microseconds 16 digits
 # from 2001 on. Anything in between fits neither reading for market data, so it is refused.
@@ -38,14 +38,6 @@ def utc_from_epoch(value: int) -> datetime:
     return EPOCH + timedelta(milliseconds=millis)
 
 
-def to_epoch_ms(moment: datetime) -> int:
-    """Milliseconds since the epoch for an aware datetime (naive datetimes are refused, not guessed)."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"datetime must be timezone-aware, got naive {moment.isoformat()}")
-    delta = moment - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-
-
 def utc_ms(moment: datetime) -> datetime:
     """The same instant in UTC, truncated to whole milliseconds like every record time."""
     return utc_from_epoch(to_epoch_ms(moment))
@@ -56,6 +48,8 @@ class LatestPrice:
     """Latest price of a symbol (ticker/price); `time` is when the client observed it (the extract
     stamps the end of the run's data interval instead)."""
 
+    TABLE: ClassVar[str] = "latest_prices"
+
     symbol: str
     price: Decimal
     time: datetime
@@ -64,6 +58,8 @@ class LatestPrice:
 @dataclass(frozen=True, slots=True)
 class DailyTicker:
     """Rolling 24 h statistics of a symbol (ticker/24hr, the MINI fields)."""
+
+    TABLE: ClassVar[str] = "daily_ticker"
 
     symbol: str
     open_price: Decimal
@@ -83,6 +79,8 @@ class DailyTicker:
 class Kline:
     """One candlestick, identified by (symbol, interval, open_time); the newest one is still open."""
 
+    TABLE: ClassVar[str] = "klines"
+
     symbol: str
     interval: str
     open_time: datetime
@@ -100,6 +98,8 @@ class Kline:
 class Trade:
     """One public trade, identified by (symbol, trade_id)."""
 
+    TABLE: ClassVar[str] = "recent_trades"
+
     symbol: str
     trade_id: int
     price: Decimal
@@ -112,6 +112,8 @@ class Trade:
 @dataclass(frozen=True, slots=True)
 class OrderBookLevel:
     """One price level of an order book snapshot; a snapshot is all levels sharing `update_id`."""
+
+    TABLE: ClassVar[str] = "order_book"
 
     update_id: int
     symbol: str

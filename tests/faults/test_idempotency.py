@@ -14,9 +14,12 @@ from datetime import UTC, datetime
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from include import health
-from include.kafka_connect import KafkaConnectClient
-from include.tables import BRIDGE_SCHEMA, SCHEMA, TABLES
+from include import names
+from include.cdc.kafka_connect import KafkaConnectClient
+from include.health import checks as health
+from include.names import BRIDGE_SCHEMA
+from include.names import SOURCE_SCHEMA as SCHEMA
+from include.tables import TABLES
 from tests.faults.conftest import Load, differences, pg_connect
 from tests.integration.conftest import run_dag, wait_for_debezium
 from tests.integration.test_binance_extract import SYMBOLS as EXTRACT_SYMBOLS
@@ -51,8 +54,8 @@ def _kafka_and_connector(settings) -> dict[str, str]:
     admin = AdminClient({"bootstrap.servers": settings["KAFKA_BOOTSTRAP_SERVERS"], "log_level": 2})
     ends = health.kafka_end_offsets(admin)
     out = {f"kafka {topic}[{p}] end offset": str(n) for (topic, p), n in ends.items()
-           if topic.removeprefix(health.TOPIC_PREFIX) in TABLES}
-    config = KafkaConnectClient(settings["KAFKA_CONNECT_URL"]).get_config(health.CONNECTOR)
+           if topic.removeprefix(names.CDC_TOPIC_PREFIX) in TABLES}
+    config = KafkaConnectClient(settings["KAFKA_CONNECT_URL"]).get_config(names.CONNECTOR)
     out["connector config"] = hashlib.md5(repr(sorted(config.items())).encode()).hexdigest()
     return out
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from include import health
-from include.kafka_connect import KafkaConnectClient
+from include.cdc.kafka_connect import KafkaConnectClient
+from include.health import checks as health
 from include.tables import TABLES
 from stack import localstack as ls
 from tests.faults.conftest import Load, differences, pg_connect, wait_equal

@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from include import health
-from include.kafka_connect import KafkaConnectClient
+from include import names
+from include.cdc.kafka_connect import KafkaConnectClient
+from include.health import checks as health
 from include.tables import TABLES
 from tests.faults.conftest import Load, differences, pg_connect, wait_equal
 from tests.integration.conftest import run_dag, wait_for_debezium
@@ -58,7 +59,7 @@ def test_an_invalidated_slot_is_reported_and_a_resnapshot_restores_an_exact_copy
     try:
         load.start()
         time.sleep(5)
-        client.stop(health.CONNECTOR)
+        client.stop(names.CONNECTOR)
         # the load goes on while nothing reads the slot: its inserts, updates and deletes are lost
         peak, status = 0, None
         for _ in range(12):
@@ -97,8 +98,8 @@ def test_an_invalidated_slot_is_reported_and_a_resnapshot_restores_an_exact_copy
               f"{time.monotonic() - started:.0f}s after it was triggered")
     finally:
         load.stop()
-        if client.status(health.CONNECTOR)["connector"]["state"] == "STOPPED":
-            client.resume(health.CONNECTOR)
+        if client.status(names.CONNECTOR)["connector"]["state"] == "STOPPED":
+            client.resume(names.CONNECTOR)
         with pg.cursor() as cur:
             for table in TABLES:
                 cur.execute(f"DELETE FROM binance.{table} WHERE symbol = ANY(%s)", (list(SYMBOLS),))

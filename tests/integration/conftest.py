@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from include.cassandra_schema import CassandraSettings, connect
+from include.connections import CassandraSettings, cassandra_session
+from include.names import SLOT
 from include.tables import TABLES
 
 
@@ -45,9 +46,8 @@ def cassandra(settings):
     cs = CassandraSettings((settings["CASSANDRA_HOST"],), int(settings["CASSANDRA_PORT"]),
                            settings["CASSANDRA_USERNAME"], settings["CASSANDRA_PASSWORD"],
                            settings["CASSANDRA_KEYSPACE"])
-    cluster, session = connect(cs, cs.keyspace)
-    yield session
-    cluster.shutdown()
+    with cassandra_session(cs, cs.keyspace) as session:
+        yield session
 
 
 def wait_for_debezium(pg, timeout: float = 60.0) -> None:
@@ -60,7 +60,7 @@ def wait_for_debezium(pg, timeout: float = 60.0) -> None:
     while time.monotonic() < deadline:
         with pg.cursor() as cur:
             cur.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
-                        (target, "binance_cdc"))
+                        (target, SLOT))
             row = cur.fetchone()
         pg.commit()
         if row and row[0]:

@@ -12,7 +12,7 @@ import requests
 from include.binance.client import BinanceClient
 from include.binance.errors import BinanceResponseError
 from include.binance.extract import ExtractSettings, extract
-from include.migrations import apply
+from include.schema.postgres import apply
 from include.tables import TABLES
 from stack.exchange import BinanceTestServer
 

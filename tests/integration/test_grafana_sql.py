@@ -20,9 +20,10 @@ import psycopg2.errors
 import pytest
 
 from grafana import generate
-from include import migrations
-from include.health import HEALTH_SCHEMA, HEALTH_TABLES
-from include.tables import BRIDGE_SCHEMA, BRIDGE_TABLES
+from include.health.checks import HEALTH_TABLES
+from include.names import BRIDGE_SCHEMA, HEALTH_SCHEMA
+from include.schema import postgres as migrations
+from include.tables import BRIDGE_TABLES
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,9 @@ from decimal import Decimal
 
 import pytest
 
-from include import health
-from include.kafka_connect import KafkaConnectClient
+from include import names
+from include.cdc.kafka_connect import KafkaConnectClient
+from include.health import checks as health
 from stack import localstack as ls
 from tests.integration.conftest import run_dag, wait_for_debezium
 
@@ -95,7 +96,7 @@ def write_wal(pg, megabytes: int) -> None:
 def wait_connector(connect: KafkaConnectClient, wanted: str, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        status = connect.status(health.CONNECTOR)
+        status = connect.status(names.CONNECTOR)
         states = {status["connector"]["state"], *(t["state"] for t in status["tasks"])}
         if wanted in states and (wanted != "RUNNING" or states == {"RUNNING"}):
             return status
@@ -129,7 +130,7 @@ def test_a_paused_connector_is_reported_then_all_checks_pass_once_resumed(dagbag
     limit = baseline + 16 * 1024 * 1024
     thresholds(monkeypatch, max_retained_wal_bytes=limit, max_cassandra_delay_seconds=5)
 
-    connect._request("PUT", f"/connectors/{health.CONNECTOR}/pause", ok=(200, 202, 204))
+    connect._request("PUT", f"/connectors/{names.CONNECTOR}/pause", ok=(200, 202, 204))
     try:
         wait_connector(connect, "PAUSED")
         write_wal(pg, 40)
@@ -151,7 +152,7 @@ def test_a_paused_connector_is_reported_then_all_checks_pass_once_resumed(dagbag
             assert cur.fetchone()[0] > limit
         pg.commit()
     finally:
-        connect._request("PUT", f"/connectors/{health.CONNECTOR}/resume", ok=(200, 202, 204))
+        connect._request("PUT", f"/connectors/{names.CONNECTOR}/resume", ok=(200, 202, 204))
 
     wait_connector(connect, "RUNNING")
     catch_up(dagbag, pg)
@@ -192,7 +193,7 @@ def test_a_failed_connector_task_is_restarted_and_runs_again(dagbag, cdc_ready, 
 
 
 def _api(settings, method: str, path: str, body: dict | None = None) -> dict:
-    from stack.pipeline import _api, _token
+    from stack.demo import _api, _token
 
     return _api(settings, method, path, body, _token(settings))
 

@@ -11,7 +11,7 @@ import pytest
 
 from include import loader
 from include.binance.models import Trade
-from include.migrations import apply
+from include.schema.postgres import apply
 
 pytestmark = pytest.mark.integration
 

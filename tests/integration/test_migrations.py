@@ -1,11 +1,13 @@
-"""Migrations against the real Postgres: idempotent, and the tables match include/tables.py."""
+"""Migrations against the real Postgres: idempotent, and the tables of both schemas (the source
+`binance` and the bridge's `cassandra`) match include/tables.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from include import migrations
-from include.tables import TABLES
+from include.names import BRIDGE_SCHEMA, SOURCE_SCHEMA
+from include.schema import postgres as migrations
+from include.tables import BRIDGE_TABLES, TABLES
 
 pytestmark = pytest.mark.integration
 
@@ -18,19 +20,21 @@ def test_applying_twice_changes_nothing(pg):
     assert migrations.apply(pg, "binance") == []
 
 
-def test_tables_match_their_single_definition(pg):
-    migrations.apply(pg, "binance")
+@pytest.mark.parametrize("schema, tables", [(SOURCE_SCHEMA, TABLES), (BRIDGE_SCHEMA, BRIDGE_TABLES)])
+def test_tables_match_their_single_definition(pg, schema, tables):
+    migrations.apply(pg, schema)
     with pg.cursor() as cur:
-        for name, table in TABLES.items():
+        for name, table in tables.items():
             cur.execute("SELECT column_name, data_type FROM information_schema.columns "
-                        "WHERE table_schema = 'binance' AND table_name = %s ORDER BY ordinal_position", (name,))
+                        "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position", (schema, name))
             assert cur.fetchall() == [(c.name, PG_TYPES[c.type]) for c in table.columns], name
             cur.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
                         "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary "
-                        "ORDER BY array_position(i.indkey, a.attnum)", (f"binance.{name}",))
+                        "ORDER BY array_position(i.indkey, a.attnum)", (f"{schema}.{name}",))
             assert tuple(r[0] for r in cur.fetchall()) == table.primary_key, name
-            cur.execute("SELECT relreplident FROM pg_class WHERE oid = %s::regclass", (f"binance.{name}",))
-            assert cur.fetchone()[0] == {"DEFAULT": "d", "FULL": "f"}[table.replica_identity], name
+            if schema == SOURCE_SCHEMA:
+                cur.execute("SELECT relreplident FROM pg_class WHERE oid = %s::regclass", (f"{schema}.{name}",))
+                assert cur.fetchone()[0] == {"DEFAULT": "d", "FULL": "f"}[table.replica_identity], name
     pg.commit()
 
 
@@ -38,8 +42,8 @@ def test_an_edited_applied_migration_is_refused(pg, tmp_path, monkeypatch):
     migrations.apply(pg, "binance")
     folder = tmp_path / "binance"
     folder.mkdir()
-    for mig in migrations.discover("binance"):
-        (folder / mig.path.name).write_text(mig.sql + "\n-- edited\n")
+    for mig in migrations.migrations("binance"):
+        (folder / mig.path.name).write_text(mig.text + "\n-- edited\n")
     monkeypatch.setattr(migrations, "SQL_ROOT", tmp_path)
     with pytest.raises(migrations.MigrationError, match="changed after it was applied"):
         migrations.apply(pg, "binance")

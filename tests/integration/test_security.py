@@ -17,7 +17,7 @@ import psycopg2
 import pytest
 import requests
 
-from include.health import CONNECTOR
+from include.names import CONNECTOR
 from tests.integration.conftest import run_dag
 from tests.integration.test_stack import _is_loopback, _listening_sockets
 

@@ -11,8 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from include import health
-from include.kafka_connect import ConnectError
+from include import names
+from include.cdc.kafka_connect import ConnectError
+from include.health import checks as health
 
 NOW = datetime.now(UTC)
 
@@ -21,7 +22,7 @@ NOW = datetime.now(UTC)
 def _clock(monkeypatch):
     """The checks' clock stands at NOW: the suite may run these tests minutes after importing them."""
     monkeypatch.setattr(health, "_now", lambda: NOW)
-TOPIC = health.TOPIC_PREFIX + "latest_prices"
+TOPIC = names.CDC_TOPIC_PREFIX + "latest_prices"
 
 
 # --------------------------------------------------------------------------- thresholds
@@ -71,7 +72,7 @@ class ScriptedConnect:
 
 
 def _status(connector: str = "RUNNING", *tasks: str) -> dict:
-    return {"name": health.CONNECTOR, "connector": {"state": connector, "worker_id": "127.0.0.1:8083"},
+    return {"name": names.CONNECTOR, "connector": {"state": connector, "worker_id": "127.0.0.1:8083"},
             "tasks": [{"id": i, "state": s, "worker_id": "127.0.0.1:8083",
                        **({"trace": "org.postgresql.util.PSQLException: must be replication"} if s == "FAILED" else {})}
                       for i, s in enumerate(tasks or ("RUNNING",))]}
@@ -96,7 +97,7 @@ def test_a_failed_task_is_restarted_with_backoff_and_passes_once_running():
     result = _check(client, connector_restart_backoff_seconds=5)
     assert result.ok, result.message
     assert "after 2 restart(s)" in result.message
-    assert client.restarts == [(health.CONNECTOR, True, True)] * 2
+    assert client.restarts == [(names.CONNECTOR, True, True)] * 2
     assert result.sleeps == [5, 10]
     assert {r["restarts"] for r in result.rows["connector_states"]} == {2}
 
@@ -145,12 +146,12 @@ def _batch(seconds_ago: float) -> SimpleNamespace:
 
 
 def test_lag_is_end_minus_processed_per_partition_and_summed_per_topic():
-    end = {(TOPIC, 0): 120, (TOPIC, 1): 80, (health.TOPIC_PREFIX + "klines", 0): 10}
+    end = {(TOPIC, 0): 120, (TOPIC, 1): 80, (names.CDC_TOPIC_PREFIX + "klines", 0): 10}
     done = {(TOPIC, 0): _done(100), (TOPIC, 1): _done(80)}
     result = health.check_stream_lag(end, done, _batch(3), health.Thresholds())
     assert result.ok, result.message
     assert {(r["topic"], r["partition"]): r["lag"] for r in result.rows["stream_lag"]} == {
-        (TOPIC, 0): 20, (TOPIC, 1): 0, (health.TOPIC_PREFIX + "klines", 0): 10}
+        (TOPIC, 0): 20, (TOPIC, 1): 0, (names.CDC_TOPIC_PREFIX + "klines", 0): 10}
     assert "stream lag 30 event(s)" in result.message and "latest_prices=20" in result.message
     # a partition the stream never read counts in full; no processed offset is recorded for it
     klines = next(r for r in result.rows["stream_lag"] if r["topic"].endswith("klines"))
@@ -216,8 +217,8 @@ def test_no_market_data_and_empty_stages_are_named():
 def test_newest_in_cassandra_ignores_topics_that_are_not_pipeline_tables():
     older, newer = NOW - timedelta(seconds=30), NOW - timedelta(seconds=5)
     done = {(TOPIC, 0): SimpleNamespace(newest_source_ts=older.replace(tzinfo=None)),
-            (health.TOPIC_PREFIX + "heartbeat", 0): SimpleNamespace(newest_source_ts=NOW.replace(tzinfo=None)),
-            (health.TOPIC_PREFIX + "klines", 0): SimpleNamespace(newest_source_ts=newer.replace(tzinfo=None)),
-            (health.TOPIC_PREFIX + "order_book", 0): SimpleNamespace(newest_source_ts=None)}
+            (names.CDC_TOPIC_PREFIX + "heartbeat", 0): SimpleNamespace(newest_source_ts=NOW.replace(tzinfo=None)),
+            (names.CDC_TOPIC_PREFIX + "klines", 0): SimpleNamespace(newest_source_ts=newer.replace(tzinfo=None)),
+            (names.CDC_TOPIC_PREFIX + "order_book", 0): SimpleNamespace(newest_source_ts=None)}
     assert health.newest_in_cassandra(done) == newer
     assert health.newest_in_cassandra({}) is None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -12,12 +10,10 @@ import pytest
 from include.binance.models import Kline, Trade
 from include.loader import (
     _ChunkStream,
-    _CsvStream,
-    _dedupe,
     _direct_insert_key,
-    _rows,
     _TimestampText,
     copy_text,
+    dedupe,
     upsert_sql,
 )
 from include.tables import TABLES
@@ -27,14 +23,6 @@ T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 
 def _trade(trade_id: int, price: str = "0.00001234") -> Trade:
     return Trade("BTCUSDT", trade_id, Decimal(price), Decimal("12.00000000"), Decimal("0.00014808"), T0, True)
-
-
-def test_csv_keeps_decimals_exact_and_times_in_utc():
-    stream = _CsvStream(_rows(TABLES["recent_trades"], [_trade(1), _trade(2, "64000.12345678")]), rows_per_chunk=1)
-    rows = list(csv.reader(io.StringIO(stream.read())))
-    assert rows[0] == ["BTCUSDT", "1", "0.00001234", "12.00000000", "0.00014808", "2026-01-02 03:04:05.678000+00:00",
-                       "True"]
-    assert rows[1][2] == "64000.12345678"
 
 
 def test_copy_text_keeps_decimals_exact_times_in_utc_and_marks_nulls():
@@ -86,19 +74,8 @@ def test_only_immutable_id_keyed_tables_are_copied_straight_in():
         assert _direct_insert_key(TABLES[name]) is None
 
 
-def test_csv_stream_reads_in_pieces_of_any_size():
-    records = [_trade(i) for i in range(100)]
-    whole = _CsvStream(_rows(TABLES["recent_trades"], records)).read()
-    stream = _CsvStream(_rows(TABLES["recent_trades"], records), rows_per_chunk=7)
-    pieces = []
-    while chunk := stream.read(33):
-        pieces.append(chunk)
-    assert "".join(pieces) == whole
-    assert whole.count("\n") == 100
-
-
 def test_dedupe_keeps_the_last_record_per_key():
-    kept = _dedupe(TABLES["recent_trades"], [_trade(1, "1"), _trade(2, "2"), _trade(1, "3")])
+    kept = dedupe(TABLES["recent_trades"], [_trade(1, "1"), _trade(2, "2"), _trade(1, "3")])
     assert sorted((t.trade_id, t.price) for t in kept) == [(1, Decimal("3")), (2, Decimal("2"))]
 
 
@@ -123,4 +100,10 @@ def test_an_order_book_snapshot_fetched_twice_keeps_its_first_capture_time():
 
 def test_record_fields_match_table_columns():
     kline = Kline("BTCUSDT", "1m", T0, *(Decimal("1"),) * 5, T0, Decimal("1"), 3)
-    assert list(_rows(TABLES["klines"], [kline]))[0][:3] == ("BTCUSDT", "1m", T0)
+    assert "".join(copy_text(TABLES["klines"], [kline])).split("\t")[:3] == ["BTCUSDT", "1m",
+                                                                            "2026-01-02 03:04:05.678000+00"]
+
+
+def test_a_record_lacking_a_column_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"Trade has no field\(s\) \['interval'"):
+        list(copy_text(TABLES["klines"], [_trade(1)]))

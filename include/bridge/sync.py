@@ -10,17 +10,17 @@ copies it whole once.
 
 from __future__ import annotations
 
-import json
 import logging
+from collections import namedtuple
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
-from include.binance.models import EPOCH as EPOCH_UTC
-from include.loader import _copy_in, _CsvStream, upsert
-from include.tables import BRIDGE_SCHEMA, BRIDGE_TABLES, Table
+from include.cdc.events import decode_key
+from include.loader import dedupe, stage, upsert, upsert_staged
+from include.names import BRIDGE_SCHEMA
+from include.tables import BRIDGE_TABLES, Table
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +39,6 @@ class BridgeResult:
 
 def _minute(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(second=0, microsecond=0)
-
-
-def decode_key(table: Table, key: str) -> tuple[Any, ...]:
-    """A change-log key (JSON: times as epoch ms, decimals as text) as CQL bind values."""
-    data = json.loads(key)
-    out = []
-    for name in table.cassandra_key:
-        kind = table.column(name).type
-        value = data[name]
-        if kind == "timestamptz":
-            value = EPOCH_UTC + timedelta(milliseconds=int(value))
-        elif kind == "numeric":
-            value = Decimal(str(value))
-        out.append(value)
-    return tuple(out)
 
 
 def _watermark(cur: Any, table: str, schema: str) -> datetime | None:
@@ -103,21 +88,21 @@ def fetch_rows(session: Any, keyspace: str, table: Table, keys: Iterable[str]) -
     return found, gone
 
 
+def key_table(table: Table) -> Table:
+    """`table` reduced to its Cassandra key columns: what the bridge stages to delete by."""
+    return Table(table.name, tuple(table.column(k) for k in table.cassandra_key), primary_key=table.cassandra_key,
+                 time_column=table.time_column)
+
+
 def _delete_keys(cur: Any, table: Table, keys: list[tuple], schema: str) -> int:
     if not keys:
         return 0
-    key_cols = table.cassandra_key
-    defs = ", ".join(f'"{k}" {_pg_type(table.column(k).type)}' for k in key_cols)
-    cur.execute(f"CREATE TEMP TABLE gone_{table.name} ({defs}) ON COMMIT DROP")
-    _copy_in(cur, f"COPY gone_{table.name} FROM STDIN WITH (FORMAT csv)", _CsvStream(iter(keys)))
-    match = " AND ".join(f't."{k}" = g."{k}"' for k in key_cols)
-    cur.execute(f'DELETE FROM "{schema}"."{table.name}" t USING gone_{table.name} g WHERE {match}')
+    keyed = key_table(table)
+    record = namedtuple("Key", keyed.column_names)  # type: ignore[misc]  # noqa: PYI024 - built per table
+    gone = stage(cur, keyed, [record(*k) for k in keys], name=f"gone_{table.name}")
+    match = " AND ".join(f't."{k}" = g."{k}"' for k in table.cassandra_key)
+    cur.execute(f'DELETE FROM "{schema}"."{table.name}" t USING "{gone}" g WHERE {match}')
     return cur.rowcount
-
-
-def _pg_type(kind: str) -> str:
-    return {"timestamptz": "timestamptz", "numeric": "numeric", "bigint": "bigint", "boolean": "boolean"}.get(
-        kind, "text")
 
 
 def sync_table(pg: Any, session: Any, keyspace: str, table_name: str, now: datetime | None = None,
@@ -155,13 +140,11 @@ def _full_copy(cur: Any, session: Any, keyspace: str, table: Table, until: datet
     stmt = session.prepare(f'SELECT {cols} FROM "{keyspace}"."{table.name}"')
     stmt.fetch_size = 5000
     rows = list(session.execute(stmt))
-    _, inserted, updated = upsert(cur, table, rows, schema)
-    if rows:
-        match = " AND ".join(f't."{k}" = s."{k}"' for k in table.cassandra_key)
-        cur.execute(f'DELETE FROM "{schema}"."{table.name}" t WHERE NOT EXISTS '
-                    f"(SELECT FROM stage_{table.name} s WHERE {match})")
-    else:
-        cur.execute(f'DELETE FROM "{schema}"."{table.name}"')
+    staging = stage(cur, table, dedupe(table, rows))
+    inserted, updated = upsert_staged(cur, table, staging, schema)
+    match = " AND ".join(f't."{k}" = s."{k}"' for k in table.cassandra_key)
+    cur.execute(f'DELETE FROM "{schema}"."{table.name}" t WHERE NOT EXISTS '
+                f'(SELECT FROM "{staging}" s WHERE {match})')
     deleted = cur.rowcount
     # changes that land while this copy runs are logged in this minute: the next run replays it
     _set_watermark(cur, table.name, until - OVERLAP, inserted + updated, deleted, schema)

@@ -1,7 +1,7 @@
 """Kafka Connect REST: register or update a connector from its JSON file, wait until it runs.
 
-Plain `requests`, no Airflow: the `kafka_connect` connection's hook (plugins/) supplies the base
-URL. Registration is `PUT /connectors/<name>/config`, which creates or updates in place, so a
+Plain `requests`, no Airflow: include/connections.py builds the client from the `kafka_connect`
+connection. Registration is `PUT /connectors/<name>/config`, which creates or updates in place, so a
 changed config never deletes the connector (no re-snapshot) and an unchanged one is not sent.
 """
 
@@ -10,15 +10,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from include import connections
+from include.names import KAFKA_CONNECT_CONN_ID
+
 log = logging.getLogger(__name__)
 
-CONNECTORS = Path(__file__).resolve().parent.parent / "connectors"
+CONNECTORS = Path(__file__).resolve().parents[2] / "connectors"
 
 
 class ConnectError(RuntimeError):
@@ -127,6 +131,13 @@ class KafkaConnectClient:
     def resume(self, name: str) -> None:
         """Resume a PAUSED or STOPPED connector."""
         self._request("PUT", f"/connectors/{name}/resume", ok=(200, 202, 204))
+
+
+@contextmanager
+def client(conn_id: str = KAFKA_CONNECT_CONN_ID) -> Iterator[KafkaConnectClient]:
+    """A client for the Kafka Connect REST endpoint of an Airflow HTTP connection."""
+    with connections.http(conn_id) as (base_url, session):
+        yield KafkaConnectClient(base_url, session=session)
 
 
 def failures(status: dict[str, Any]) -> list[str]:

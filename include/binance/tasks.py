@@ -13,15 +13,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from include import connections
 from include.binance.client import DEFAULT_BASE_URL, BinanceClient
 from include.binance.extract import DEFAULT_LIMITS, DEFAULT_SYMBOLS, ExtractSettings, SettingsError, extract, prune
 from include.loader import LoadResult
-from include.migrations import apply
+from include.names import BINANCE_CONN_ID, SOURCE_SCHEMA
+from include.schema.postgres import apply
 
 log = logging.getLogger(__name__)
-
-BINANCE_CONN_ID = "binance_api"
-POSTGRES_CONN_ID = "binance_postgres"
 
 
 def _json_variable(name: str, default: Any) -> Any:
@@ -86,18 +85,9 @@ def make_client() -> BinanceClient:
     return BinanceClient(base_url_from_connection(), ban_state_path=ban_file)
 
 
-def _pg_conn() -> Any:
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-    return PostgresHook(postgres_conn_id=POSTGRES_CONN_ID).get_conn()
-
-
 def apply_migrations() -> list[str]:
-    conn = _pg_conn()
-    try:
-        return apply(conn, "binance")
-    finally:
-        conn.close()
+    with connections.postgres() as conn:
+        return apply(conn, SOURCE_SCHEMA)
 
 
 def validate_symbols() -> list[str]:
@@ -113,19 +103,12 @@ def run_dataset(dataset: str, data_interval_start: datetime | None,
                 data_interval_end: datetime | None = None) -> dict[str, int]:
     settings = settings_from_variables()
     start = data_interval_start or datetime.now(UTC)
-    conn = _pg_conn()
-    try:
-        with make_client() as client:
-            result: LoadResult = extract(dataset, client, conn, settings, start, data_interval_end)
-    finally:
-        conn.close()
+    with connections.postgres() as conn, make_client() as client:
+        result: LoadResult = extract(dataset, client, conn, settings, start, data_interval_end)
     return {"received": result.received, "inserted": result.inserted, "updated": result.updated}
 
 
 def prune_order_book() -> int:
     settings = settings_from_variables()
-    conn = _pg_conn()
-    try:
+    with connections.postgres() as conn:
         return prune(conn, settings, datetime.now(UTC))
-    finally:
-        conn.close()

@@ -17,20 +17,22 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from include.kafka_connect import ConnectError, KafkaConnectClient, failures
-from include.tables import BRIDGE_SCHEMA, SCHEMA, TABLES
+from include.cdc.kafka_connect import ConnectError, KafkaConnectClient, failures
+from include.names import (
+    BRIDGE_SCHEMA,
+    CDC_TOPIC_PREFIX,
+    CONNECTOR,
+    HEALTH_SCHEMA,
+    SLOT,
+    SOURCE_SCHEMA,
+    STREAM_QUERY_NAME,
+    table_of_topic,
+)
+from include.tables import BRIDGE_TABLES, TABLES
 
 log = logging.getLogger(__name__)
 
-HEALTH_SCHEMA = "pipeline_health"
-CONNECTOR = "binance-postgres"
-SLOT = "binance_cdc"
-QUERY_NAME = "binance_cdc_to_cassandra"
-TOPIC_PREFIX = f"{SCHEMA}.{SCHEMA}."
-# source tables whose time column is "when the row was observed" (the others lag by design:
-# klines carry the candle's open time, trades are only scanned at a cost)
-SOURCE_TIME_COLUMNS = {"latest_prices": "time", "daily_ticker": "close_time", "order_book": "captured_at"}
-STAGES = ("postgres binance", "cassandra", "postgres cassandra")
+STAGES = (f"postgres {SOURCE_SCHEMA}", "cassandra", f"postgres {BRIDGE_SCHEMA}")
 RESNAPSHOT_HINT = ('trigger the cdc_setup DAG with {"resnapshot": true}: it drops the connector\'s slot and '
                    "offsets, re-registers the connector and copies every table again (see README, Guarantees)")
 
@@ -221,7 +223,7 @@ def check_slot(pg: Any, th: Thresholds, slot: str = SLOT) -> CheckResult:
 # --------------------------------------------------------------------------- stream lag
 
 
-def kafka_end_offsets(admin: Any, prefix: str = TOPIC_PREFIX, timeout: float = 15) -> dict[tuple[str, int], int]:
+def kafka_end_offsets(admin: Any, prefix: str = CDC_TOPIC_PREFIX, timeout: float = 15) -> dict[tuple[str, int], int]:
     """Newest offset per partition of every CDC topic, through a confluent-kafka AdminClient."""
     from confluent_kafka import TopicPartition
     from confluent_kafka.admin import OffsetSpec
@@ -235,13 +237,13 @@ def kafka_end_offsets(admin: Any, prefix: str = TOPIC_PREFIX, timeout: float = 1
     return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
 
 
-def processed_offsets(session: Any, keyspace: str, query_name: str = QUERY_NAME) -> dict[tuple[str, int], Any]:
+def processed_offsets(session: Any, keyspace: str, query_name: str = STREAM_QUERY_NAME) -> dict[tuple[str, int], Any]:
     rows = session.execute(f'SELECT topic, partition, next_offset, newest_source_ts, updated_at FROM "{keyspace}".'
                            "stream_offsets WHERE query_name = %s", (query_name,))
     return {(r.topic, r.partition): r for r in rows}
 
 
-def last_batch(session: Any, keyspace: str, query_name: str = QUERY_NAME) -> Any:
+def last_batch(session: Any, keyspace: str, query_name: str = STREAM_QUERY_NAME) -> Any:
     return session.execute(f'SELECT * FROM "{keyspace}".stream_progress WHERE query_name = %s LIMIT 1',
                            (query_name,)).one()
 
@@ -263,7 +265,7 @@ def check_stream_lag(end: dict[tuple[str, int], int], done: dict[tuple[str, int]
     idle = None
     if last is not None and last.finished_at is not None:
         idle = (at - last.finished_at.replace(tzinfo=UTC)).total_seconds()
-    lags = ", ".join(f"{t.removeprefix(TOPIC_PREFIX)}={n}" for t, n in per_topic.items() if n) or "none"
+    lags = ", ".join(f"{table_of_topic(t) or t}={n}" for t, n in per_topic.items() if n) or "none"
     where = f"last batch {idle:.0f}s ago" if idle is not None else "the stream has never reported a batch"
     desc = f"stream lag {total} event(s) ({lags}); {where}"
     todo = ("is the cdc_stream DAG unpaused and its run_cdc_stream task running? Its log says why it stopped; "
@@ -277,8 +279,18 @@ def check_stream_lag(end: dict[tuple[str, int], int], done: dict[tuple[str, int]
     return CheckResult("stream_lag", True, desc, {"stream_lag": rows})
 
 
+def measure_stream_lag(admin: Any, session: Any, keyspace: str, th: Thresholds,
+                       timeout: float = 15) -> tuple[CheckResult, Any]:
+    """check_stream_lag on the live figures: Kafka's end offsets (an AdminClient) against the offsets
+    the stream reported in Cassandra. Also returns the stream's last batch (None before the first)."""
+    end = kafka_end_offsets(admin, timeout=timeout)
+    done = processed_offsets(session, keyspace)
+    last = last_batch(session, keyspace)
+    return check_stream_lag(end, done, last, th), last
+
+
 def stream_batches_since(session: Any, keyspace: str, since: datetime | None,
-                         query_name: str = QUERY_NAME) -> list[dict[str, Any]]:
+                         query_name: str = STREAM_QUERY_NAME) -> list[dict[str, Any]]:
     """The stream's batches finished after `since`, as rows of pipeline_health.stream_batches."""
     cql = f'SELECT * FROM "{keyspace}".stream_progress WHERE query_name = %s'
     args: tuple = (query_name,)
@@ -302,10 +314,8 @@ def stream_batches_since(session: Any, keyspace: str, since: datetime | None,
 def newest_in_postgres(pg: Any, schema: str) -> datetime | None:
     """Newest observation in `binance` (tables with an observation time), or newest source commit
     in the bridge (`cassandra`, cdc_source_ts is indexed)."""
-    if schema == SCHEMA:
-        parts = [f"(SELECT max({col}) FROM {SCHEMA}.{t})" for t, col in SOURCE_TIME_COLUMNS.items()]
-    else:
-        parts = [f"(SELECT max(cdc_source_ts) FROM {BRIDGE_SCHEMA}.{t})" for t in TABLES]
+    tables = TABLES if schema == SOURCE_SCHEMA else BRIDGE_TABLES
+    parts = [f"(SELECT max({t.time_column}) FROM {schema}.{name})" for name, t in tables.items() if t.tells_freshness]
     with pg.cursor() as cur:
         cur.execute("SELECT to_regclass(%s)", (f"{schema}.{next(iter(TABLES))}",))
         if cur.fetchone()[0] is None:
@@ -319,7 +329,7 @@ def newest_in_postgres(pg: Any, schema: str) -> datetime | None:
 
 def newest_in_cassandra(done: dict[tuple[str, int], Any]) -> datetime | None:
     times = [r.newest_source_ts.replace(tzinfo=UTC) for (topic, _), r in done.items()
-             if r.newest_source_ts is not None and topic.removeprefix(TOPIC_PREFIX) in TABLES]
+             if r.newest_source_ts is not None and table_of_topic(topic) in TABLES]
     return max(times, default=None)
 
 
@@ -335,7 +345,7 @@ def check_freshness(newest: dict[str, datetime | None], th: Thresholds) -> Check
     src, cas, bridge = (newest.get(s) for s in STAGES)
     problems = []
     if src is None or (at - src).total_seconds() > th.max_source_age_seconds:
-        problems.append(f"no market data in Postgres {SCHEMA} for more than {th.max_source_age_seconds:.0f}s: "
+        problems.append(f"no market data in Postgres {SOURCE_SCHEMA} for more than {th.max_source_age_seconds:.0f}s: "
                         "is binance_extract unpaused and succeeding? (its task logs name the failing call)")
     if src is not None and (cas is None or (src - cas).total_seconds() > th.max_cassandra_delay_seconds):
         behind = "holds nothing" if cas is None else f"is {(src - cas).total_seconds():.0f}s behind Postgres"
@@ -348,6 +358,13 @@ def check_freshness(newest: dict[str, datetime | None], th: Thresholds) -> Check
     if problems:
         return CheckResult("freshness", False, f"{desc}. " + " ".join(problems), {"freshness": rows})
     return CheckResult("freshness", True, desc, {"freshness": rows})
+
+
+def measure_freshness(pg: Any, session: Any, keyspace: str, th: Thresholds) -> CheckResult:
+    """check_freshness on the live figures: the newest source time in each stage."""
+    newest = (newest_in_postgres(pg, SOURCE_SCHEMA), newest_in_cassandra(processed_offsets(session, keyspace)),
+              newest_in_postgres(pg, BRIDGE_SCHEMA))
+    return check_freshness(dict(zip(STAGES, newest, strict=True)), th)
 
 
 # --------------------------------------------------------------------------- storage
@@ -390,7 +407,7 @@ def store(pg: Any, result: CheckResult) -> None:
     (log.info if result.ok else log.error)("%s: %s", result.name, result.message)
 
 
-def store_stream_batches(pg: Any, session: Any, keyspace: str, query_name: str = QUERY_NAME) -> int:
+def store_stream_batches(pg: Any, session: Any, keyspace: str, query_name: str = STREAM_QUERY_NAME) -> int:
     """Copy the stream's batches newer than those already in Postgres (Grafana's latency panels)."""
     with pg.cursor() as cur:
         cur.execute(f"SELECT max(finished_at) FROM {HEALTH_SCHEMA}.stream_batches WHERE query_name = %s",

@@ -1,4 +1,9 @@
-"""What the `cdc_setup` DAG does, free of Airflow: source side, sink schema, connector."""
+"""What the `cdc_setup` DAG does, free of Airflow: the source side (publication, heartbeat grant,
+replica identities), the connector's configuration, and the re-snapshot.
+
+The publication's table list and the connector's table.include.list are derived here from
+include/tables.py; connectors/<name>.json keeps the rest of the connector's configuration.
+"""
 
 from __future__ import annotations
 
@@ -6,41 +11,95 @@ import logging
 import time
 from typing import Any
 
-from include.migrations import apply
-from include.tables import BRIDGE_SCHEMA, SCHEMA, TABLES
+from include.cdc.kafka_connect import ConnectError, load_connector
+from include.names import (
+    BRIDGE_SCHEMA,
+    HEARTBEAT_TABLE,
+    PUBLICATION,
+    SLOT,
+    SOURCE_SCHEMA,
+    TOPIC_PREFIX,
+)
+from include.schema.postgres import apply
+from include.tables import TABLES, qualified
 
 log = logging.getLogger(__name__)
 
-PUBLICATION = "binance_cdc"
-SLOT = "binance_cdc"
-HEARTBEAT_TABLE = "debezium_heartbeat"
+
+def captured_tables() -> list[str]:
+    """Every table whose changes Debezium captures, schema-qualified: the source tables, then the
+    heartbeat table (its row changes every heartbeat, so the slot advances when nothing else does)."""
+    return [qualified(t) for t in (*TABLES, HEARTBEAT_TABLE)]
+
+
+def derived_connector_config() -> dict[str, str]:
+    """The connector settings that follow from the table definitions and the shared names."""
+    heartbeat = qualified(HEARTBEAT_TABLE)
+    return {
+        "topic.prefix": TOPIC_PREFIX,
+        "schema.include.list": SOURCE_SCHEMA,
+        "table.include.list": ",".join(captured_tables()),
+        "publication.name": PUBLICATION,
+        "slot.name": SLOT,
+        "heartbeat.action.query": f"INSERT INTO {heartbeat} (id, beat_at) VALUES (1, now()) "
+                                  "ON CONFLICT (id) DO UPDATE SET beat_at = EXCLUDED.beat_at",
+    }
+
+
+def connector_config(name: str) -> dict[str, str]:
+    """connectors/<name>.json completed with the derived settings (which the file must not set)."""
+    config = load_connector(name)
+    derived = derived_connector_config()
+    clash = sorted(set(config) & set(derived))
+    if clash:
+        raise ConnectError(f"connectors/{name}.json sets {clash}, which cdc_setup derives from include/tables.py "
+                           "and include/names.py: remove them from the file")
+    return {**config, **derived}
+
+
+def ensure_publication(cur: Any) -> dict[str, list[str]]:
+    """The publication covers exactly captured_tables(): created if missing, tables added or dropped."""
+    wanted = set(captured_tables())
+    cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (PUBLICATION,))
+    if cur.fetchone() is None:
+        tables = ", ".join(f'"{SOURCE_SCHEMA}"."{t.split(".", 1)[1]}"' for t in captured_tables())
+        cur.execute(f"CREATE PUBLICATION {PUBLICATION} FOR TABLE {tables}")
+        log.info("created publication %s for %s", PUBLICATION, ", ".join(captured_tables()))
+        return {"added": captured_tables(), "dropped": []}
+    cur.execute("SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s",
+                (PUBLICATION,))
+    published = {r[0] for r in cur.fetchall()}
+    added, dropped = sorted(wanted - published), sorted(published - wanted)
+    for table in added:
+        schema, name = table.split(".")
+        cur.execute(f'ALTER PUBLICATION {PUBLICATION} ADD TABLE "{schema}"."{name}"')
+        log.info("added %s to publication %s", table, PUBLICATION)
+    for table in dropped:
+        schema, name = table.split(".")
+        cur.execute(f'ALTER PUBLICATION {PUBLICATION} DROP TABLE "{schema}"."{name}"')
+        log.info("dropped %s from publication %s: include/tables.py no longer defines it", table, PUBLICATION)
+    return {"added": added, "dropped": dropped}
 
 
 def ensure_postgres_side(conn: Any, debezium_role: str) -> dict[str, Any]:
-    """Tables and CDC objects from the migrations, plus what depends on configuration: the
-    heartbeat grant for the Debezium role and a publication covering every source table."""
-    applied = apply(conn, SCHEMA)
-    wanted = {f"{SCHEMA}.{t}" for t in (*TABLES, HEARTBEAT_TABLE)}
+    """Tables and the heartbeat table from the migrations, then what follows from the definitions
+    and the configuration: the publication, the heartbeat grant for the Debezium role; checks the
+    replica identities Debezium's deletes depend on."""
+    applied = apply(conn, SOURCE_SCHEMA)
     with conn.cursor() as cur:
-        cur.execute(f'GRANT SELECT, INSERT, UPDATE ON "{SCHEMA}"."{HEARTBEAT_TABLE}" TO "{debezium_role}"')
-        cur.execute("SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s",
-                    (PUBLICATION,))
-        published = {r[0] for r in cur.fetchall()}
-        missing = sorted(wanted - published)
-        for table in missing:
-            schema, name = table.split(".")
-            cur.execute(f'ALTER PUBLICATION {PUBLICATION} ADD TABLE "{schema}"."{name}"')
-            log.info("added %s to publication %s", table, PUBLICATION)
+        cur.execute(f'GRANT SELECT, INSERT, UPDATE ON "{SOURCE_SCHEMA}"."{HEARTBEAT_TABLE}" TO "{debezium_role}"')
+        publication = ensure_publication(cur)
         cur.execute("SELECT c.relname, c.relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = %s AND c.relname = ANY(%s)", (SCHEMA, list(TABLES)))
+                    "WHERE n.nspname = %s AND c.relname = ANY(%s)", (SOURCE_SCHEMA, list(TABLES)))
         identities = dict(cur.fetchall())
     conn.commit()
     for name, table in TABLES.items():
         expected = {"DEFAULT": "d", "FULL": "f"}[table.replica_identity]
         if identities.get(name) != expected:
-            raise RuntimeError(f"{SCHEMA}.{name} has replica identity {identities.get(name)!r}, expected "
+            raise RuntimeError(f"{SOURCE_SCHEMA}.{name} has replica identity {identities.get(name)!r}, expected "
                                f"{table.replica_identity}: Debezium's deletes would lack the sink's key")
-    return {"migrations_applied": applied, "publication_tables_added": missing}
+    return {"migrations_applied": applied, "publication_tables_added": publication["added"],
+            "publication_tables_dropped": publication["dropped"]}
 
 
 # --------------------------------------------------------------------------- re-snapshot
@@ -95,7 +154,7 @@ def reset_sink(session: Any, keyspace: str, pg: Any, bridge_schema: str = BRIDGE
         keys = {tuple(r) for r in session.execute(f'SELECT DISTINCT {listed} FROM "{keyspace}"."{name}"',
                                                   timeout=120)}
         with pg.cursor() as cur:
-            cur.execute(f'SELECT DISTINCT {listed} FROM "{SCHEMA}"."{name}"')
+            cur.execute(f'SELECT DISTINCT {listed} FROM "{SOURCE_SCHEMA}"."{name}"')
             keys |= {tuple(r) for r in cur.fetchall()}
         pg.rollback()
         where = " AND ".join(f'"{c}" = ?' for c in cols)

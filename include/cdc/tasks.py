@@ -1,0 +1,71 @@
+"""What the `cdc_setup` DAG's tasks run: Airflow Connections and Variables in, include.cdc out.
+
+Connections: binance_postgres, cassandra_default, kafka_connect, and for a re-snapshot
+binance_postgres_replication (a role with REPLICATION). Variables: `cdc_debezium_role` (default:
+env DEBEZIUM_DB_USER, else debezium), `cassandra_replication` (JSON; default SimpleStrategy RF 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from include import connections
+from include.cdc import kafka_connect
+from include.cdc.setup import connector_config, ensure_postgres_side, resnapshot
+from include.names import CONNECTOR, POSTGRES_REPLICATION_CONN_ID
+from include.schema.cassandra import DEFAULT_REPLICATION, ensure_schema
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_SECONDS = 180
+
+
+def prepare_postgres() -> dict[str, Any]:
+    """Migrations of schema binance, the publication, the heartbeat grant, replica identities."""
+    from airflow.sdk import Variable
+
+    role = Variable.get("cdc_debezium_role", default=os.environ.get("DEBEZIUM_DB_USER", "debezium"))
+    with connections.postgres() as conn:
+        return ensure_postgres_side(conn, role)
+
+
+def prepare_cassandra() -> list[str]:
+    """The keyspace of cassandra_default (replication from the Variable) and the CQL migrations."""
+    from airflow.sdk import Variable
+
+    replication = json.loads(Variable.get("cassandra_replication", default=json.dumps(DEFAULT_REPLICATION)))
+    return ensure_schema(connections.cassandra_settings(), replication)
+
+
+def start_over(requested: bool) -> dict[str, Any]:
+    """With `requested`, stop the connector, drop its offsets and slot and empty the sink, so that
+    registering it again takes a new snapshot; a connector not registered yet needs none of it."""
+    if not requested:
+        return {"resnapshot": False}
+    with kafka_connect.client() as client:
+        if client.get_config(CONNECTOR) is None:
+            return {"resnapshot": False, "reason": "connector not registered yet: registering takes a snapshot"}
+        with connections.cassandra() as (session, keyspace), \
+                connections.postgres(POSTGRES_REPLICATION_CONN_ID) as replication, connections.postgres() as pg:
+            return resnapshot(client, CONNECTOR, replication, session, keyspace, pg)
+
+
+def register_connector(resumed_for_resnapshot: bool) -> str:
+    """PUT the connector's configuration if it differs (an update never re-snapshots); after a
+    re-snapshot's stop, resume it."""
+    with kafka_connect.client() as client:
+        outcome = client.ensure(CONNECTOR, connector_config(CONNECTOR))
+        if resumed_for_resnapshot and client.status(CONNECTOR)["connector"]["state"] == "STOPPED":
+            client.resume(CONNECTOR)
+            outcome += ", resumed for a new snapshot"
+    log.info("connector %s: %s", CONNECTOR, outcome)
+    return outcome
+
+
+def wait_for_connector() -> dict[str, Any]:
+    """Until the connector and its tasks are RUNNING; a FAILED one fails the task with its trace."""
+    with kafka_connect.client() as client:
+        return client.wait_running(CONNECTOR, timeout=CONNECT_TIMEOUT_SECONDS)

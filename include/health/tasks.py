@@ -1,0 +1,97 @@
+"""What the `pipeline_health` DAG's tasks run: Airflow Connections and Variables in,
+include.health.checks out.
+
+Connections: binance_postgres, kafka_connect, kafka_default, cassandra_default. Variables:
+`pipeline_health_thresholds` (JSON, see checks.Thresholds), `pipeline_health_connector`
+(default binance-postgres), `pipeline_health_slot` (default binance_cdc).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from include import connections
+from include.cdc import kafka_connect
+from include.health import checks
+from include.names import CONNECTOR, HEALTH_SCHEMA, SLOT
+from include.schema.postgres import apply
+
+log = logging.getLogger(__name__)
+
+
+def thresholds() -> checks.Thresholds:
+    from airflow.sdk import Variable
+
+    return checks.Thresholds.from_json(Variable.get("pipeline_health_thresholds", default=None))
+
+
+def apply_migrations() -> list[str]:
+    with connections.postgres() as conn:
+        return apply(conn, HEALTH_SCHEMA)
+
+
+def _run(measure: Callable[[], checks.CheckResult]) -> str:
+    """Measure, store what was measured and the verdict, then fail the task if unhealthy."""
+    result = measure()
+    with connections.postgres() as conn:
+        checks.store(conn, result)
+    result.raise_if_failed()
+    return result.message
+
+
+def check_connector() -> str:
+    from airflow.sdk import Variable
+
+    name = Variable.get("pipeline_health_connector", default=CONNECTOR)
+    th = thresholds()
+
+    def measure() -> checks.CheckResult:
+        with kafka_connect.client() as client:
+            return checks.check_connector(client, th, name)
+
+    return _run(measure)
+
+
+def check_replication_slot() -> str:
+    from airflow.sdk import Variable
+
+    slot = Variable.get("pipeline_health_slot", default=SLOT)
+    th = thresholds()
+
+    def measure() -> checks.CheckResult:
+        with connections.postgres() as conn:
+            return checks.check_slot(conn, th, slot)
+
+    return _run(measure)
+
+
+def check_stream_lag() -> str:
+    th = thresholds()
+
+    def measure() -> checks.CheckResult:
+        with connections.kafka_admin() as admin, connections.cassandra() as (session, keyspace):
+            return checks.measure_stream_lag(admin, session, keyspace, th)[0]
+
+    return _run(measure)
+
+
+def check_freshness() -> str:
+    th = thresholds()
+
+    def measure() -> checks.CheckResult:
+        with connections.postgres() as pg, connections.cassandra() as (session, keyspace):
+            return checks.measure_freshness(pg, session, keyspace, th)
+
+    return _run(measure)
+
+
+def record_stream_batches() -> int:
+    with connections.postgres() as conn, connections.cassandra() as (session, keyspace):
+        return checks.store_stream_batches(conn, session, keyspace)
+
+
+def prune_history() -> dict[str, int]:
+    th = thresholds()
+    with connections.postgres() as conn:
+        return checks.prune(conn, th)

@@ -1,0 +1,71 @@
+"""Cassandra's schema: the keyspace and the CQL migrations.
+
+Migrations are `include/schema/cql/binance_cdc/V<NNN>__<name>.cql`, applied once each and
+recorded in `<keyspace>.schema_migrations` (see include/schema/versions.py); the keyspace's
+replication comes from configuration (SimpleStrategy RF 1 on one node, NetworkTopologyStrategy on
+a cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from include.connections import CassandraSettings, cassandra_session
+from include.schema.versions import Migration, discover, statements
+
+log = logging.getLogger(__name__)
+
+CQL_ROOT = Path(__file__).resolve().parent / "cql" / "binance_cdc"
+_IDENT = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+DEFAULT_REPLICATION = {"class": "SimpleStrategy", "replication_factor": 1}
+
+
+class CassandraSchemaError(RuntimeError):
+    """A keyspace or CQL migration problem, with what to do about it."""
+
+
+def replication_cql(replication: dict[str, Any]) -> str:
+    strategy = replication.get("class")
+    if strategy not in ("SimpleStrategy", "NetworkTopologyStrategy"):
+        raise CassandraSchemaError(
+            f"replication class must be SimpleStrategy or NetworkTopologyStrategy, got {replication}"
+        )
+    return json.dumps({k: str(v) if k != "class" else v for k, v in replication.items()}).replace('"', "'")
+
+
+def migrations() -> list[Migration]:
+    return discover(CQL_ROOT, "cql")
+
+
+def ensure_schema(settings: CassandraSettings, replication: dict[str, Any] | None = None) -> list[str]:
+    """Create the keyspace if missing, then apply pending CQL migrations; return what was applied."""
+    keyspace = settings.keyspace
+    if not _IDENT.match(keyspace):
+        raise CassandraSchemaError(f"keyspace name {keyspace!r} is not a plain lower-case CQL identifier")
+    applied: list[str] = []
+    with cassandra_session(settings) as session:
+        session.execute(
+            f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = "
+            f"{replication_cql(replication or DEFAULT_REPLICATION)}"
+        )
+        session.set_keyspace(keyspace)
+        session.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, name text, "
+                        "checksum text, applied_at timestamp)")
+        done = {r.version: r.checksum for r in session.execute("SELECT version, checksum FROM schema_migrations")}
+        for mig in migrations():
+            if mig.version in done:
+                mig.check_unchanged(done[mig.version])
+                continue
+            log.info("applying CQL migration %s to keyspace %s", mig.path.name, keyspace)
+            for stmt in statements(mig.text):
+                session.execute(stmt)
+            session.execute("INSERT INTO schema_migrations (version, name, checksum, applied_at) "
+                            "VALUES (%s, %s, %s, toTimestamp(now()))", (mig.version, mig.name, mig.checksum))
+            applied.append(mig.path.name)
+    if not applied:
+        log.info("keyspace %s is up to date", keyspace)
+    return applied

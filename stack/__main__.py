@@ -1,0 +1,62 @@
+"""The local stack's command line, as the Makefile runs it.
+
+Usage: python -m stack {up,down,status,env,clean,demo} [options]
+
+  up      write .env from .env.example if missing, start every service, wait for each health check
+  down    stop what `up` started (by PID file), keeping all data
+  status  one line per service, the rows per stage, the health figures measured now (read-only)
+  env     print the settings from .env, expanded (for scripts)
+  clean   stop everything and delete the runtime folder (.run/)
+  demo    `up`, then the pipeline: cdc_setup, the DAGs unpaused, data in every stage [--offline]
+
+Installs (venvs, jars, Debian packages) are the Makefile's job; this only runs services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from stack import localstack as ls
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up")
+    up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each health check")
+    sub.add_parser("down")
+    sub.add_parser("status")
+    sub.add_parser("env")
+    sub.add_parser("clean")
+    demo = sub.add_parser("demo")
+    demo.add_argument("--offline", action="store_true", help="feed it from the bundled Binance-compatible server")
+    demo.add_argument("--timeout", type=float, default=480, help="seconds to wait for data in every stage")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            ls.up(args.timeout)
+        elif args.command == "down":
+            ls.down()
+        elif args.command == "status":
+            from stack.status import report
+
+            report(ls.load_env())
+        elif args.command == "env":
+            for key, value in ls.load_env().items():
+                print(f"{key}={value}")
+        elif args.command == "clean":
+            ls.clean()
+        elif args.command == "demo":
+            from stack.demo import demo as run_demo
+
+            run_demo(args.offline, args.timeout)
+    except ls.StackError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
