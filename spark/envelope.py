@@ -12,10 +12,22 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from include.cdc.events import (
+    DECIMAL_TEXT,
+    DELETE,
+    DELETE_WITHOUT_BEFORE,
+    NO_AFTER,
+    NO_LSN,
+    NOT_AN_EVENT,
+    OPS,
+    UNKNOWN_OP_PREFIX,
+    key_column_missing,
+    not_a_decimal,
+    not_a_timestamp,
+)
+from include.names import topic_for
 from include.tables import TABLES, Table
 
-TOPIC_PREFIX = "binance.binance."
-OPS = ("r", "c", "u", "d")
 # how each logical type arrives in the JSON; decimals and times are converted after parsing
 _WIRE_TYPES: dict[str, T.DataType] = {
     "text": T.StringType(),
@@ -24,7 +36,6 @@ _WIRE_TYPES: dict[str, T.DataType] = {
     "bigint": T.LongType(),
     "boolean": T.BooleanType(),
 }
-_DECIMAL_TEXT = r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
 
 
 def row_schema(table: Table) -> T.StructType:
@@ -48,10 +59,6 @@ def envelope_schema(table: Table) -> T.StructType:
     ])
 
 
-def topic_for(table: str) -> str:
-    return f"{TOPIC_PREFIX}{table}"
-
-
 def _typed(table: Table, row: Column) -> list[Column]:
     out = []
     for col in table.columns:
@@ -59,7 +66,7 @@ def _typed(table: Table, row: Column) -> list[Column]:
         if col.type == "timestamptz":
             out.append(raw.cast("timestamp").alias(col.name))
         else:
-            # decimals stay exact text; the Cassandra connector turns them into BigDecimal as written
+            # decimals stay exact text: spark/writer.py turns them into Decimal as written
             out.append(raw.alias(col.name))
     return out
 
@@ -68,20 +75,20 @@ def _problems(table: Table, env: Column, row: Column) -> Column:
     """Why a message cannot be applied, or null. Every check names what failed."""
     key = table.cassandra_key
     checks = [
-        (env.isNull() | env["op"].isNull(), F.lit("not a Debezium change event (unparseable JSON or no op)")),
-        (~env["op"].isin(*OPS), F.concat(F.lit("unknown op "), env["op"])),
-        (env["source"]["lsn"].isNull(), F.lit("source.lsn missing")),
-        (row.isNull(), F.when(env["op"] == "d", F.lit("delete without before")).otherwise(F.lit("no after"))),
+        (env.isNull() | env["op"].isNull(), F.lit(NOT_AN_EVENT)),
+        (~env["op"].isin(*OPS), F.concat(F.lit(UNKNOWN_OP_PREFIX), env["op"])),
+        (env["source"]["lsn"].isNull(), F.lit(NO_LSN)),
+        (row.isNull(), F.when(env["op"] == DELETE, F.lit(DELETE_WITHOUT_BEFORE)).otherwise(F.lit(NO_AFTER))),
     ]
     for name in key:
-        checks.append((row[name].isNull(), F.lit(f"key column {name} missing")))
+        checks.append((row[name].isNull(), F.lit(key_column_missing(name))))
     for col in table.columns:
         if col.type == "timestamptz":
             bad = row[col.name].isNotNull() & row[col.name].cast("timestamp").isNull()
-            checks.append((bad, F.lit(f"{col.name} is not a timestamp")))
+            checks.append((bad, F.lit(not_a_timestamp(col.name))))
         elif col.type == "numeric":
-            bad = row[col.name].isNotNull() & ~row[col.name].rlike(_DECIMAL_TEXT)
-            checks.append((bad, F.lit(f"{col.name} is not a decimal")))
+            bad = row[col.name].isNotNull() & ~row[col.name].rlike(DECIMAL_TEXT)
+            checks.append((bad, F.lit(not_a_decimal(col.name))))
     problem = F.lit(None).cast("string")
     for cond, message in reversed(checks):
         problem = F.when(F.coalesce(cond, F.lit(False)), message).otherwise(problem)
@@ -100,7 +107,7 @@ def parse_envelope(df: DataFrame, table: Table) -> DataFrame:
     parsed = df.where(F.col("value").isNotNull()).select(
         "partition", "offset", F.col("value").alias("raw_value"), env.alias("env")
     )
-    row = F.when(F.col("env.op") == "d", F.col("env.before")).otherwise(F.col("env.after"))
+    row = F.when(F.col("env.op") == DELETE, F.col("env.before")).otherwise(F.col("env.after"))
     return parsed.select(
         *_typed(table, row),
         F.col("env.op").alias("cdc_op"),
@@ -124,27 +131,9 @@ def rank_events(df: DataFrame, table: Table) -> DataFrame:
 
 
 def collapse_last(df: DataFrame, table: Table) -> DataFrame:
-    """Keep, per sink key, only the last event in source order (LSN, then Kafka offset)."""
+    """Keep, per sink key, only the last event in source order (LSN, then Kafka offset): what a batch
+    applies. Every event that cannot be applied stays too (it ranks alone): a dead letter each."""
     return rank_events(df, table).where("_rank = 1").drop("_rank")
-
-
-def key_json(table: Table) -> Column:
-    """The sink key as canonical JSON (times as epoch ms, decimals as text), for the change log."""
-    parts = []
-    for name in table.cassandra_key:
-        col = F.col(name)
-        if table.column(name).type == "timestamptz":
-            col = F.unix_millis(col)
-        parts.append(col.alias(name))
-    return F.to_json(F.struct(*parts))
-
-
-def sink_rows(df: DataFrame, table: Table) -> DataFrame:
-    """Upserts as written to Cassandra: the table's columns, CDC metadata, and the write time."""
-    return df.where(F.col("cdc_op") != "d").select(
-        *table.column_names, "cdc_op", "cdc_source_ts", "cdc_lsn",
-        F.current_timestamp().alias("cdc_written_at"), F.col("cdc_lsn").alias("cdc_writetime"),
-    )
 
 
 def known_tables() -> dict[str, Table]:

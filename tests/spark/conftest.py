@@ -4,10 +4,16 @@ environment (.cache/spark-venv): `make test` calls its pytest separately."""
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TZ", "UTC")
+# Spark's Python workers (foreachPartition) run this interpreter and import the repository's modules
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+_REPO = str(Path(__file__).resolve().parents[2])
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO, os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""parse_envelope / collapse_last on hand-written Debezium envelopes, one per op."""
+"""parse_envelope / collapse_last on hand-written Debezium envelopes, one per op, down to what the
+Spark path's tasks hand the writer."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import json
 from datetime import datetime
 
 from include.tables import TABLES
-from spark.envelope import batch_summary, collapse_last, envelope_schema, key_json, parse_envelope, sink_rows
+from spark.envelope import batch_summary, collapse_last, envelope_schema, parse_envelope
+from spark.writer import change_key, spark_rows
+from tests.spark.fakes import RecordingWriter
 
 KLINES = TABLES["klines"]
 BOOK = TABLES["order_book"]
@@ -27,6 +30,13 @@ def envelope(op: str, before: dict | None, after: dict | None, lsn: int, table: 
 def frame(spark, values: list[str | None], topic: str = "binance.binance.klines"):
     rows = [(topic, 0, offset, value) for offset, value in enumerate(values)]
     return spark.createDataFrame(rows, "topic string, partition int, offset long, value string")
+
+
+def written(table, winners) -> list[tuple[str, str, tuple]]:
+    """What a Spark task's writer writes for these rows."""
+    writer = RecordingWriter()
+    writer.write(*spark_rows(table, f"binance.binance.{table.name}", winners.collect()))
+    return writer.records
 
 
 def test_schema_is_derived_from_the_table_definition():
@@ -99,21 +109,26 @@ def test_a_delete_after_an_insert_wins_and_is_not_upserted(spark):
     values = [envelope("c", None, kline("1"), 100), envelope("d", key_only, None, 200)]
     winners = collapse_last(parse_envelope(frame(spark, values), KLINES), KLINES)
     assert [r.cdc_op for r in winners.collect()] == ["d"]
-    assert sink_rows(winners, KLINES).count() == 0
+    data = [(cql, args) for what, cql, args in written(KLINES, winners) if what == "upsert/delete"]
+    assert [cql.split()[0] for cql, _ in data] == ["DELETE"]
+    assert data[0][1][0] == 200  # the delete's write time
 
 
 def test_upserts_carry_the_lsn_as_write_time(spark):
     winners = collapse_last(parse_envelope(frame(spark, [envelope("c", None, kline("1"), 4242)]), KLINES), KLINES)
-    row = sink_rows(winners, KLINES).collect()[0]
-    assert row.cdc_writetime == 4242 and row.cdc_lsn == 4242 and row.cdc_op == "c"
+    [(what, cql, args)] = [r for r in written(KLINES, winners) if r[0] == "upsert/delete"]
+    assert cql.startswith('INSERT INTO "ks"."klines"') and cql.endswith("USING TIMESTAMP ?")
+    columns = [*KLINES.column_names, "cdc_op", "cdc_source_ts", "cdc_lsn", "cdc_written_at", "writetime"]
+    row = dict(zip(columns, args, strict=True))
+    assert row["writetime"] == 4242 and row["cdc_lsn"] == 4242 and row["cdc_op"] == "c"
 
 
 def test_order_book_delete_keys_on_the_full_before_row(spark):
     level = {"update_id": 9, "symbol": "ETHUSDT", "side": "bid", "price": "3000.01000000", "quantity": "1.5",
              "captured_at": "2026-01-02T03:04:05.678Z"}
     values = [envelope("d", level, None, 10, "order_book")]
-    rows = parse_envelope(frame(spark, values, "binance.binance.order_book"), BOOK)
-    out = rows.select(key_json(BOOK).alias("key")).collect()[0].key
+    row = parse_envelope(frame(spark, values, "binance.binance.order_book"), BOOK).collect()[0]
+    out = change_key(BOOK, row.asDict())
     assert json.loads(out) == {"symbol": "ETHUSDT", "captured_at": 1767323045678, "update_id": 9, "side": "bid",
                                "price": "3000.01000000"}
 

@@ -1,18 +1,21 @@
-"""The driver path (spark/driver_sink.py) decides exactly what the Spark path (spark/envelope.py)
+"""The driver path (spark/python_events.py) decides exactly what the Spark path (spark/envelope.py)
 decides, on the same events: errors, the winner per key, the values written, the change-log key
-and the batch summary."""
+and the batch summary; and both hand the writer the same writes (the Spark path from a Spark task,
+through foreachPartition)."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 
 import pytest
 
 from include.tables import TABLES
-from spark import driver_sink
-from spark.envelope import batch_summary, key_json, parse_envelope, rank_events
+from spark import python_events
+from spark.envelope import batch_summary, collapse_last, parse_envelope, rank_events
+from spark.writer import change_key, cql_row, cql_value, spark_rows, write_partition
+from tests.spark.fakes import RecordingWriter, read_records
 from tests.spark.test_envelope import envelope, kline
 
 KLINES = TABLES["klines"]
@@ -72,41 +75,42 @@ CORPUS = {
 }
 
 
+def _decision(table, change):
+    """What the writer makes of a change: op, LSN, source time, the values written, the change-log key."""
+    return (change.op, change.lsn, cql_value("timestamptz", change.source_ts), cql_row(table, change.row),
+            change_key(table, change.row))
+
+
 def _spark_side(spark, table, values):
     topic = f"binance.binance.{table.name}"
     rows = [(topic, 0, offset, value) for offset, value in enumerate(values)]
     df = spark.createDataFrame(rows, "topic string, partition int, offset long, value string")
     ranked = rank_events(parse_envelope(df, table), table)
     bad = {r.kafka_offset: r.error for r in ranked.where("error IS NOT NULL").collect()}
-    winners = ranked.where("error IS NULL AND _rank = 1").select("*", key_json(table).alias("_key")).collect()
-    out = {}
-    for w in winners:
-        values = {}
-        for c in table.columns:
-            v = w[c.name]
-            if v is not None and c.type == "numeric":
-                v = Decimal(v)
-            elif isinstance(v, datetime):
-                v = v.replace(tzinfo=UTC, microsecond=v.microsecond // 1000 * 1000)
-            values[c.name] = v
-        out[w.kafka_offset] = (w.cdc_op, w.cdc_lsn, w.cdc_source_ts.replace(tzinfo=UTC), values, w._key)
+    winners = ranked.where("error IS NULL AND _rank = 1").collect()
+    changes, letters = spark_rows(table, topic, winners)
+    assert not letters
+    out = {w.kafka_offset: _decision(table, c) for w, c in zip(winners, changes, strict=True)}
     summary = [tuple(r) for r in batch_summary(df).orderBy("topic", "partition").collect()]
     return bad, out, summary
 
 
+def _driver_events(table, values):
+    events = [e for offset, value in enumerate(values) if (e := python_events.parse_event(table, 0, offset, value))]
+    return python_events.collapse(table, events)
+
+
 def _driver_side(table, values):
     topic = f"binance.binance.{table.name}"
-    events = [e for offset, value in enumerate(values) if (e := driver_sink.parse_event(table, 0, offset, value))]
-    winners, bad = driver_sink.collapse(table, events)
-    out = {w.kafka_offset: (w.cdc_op, w.cdc_lsn, w.cdc_source_ts, w.row, driver_sink.key_json(table, w))
-           for w in winners}
+    winners, bad = _driver_events(table, values)
+    out = {w.kafka_offset: _decision(table, w.change(table)) for w in winners}
 
     class Record:
         def __init__(self, offset, value):
             self.topic, self.partition, self.offset, self.value = topic, 0, offset, value
 
     summary = [(s.topic, s.partition, s.events, s.next_offset, s.newest_source_ms)
-               for s in driver_sink.summarize([Record(o, v) for o, v in enumerate(values)])]
+               for s in python_events.summarize([Record(o, v) for o, v in enumerate(values)])]
     return {e.kafka_offset: e.error for e in bad}, out, summary
 
 
@@ -125,6 +129,34 @@ def test_both_paths_decide_the_same(spark, table):
         assert {k: str(v) for k, v in got[3].items()} == {k: str(v) for k, v in expected[3].items()}, offset
         assert got[4] == expected[4], offset  # the same change-log key text
     assert driver_summary == spark_summary
+
+
+@pytest.mark.parametrize("table", list(CORPUS), ids=lambda t: t.name)
+def test_both_paths_write_the_same(spark, table, tmp_path):
+    """The Spark path's tasks (foreachPartition) and the driver hand the writer the same statements
+    and values, dead letters first, the change log last."""
+    topic = f"binance.binance.{table.name}"
+    values = CORPUS[table]
+    df = spark.createDataFrame([(topic, 0, o, v) for o, v in enumerate(values)],
+                               "topic string, partition int, offset long, value string")
+    path = tmp_path / "written.pickle"
+    sc = spark.sparkContext
+    counters = (sc.accumulator(0), sc.accumulator(0), sc.accumulator(0))
+    collapse_last(parse_envelope(df, table), table).foreachPartition(
+        partial(write_partition, "ks", table.name, topic, counters,
+                open_writer=partial(RecordingWriter.to_file, str(path))))
+    by_spark = read_records(path)
+
+    winners, bad = _driver_events(table, values)
+    writer = RecordingWriter()
+    writer.write([w.change(table) for w in winners], [e.dead_letter(topic) for e in bad])
+    by_driver = writer.records
+
+    assert sorted(map(repr, by_spark)) == sorted(map(repr, by_driver))
+    kinds = [what for what, _, _ in by_spark]
+    assert kinds == sorted(kinds, key=["execute", "upsert/delete", "change log"].index)
+    deletes = sum(1 for w in winners if w.cdc_op == "d")
+    assert tuple(c.value for c in counters) == (len(winners) - deletes, deletes, len(bad))
 
 
 def test_the_corpus_covers_every_decision(spark):

@@ -1,12 +1,11 @@
-"""Small micro-batches applied from the Spark driver, with the same result as the Spark path.
+"""The Spark transforms' decisions in plain Python, for micro-batches applied from the driver.
 
-A micro-batch of a few hundred events costs the Spark path a dozen Spark jobs (parse and rank,
-upserts, the change log, per table), about a second and a half on two cores whatever the batch
-size. Below `--driver-max-events` the stream instead collects the raw Kafka rows in one job and
-applies them here, in plain Python through the Cassandra driver: the same parsing rules, the
-same collapse to the last event per key in source order, the same writes with the source LSN as
-write time, the same change log and dead letters (spark/envelope.py is the reference; the tests
-run both on the same events and compare).
+A micro-batch of a few hundred events costs the Spark path a Spark job per table (a shuffle for the
+collapse, a Cassandra session per task): a fixed cost whatever the batch size. Below
+`--driver-max-events` the stream instead collects the raw Kafka rows in one job and decides here
+what spark/envelope.py decides: the same parsing rules (include/cdc/events.py), the same collapse
+to the last event per key in source order, the same batch summary. spark/envelope.py is the
+reference; tests/spark/test_both_paths.py runs both on the same events and compares.
 
 No Spark import here: the functions take and return plain values.
 """
@@ -16,16 +15,23 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, datetime
 from typing import Any
 
+from include.cdc.events import (
+    NO_LSN,
+    NOT_AN_EVENT,
+    OPS,
+    is_decimal_text,
+    key_column_missing,
+    missing_row,
+    not_a_decimal,
+    not_a_timestamp,
+    unknown_op,
+)
 from include.tables import Table
-
-OPS = ("r", "c", "u", "d")
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_DECIMAL_TEXT = re.compile(r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$")
-NOT_AN_EVENT = "not a Debezium change event (unparseable JSON or no op)"
+from include.times import from_epoch_ms
+from spark.writer import Change, DeadLetter, cql_value
 
 
 class _Number(str):
@@ -73,11 +79,6 @@ def parse_timestamp(text: str) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def to_millis(moment: datetime) -> int:
-    """Epoch milliseconds, floored like Spark's unix_millis."""
-    return (moment - EPOCH) // timedelta(milliseconds=1)
-
-
 def _wire_row(table: Table, raw: Any) -> dict[str, Any] | None:
     """`before`/`after` as Spark's schema reads it: each column typed by its wire type, or null."""
     if not isinstance(raw, dict):
@@ -96,11 +97,10 @@ def _wire_row(table: Table, raw: Any) -> dict[str, Any] | None:
 
 @dataclass
 class Event:
-    """One change event: the row (typed for Cassandra), its CDC metadata, and why it cannot be
-    applied (`error`), if it cannot."""
+    """One change event: the row as parse_envelope types it (decimals as their text, timestamps as
+    UTC datetimes), its CDC metadata, and why it cannot be applied (`error`), if it cannot."""
 
     row: dict[str, Any]
-    wire: dict[str, Any]
     cdc_op: str | None
     cdc_lsn: int | None
     cdc_source_ts: datetime | None
@@ -110,12 +110,21 @@ class Event:
     error: str | None
 
     def key(self, table: Table) -> tuple[Any, ...]:
-        return tuple(self.row.get(k) for k in table.cassandra_key)
+        """The Cassandra key, as the values written (so 1.50 and 1.5 are one key, as in Cassandra)."""
+        return tuple(cql_value(table.column(k).type, self.row.get(k)) for k in table.cassandra_key)
 
     @property
     def order(self) -> tuple[bool, int, int, int]:
         """Source order: LSN (missing first), then Kafka position."""
         return (self.cdc_lsn is not None, self.cdc_lsn or 0, self.kafka_partition, self.kafka_offset)
+
+    def change(self, table: Table) -> Change:
+        assert self.cdc_op is not None and self.cdc_lsn is not None, "only an applicable event is a change"
+        return Change(table, self.cdc_op, self.cdc_lsn, self.cdc_source_ts, self.row)
+
+    def dead_letter(self, topic: str) -> DeadLetter:
+        assert self.error is not None, "only an event that cannot be applied is a dead letter"
+        return DeadLetter(topic, self.kafka_partition, self.kafka_offset, self.raw_value, self.error)
 
 
 def _problem(table: Table, env: Any, row: dict[str, Any] | None) -> str | None:
@@ -125,37 +134,32 @@ def _problem(table: Table, env: Any, row: dict[str, Any] | None) -> str | None:
     if op is None:
         return NOT_AN_EVENT
     if op not in OPS:
-        return f"unknown op {op}"
+        return unknown_op(op)
     source = env.get("source")
     if _as_long(source.get("lsn") if isinstance(source, dict) else None) is None:
-        return "source.lsn missing"
+        return NO_LSN
     if row is None:
-        return "delete without before" if op == "d" else "no after"
+        return missing_row(op)
     for name in table.cassandra_key:
         if row[name] is None:
-            return f"key column {name} missing"
+            return key_column_missing(name)
     for col in table.columns:
         value = row[col.name]
         if value is None:
             continue
         if col.type == "timestamptz" and parse_timestamp(value) is None:
-            return f"{col.name} is not a timestamp"
-        if col.type == "numeric" and not _DECIMAL_TEXT.match(value):
-            return f"{col.name} is not a decimal"
+            return not_a_timestamp(col.name)
+        if col.type == "numeric" and not is_decimal_text(value):
+            return not_a_decimal(col.name)
     return None
 
 
 def _typed(table: Table, row: dict[str, Any]) -> dict[str, Any]:
-    """Wire values -> what the Cassandra driver writes: Decimal, UTC datetimes at ms precision."""
-    out = {}
+    """Wire values as parse_envelope types them: timestamps parsed, everything else as it came."""
+    out = dict(row)
     for col in table.columns:
-        value = row[col.name]
-        if value is not None and col.type == "numeric":
-            value = Decimal(value)
-        elif value is not None and col.type == "timestamptz":
-            moment = parse_timestamp(value)
-            value = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
-        out[col.name] = value
+        if col.type == "timestamptz" and row[col.name] is not None:
+            out[col.name] = parse_timestamp(row[col.name])
     return out
 
 
@@ -185,13 +189,11 @@ def _parse_event(table: Table, partition: int, offset: int, value: str, loads: A
     source = source if isinstance(source, dict) else {}
     lsn = _as_long(source.get("lsn"))
     ts_ms = _as_long(source.get("ts_ms"))
-    typed = _typed(table, row) if row is not None and error is None else (row or {})
     return Event(
-        row=typed,
-        wire=row or {},
+        row=_typed(table, row) if row is not None and error is None else (row or {}),
         cdc_op=op,
         cdc_lsn=lsn,
-        cdc_source_ts=EPOCH + timedelta(milliseconds=ts_ms) if ts_ms is not None else None,
+        cdc_source_ts=from_epoch_ms(ts_ms) if ts_ms is not None else None,
         kafka_partition=partition,
         kafka_offset=offset,
         raw_value=value,
@@ -211,18 +213,6 @@ def collapse(table: Table, events: list[Event]) -> tuple[list[Event], list[Event
         if key not in last or event.order > last[key].order:
             last[key] = event
     return sorted(last.values(), key=lambda e: e.order), bad
-
-
-def key_json(table: Table, event: Event) -> str:
-    """The sink key as the change log keeps it: spark/envelope.py's key_json (times as epoch ms,
-    decimals as their text)."""
-    parts: dict[str, Any] = {}
-    for name in table.cassandra_key:
-        if table.column(name).type == "timestamptz":
-            parts[name] = to_millis(parse_timestamp(event.wire[name]))
-        else:
-            parts[name] = event.wire[name]  # decimals as their text, like the Spark path's string column
-    return json.dumps(parts, separators=(",", ":"), ensure_ascii=False)
 
 
 def source_ts_ms(value: str | None) -> int | None:
