@@ -17,7 +17,10 @@ def to_epoch_ms(moment: datetime) -> int:
     """Milliseconds since the epoch, floored, for an aware datetime (naive ones are refused, not guessed)."""
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"datetime must be timezone-aware, got naive {moment.isoformat()}")
-    return (moment - EPOCH) // timedelta(milliseconds=1)
+    # days/seconds/microseconds rather than `// timedelta(...)`: Airflow's pendulum datetimes subtract
+    # to a pendulum Interval, whose floor division by a plain timedelta fails
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
 def as_utc(moment: datetime) -> datetime:
