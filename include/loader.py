@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import islice
 from operator import attrgetter
 from typing import Any
 
@@ -93,16 +94,20 @@ def _column_text(conv: Callable[[Any], str], values: list[Any]) -> list[str]:
     return list(map(conv, values))
 
 
-def copy_text(table: Table, records: Sequence[Any], rows_per_chunk: int = 2000) -> Iterator[str]:
+def copy_text(table: Table, records: Iterable[Any], rows_per_chunk: int = 2000) -> Iterator[str]:
     """`records` (objects with an attribute per column: dataclasses, named tuples, Cassandra rows)
     as COPY text format (tab-separated, \\N for NULL), a chunk of rows at a time, rendered column
-    by column (several times faster than row by row)."""
+    by column (several times faster than row by row). `records` may be a list or any iterator (a
+    generator of rows read from elsewhere): it is read `rows_per_chunk` records at a time, as the
+    chunks are consumed, so only one chunk of records and its text are held here."""
     converters = _converters(table)
     getters = [attrgetter(name) for name in table.column_names]
-    if records:
-        _check_fields(table, records[0])
-    for start in range(0, len(records), rows_per_chunk):
-        chunk = records[start:start + rows_per_chunk]
+    rows = iter(records)
+    checked = False
+    while chunk := list(islice(rows, rows_per_chunk)):
+        if not checked:
+            _check_fields(table, chunk[0])
+            checked = True
         columns = [_column_text(conv, list(map(get, chunk))) for conv, get in zip(converters, getters, strict=True)]
         yield "\n".join(map("\t".join, zip(*columns, strict=True))) + "\n"
 
@@ -159,10 +164,11 @@ def _copy_in(cur: Any, sql: str, stream: io.TextIOBase) -> None:
             copy.write(chunk)
 
 
-def stage(cur: Any, table: Table, records: Sequence[Any], name: str | None = None) -> str:
+def stage(cur: Any, table: Table, records: Iterable[Any], name: str | None = None) -> str:
     """COPY `records` into a new temporary table holding `table`'s columns, dropped at commit;
     returns its name (default `stage_<table>`). What the upsert reads from, and what the bridge
-    compares against or deletes by (with a Table of just the key columns)."""
+    compares against or deletes by (with a Table of just the key columns). An iterator of records
+    is streamed into the one COPY a chunk at a time (`copy_text`), never held whole."""
     name = name or f"stage_{table.name}"
     defs = ", ".join(f'"{c.name}" {c.type}' for c in table.columns)
     cols = ", ".join(f'"{c}"' for c in table.column_names)
@@ -171,27 +177,42 @@ def stage(cur: Any, table: Table, records: Sequence[Any], name: str | None = Non
     return name
 
 
-def upsert_staged(cur: Any, table: Table, staging: str, schema: str = SOURCE_SCHEMA) -> tuple[int, int]:
-    """Upsert a staging table's rows (one per key) into <schema>.<table>: (inserted, updated)."""
-    cur.execute(upsert_sql(table, f'"{staging}"', schema))
+def upsert_staged(cur: Any, table: Table, staging: str, schema: str = SOURCE_SCHEMA,
+                  version_column: str | None = None) -> tuple[int, int]:
+    """Upsert a staging table's rows (one per key, unless `version_column` is given: see upsert_sql)
+    into <schema>.<table>: (inserted, updated)."""
+    cur.execute(upsert_sql(table, f'"{staging}"', schema, version_column))
     inserted, updated = cur.fetchone()
     return inserted, updated
 
 
-def upsert_sql(table: Table, staging: str, schema: str = SOURCE_SCHEMA) -> str:
+def upsert_sql(table: Table, staging: str, schema: str = SOURCE_SCHEMA, version_column: str | None = None) -> str:
+    """INSERT ... ON CONFLICT from `staging`, updating a row only when a value changed.
+
+    `version_column` (the bridge's `cdc_lsn`) orders the versions of a row: a stored row holding a
+    higher one is never replaced (an older version read late cannot undo a newer one; a stored
+    NULL is replaced), and of several staged rows with one key the highest is taken."""
     cols = ", ".join(f'"{c}"' for c in table.column_names)
     key = ", ".join(f'"{c}"' for c in table.primary_key)
     target = f'"{schema}"."{table.name}"'
+    source = staging
     values = table.value_columns
     if values and not table.immutable:
         sets = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in values)
         changed = " OR ".join(f't."{c}" IS DISTINCT FROM EXCLUDED."{c}"' for c in values)
-        action = f"DO UPDATE SET {sets} WHERE {changed}"
+        condition = changed
+        if version_column is not None:
+            v = f'"{version_column}"'
+            condition = f"({changed}) AND (t.{v} IS NULL OR EXCLUDED.{v} >= t.{v})"
+        action = f"DO UPDATE SET {sets} WHERE {condition}"
     else:
         action = "DO NOTHING"
+    if version_column is not None:
+        source = (f'(SELECT DISTINCT ON ({key}) {cols} FROM {staging} '
+                  f'ORDER BY {key}, "{version_column}" DESC NULLS LAST) AS newest')
     # xmax = 0 tells a fresh insert from an update; rows left unchanged are not returned at all
     return (
-        f"WITH written AS (INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {staging} "
+        f"WITH written AS (INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {source} "
         f"ON CONFLICT ({key}) {action} RETURNING (xmax = 0) AS inserted) "
         "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written"
     )
@@ -228,8 +249,10 @@ def _new_rows(cur: Any, table: Table, batch: list[Any], schema: str, group: str,
     return [rec for rec in batch if key(rec) not in stored]
 
 
-def upsert(cur: Any, table: Table, records: Iterable[Any], schema: str = SOURCE_SCHEMA) -> tuple[int, int, int]:
-    """Upsert into <schema>.<table> inside the caller's transaction: (received, inserted, updated)."""
+def upsert(cur: Any, table: Table, records: Iterable[Any], schema: str = SOURCE_SCHEMA,
+           version_column: str | None = None) -> tuple[int, int, int]:
+    """Upsert into <schema>.<table> inside the caller's transaction: (received, inserted, updated).
+    `version_column`: never replace a stored row holding a higher value of it (see upsert_sql)."""
     records = list(records)
     if not records:
         return 0, 0, 0
@@ -256,8 +279,8 @@ def upsert(cur: Any, table: Table, records: Iterable[Any], schema: str = SOURCE_
         else:
             cur.execute("RELEASE SAVEPOINT direct_copy")
             return len(batch), len(new), 0
-    batch = dedupe(table, records)
-    inserted, updated = upsert_staged(cur, table, stage(cur, table, batch), schema)
+    batch = records if version_column is not None else dedupe(table, records)
+    inserted, updated = upsert_staged(cur, table, stage(cur, table, batch), schema, version_column)
     return len(batch), inserted, updated
 
 

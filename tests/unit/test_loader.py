@@ -14,9 +14,10 @@ from include.loader import (
     _TimestampText,
     copy_text,
     dedupe,
+    stage,
     upsert_sql,
 )
-from include.tables import TABLES
+from include.tables import BRIDGE_TABLES, TABLES
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 
@@ -107,3 +108,86 @@ def test_record_fields_match_table_columns():
 def test_a_record_lacking_a_column_is_refused_naming_it():
     with pytest.raises(ValueError, match=r"Trade has no field\(s\) \['interval'"):
         list(copy_text(TABLES["klines"], [_trade(1)]))
+
+
+# --------------------------------------------------------------------------- COPY from an iterator
+
+
+def _counting(records: list, seen: list[int]):
+    """`records` as a generator that counts how many were taken."""
+    for rec in records:
+        seen[0] += 1
+        yield rec
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 2000])
+def test_an_iterator_renders_exactly_what_a_list_renders(chunk):
+    records = [_trade(i, f"{i}.5") for i in range(50)]
+    as_list = "".join(copy_text(TABLES["recent_trades"], records, rows_per_chunk=chunk))
+    assert "".join(copy_text(TABLES["recent_trades"], iter(records), rows_per_chunk=chunk)) == as_list
+    assert "".join(copy_text(TABLES["recent_trades"], _counting(records, [0]), rows_per_chunk=chunk)) == as_list
+    assert list(copy_text(TABLES["recent_trades"], iter([]))) == []
+
+
+def test_an_iterator_is_read_one_chunk_at_a_time():
+    seen = [0]
+    chunks = copy_text(TABLES["recent_trades"], _counting([_trade(i) for i in range(100)], seen), rows_per_chunk=10)
+    assert seen[0] == 0  # nothing is read before the COPY asks
+    first = next(chunks)
+    assert seen[0] == 10 and first.count("\n") == 10
+    next(chunks)
+    assert seen[0] == 20
+
+
+def test_an_iterator_lacking_a_column_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"Trade has no field\(s\) \['interval'"):
+        list(copy_text(TABLES["klines"], iter([_trade(1)])))
+
+
+class _CopyCursor:
+    """A psycopg2-like cursor whose COPY reads the stream as the server would, 8 KiB at a time, and
+    records how far the records read ran ahead of the rows received."""
+
+    def __init__(self, seen: list[int]) -> None:
+        self.seen = seen
+        self.sql: list[str] = []
+        self.received = 0
+        self.ahead = 0
+
+    def execute(self, sql, params=None):
+        self.sql.append(sql)
+
+    def copy_expert(self, sql, stream):
+        self.sql.append(sql)
+        while data := stream.read(8192):
+            self.received += data.count("\n")
+            self.ahead = max(self.ahead, self.seen[0] - self.received)
+
+
+def test_stage_streams_an_iterator_into_one_copy_holding_a_chunk_or_two():
+    seen = [0]
+    cur = _CopyCursor(seen)
+    name = stage(cur, TABLES["recent_trades"], _counting([_trade(i) for i in range(10_000)], seen), name="s")
+    assert name == "s" and cur.received == seen[0] == 10_000
+    assert sum(s.startswith("COPY") for s in cur.sql) == 1
+    # the default chunk is 2,000 rows: the records read but not yet sent stay within one chunk and a partial one
+    assert cur.ahead <= 2 * 2000
+
+
+# --------------------------------------------------------------------------- the bridge's cdc_lsn guard
+
+
+def test_a_versioned_upsert_never_replaces_a_row_holding_a_higher_version():
+    sql = upsert_sql(BRIDGE_TABLES["klines"], '"stage_klines"', "cassandra", version_column="cdc_lsn")
+    changed = " OR ".join(f't."{c}" IS DISTINCT FROM EXCLUDED."{c}"' for c in BRIDGE_TABLES["klines"].value_columns)
+    assert f'WHERE ({changed}) AND (t."cdc_lsn" IS NULL OR EXCLUDED."cdc_lsn" >= t."cdc_lsn")' in sql
+    # of several staged versions of one key, the highest is the one offered
+    assert ('FROM (SELECT DISTINCT ON ("symbol", "interval", "open_time") ' in sql
+            and 'FROM "stage_klines" ORDER BY "symbol", "interval", "open_time", "cdc_lsn" DESC NULLS LAST) AS newest'
+            in sql)
+    assert 'INSERT INTO "cassandra"."klines" AS t' in sql
+
+
+def test_the_source_load_has_no_version_guard():
+    sql = upsert_sql(TABLES["klines"], "stage_klines")
+    assert "cdc_lsn" not in sql and "DISTINCT ON" not in sql
