@@ -29,14 +29,18 @@ class CassandraSettings:
     username: str | None
     password: str | None
     keyspace: str
+    # the read consistency level the bridge uses (the connection's extra `consistency`); None: chosen by replication
+    consistency: str | None = None
 
     @classmethod
     def from_connection(cls, conn: Any) -> CassandraSettings:
-        """From an Airflow Connection: host lists the contact points (comma-separated), schema is the keyspace."""
+        """From an Airflow Connection: host lists the contact points (comma-separated), schema is the keyspace,
+        the extra may hold `consistency`."""
         if not conn.schema:
             raise ConnectionSettingsError(f"connection {conn.conn_id} names no keyspace (its schema field)")
         hosts = tuple(h.strip() for h in (conn.host or "127.0.0.1").split(",") if h.strip())
-        return cls(hosts, int(conn.port or 9042), conn.login, conn.password, conn.schema)
+        consistency = (getattr(conn, "extra_dejson", None) or {}).get("consistency") or None
+        return cls(hosts, int(conn.port or 9042), conn.login, conn.password, conn.schema, consistency)
 
     # what the Spark job reads from its environment (plugins/cdc_stream_operator.py sets it):
     # secrets stay off the command line, which other users of the machine can read
