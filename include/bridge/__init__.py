@@ -1,3 +1,5 @@
 """Stage 4, the bridge: Cassandra copied into Postgres schema `cassandra` for Grafana, re-reading only
-the keys the stream logged as changed (`sync`); the Airflow adapter of the cassandra_bridge DAG
-(`tasks`)."""
+the keys the stream logged as changed up to the stream's position, or the whole table when it must
+(`sync`); its decisions, pure (`plan`); its reads of Cassandra at one consistency level (`reads`);
+the partitions a full copy reads (`partitions`); where it has got to (`state`, `bridge_states` for
+the health checks); the Airflow adapter of the cassandra_bridge DAG (`tasks`)."""

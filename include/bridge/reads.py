@@ -1,0 +1,151 @@
+"""Everything the bridge reads from Cassandra, at one consistency level chosen per run (plan.choose_consistency).
+
+Every statement is prepared with that level and pages 5,000 rows at a time. Reads of many partitions
+keep a few requests in flight (WINDOW) and hand rows on in order, so what is held is at most WINDOW
+first pages plus the page being read, whatever the partitions hold.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+from include.bridge.plan import Position, choose_consistency, replication_factor
+from include.cdc.events import decode_key
+from include.names import STREAM_QUERY_NAME
+from include.tables import Table
+from include.times import as_utc
+
+log = logging.getLogger(__name__)
+
+FETCH_SIZE = 5000
+# partition reads in flight while a full copy or the change log is read
+WINDOW = 8
+# point reads in flight while the changed keys are re-read
+POINT_CONCURRENCY = 100
+
+
+class CassandraReads:
+    """The bridge's reads of one keyspace, at one consistency level."""
+
+    def __init__(self, session: Any, keyspace: str, level_name: str) -> None:
+        from cassandra import ConsistencyLevel
+
+        self.session = session
+        self.keyspace = keyspace
+        self.level_name = level_name
+        self.level = ConsistencyLevel.name_to_value[level_name]
+        self._prepared: dict[str, Any] = {}
+
+    @classmethod
+    def open(cls, session: Any, keyspace: str, consistency: str | None = None) -> CassandraReads:
+        """Reads at the level `consistency` names, else the one the keyspace's replication calls for."""
+        row = session.execute("SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s",
+                              (keyspace,)).one()
+        if row is None:
+            raise LookupError(f"Cassandra keyspace {keyspace!r} does not exist")
+        name, why = choose_consistency(consistency, replication_factor(row.replication))
+        log.info("bridge reads keyspace %s at consistency %s (%s)", keyspace, name, why)
+        return cls(session, keyspace, name)
+
+    def prepare(self, cql: str) -> Any:
+        if cql not in self._prepared:
+            stmt = self.session.prepare(cql)
+            stmt.consistency_level = self.level
+            stmt.fetch_size = FETCH_SIZE
+            self._prepared[cql] = stmt
+        return self._prepared[cql]
+
+    # ---------------------------------------------------------------- the stream's bookkeeping
+
+    def stream_position(self, query_name: str = STREAM_QUERY_NAME) -> Position | None:
+        """The stream's last finished batch (None before its first)."""
+        stmt = self.prepare(f'SELECT changelog_bucket, finished_at FROM "{self.keyspace}".stream_position '
+                            "WHERE query_name = ?")
+        row = self.session.execute(stmt, (query_name,)).one()
+        if row is None or row.changelog_bucket is None:
+            return None
+        return Position(as_utc(row.changelog_bucket), as_utc(row.finished_at) if row.finished_at else None)
+
+    def changelog_ttl(self) -> int:
+        """changed_rows' default_time_to_live in seconds (0: its entries never expire)."""
+        row = self.session.execute("SELECT default_time_to_live FROM system_schema.tables "
+                                   "WHERE keyspace_name = %s AND table_name = 'changed_rows'",
+                                   (self.keyspace,)).one()
+        if row is None:
+            raise LookupError(f"Cassandra table {self.keyspace}.changed_rows does not exist")
+        return int(row.default_time_to_live or 0)
+
+    def keep_seconds(self, table: str) -> int | None:
+        """How long Cassandra keeps `table` (sink_retention; None: no row or no limit, kept for ever)."""
+        stmt = self.prepare(f'SELECT keep_seconds FROM "{self.keyspace}".sink_retention WHERE table_name = ?')
+        row = self.session.execute(stmt, (table,)).one()
+        return None if row is None or row.keep_seconds is None else int(row.keep_seconds)
+
+    def now(self) -> datetime:
+        """Cassandra's clock, the one that expires the change log's entries."""
+        row = self.session.execute("SELECT toTimestamp(now()) AS clock FROM system.local").one()
+        return as_utc(row.clock)
+
+    # ---------------------------------------------------------------- rows
+
+    def paged(self, stmt: Any, params: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
+        """The rows of `stmt` for each of `params` in turn, WINDOW requests in flight, each paged."""
+        todo = iter(params)
+        pending: deque[Any] = deque()
+        for p in todo:
+            pending.append(self.session.execute_async(stmt, p))
+            if len(pending) >= WINDOW:
+                break
+        while pending:
+            result = pending.popleft().result()
+            following = next(todo, None)
+            if following is not None:
+                pending.append(self.session.execute_async(stmt, following))
+            # later pages are fetched as the rows are consumed
+            yield from result
+
+    def changed_keys(self, table: str, minutes: Iterable[datetime], chunk: int) -> Iterator[set[str]]:
+        """The keys logged for `table` in `minutes`, a set of up to about `chunk` distinct keys at a
+        time (a key logged in two chunks comes twice: re-reading it is harmless)."""
+        stmt = self.prepare(f'SELECT key FROM "{self.keyspace}".changed_rows WHERE table_name = ? AND bucket = ?')
+        keys: set[str] = set()
+        for row in self.paged(stmt, ((table, m) for m in minutes)):
+            keys.add(row.key)
+            if len(keys) >= chunk:
+                yield keys
+                keys = set()
+        if keys:
+            yield keys
+
+    def rows_at(self, table: Table, keys: Iterable[str]) -> tuple[list[Any], list[tuple[Any, ...]]]:
+        """Each logged key read back by its full Cassandra key: (rows that exist, keys that are gone,
+        as bind values in `table.cassandra_key` order)."""
+        from cassandra.concurrent import execute_concurrent_with_args
+
+        decoded = [decode_key(table, k) for k in keys]
+        if not decoded:
+            return [], []
+        where = " AND ".join(f'"{k}" = ?' for k in table.cassandra_key)
+        cols = ", ".join(f'"{c}"' for c in table.column_names)
+        stmt = self.prepare(f'SELECT {cols} FROM "{self.keyspace}"."{table.name}" WHERE {where}')
+        found, gone = [], []
+        results = execute_concurrent_with_args(self.session, stmt, decoded, concurrency=POINT_CONCURRENCY,
+                                               raise_on_first_error=True)
+        for key, result in zip(decoded, results, strict=True):
+            row = result.result_or_exc.one()
+            if row is None:
+                gone.append(key)
+            else:
+                found.append(row)
+        return found, gone
+
+    def partition_rows(self, table: Table, partitions: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
+        """Every row of the given partitions (values of `table.cassandra_partition` each), streamed."""
+        where = " AND ".join(f'"{k}" = ?' for k in table.cassandra_partition)
+        cols = ", ".join(f'"{c}"' for c in table.column_names)
+        stmt = self.prepare(f'SELECT {cols} FROM "{self.keyspace}"."{table.name}" WHERE {where}')
+        return self.paged(stmt, partitions)
