@@ -1,21 +1,28 @@
-"""Benchmark: the incremental bridge run against a full re-scan (the reference project's bridge).
+"""Benchmark: the incremental bridge run against a full copy of the table, and the full copy's memory.
 
-Usage: python bench/bench_bridge.py [--rows 1000000] [--changed 1000]
+Usage: python bench/bench_bridge.py [--rows 1000000] [--changed 1000] [--rss]
 
-In a scratch keyspace (`bench_bridge`, same CQL as the sink) and a scratch Postgres schema
-(`bench_bridge`, copies of the bridge tables), fills Cassandra's recent_trades with N rows over
-ten symbols, brings Postgres level with one full copy, then changes M rows in Cassandra (updates
-and deletes, logged in changed_rows as the stream logs them) and times, side by side in one run:
-the incremental run (what the DAG does every minute) and a full re-scan of the table. Both end
-with the same Postgres content, which is checked. Needs the local stack (`make up`). The scratch
-keyspace and schema are dropped at the end.
+In a scratch keyspace (`bench_bridge`, same CQL as the sink) and scratch Postgres schemas
+(`bench_bridge`, copies of the bridge tables; `bench_bridge_source`, a copy of binance.recent_trades
+holding the same rows, from which a full copy takes the partitions to read), fills Cassandra's
+recent_trades with N rows over ten symbols and about fourteen hour buckets, brings Postgres level
+with one full copy (the first run), then changes M rows in Cassandra (updates and deletes, logged
+in changed_rows and followed by the stream's position, as the stream does) and times, side by
+side in one run: the incremental run (what the DAG does every minute) and a full copy of the
+table (what a first run, a request or an expired change log does). Both end with the same
+Postgres content, which is checked.
+
+--rss prints the process's peak resident memory (resource.getrusage, ru_maxrss) before and after
+each full copy: the full copy streams partitions into one COPY, so its peak should not grow with N.
+
+Needs the local stack (`make up`). The scratch keyspace and schemas are dropped at the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
+import resource
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -26,52 +33,84 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from include.bridge.sync import sync_table  # noqa: E402
+from include.cdc.events import encode_key  # noqa: E402
 from include.connections import CassandraSettings, open_cassandra  # noqa: E402
+from include.names import BRIDGE_SCHEMA, STREAM_QUERY_NAME  # noqa: E402
 from include.schema.cassandra import ensure_schema  # noqa: E402
+from include.schema.postgres import apply  # noqa: E402
+from include.tables import TABLES  # noqa: E402
 from stack.localstack import load_env  # noqa: E402
 
 KEYSPACE = SCHEMA = "bench_bridge"
+SOURCE = "bench_bridge_source"
 SYMBOLS = [f"BENCH{i}USDT" for i in range(10)]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+# one trade every 50 ms: 1,000,000 rows span about 14 hours, 140 hour partitions of about 7,200 rows
+STEP = timedelta(milliseconds=50)
+TRADES = TABLES["recent_trades"]
+
+
+def _price(n: int) -> Decimal:
+    return Decimal(n % 100_000 + 1) / 100
 
 
 def fill(session, rows: int) -> None:
     from cassandra.concurrent import execute_concurrent_with_args
 
     stmt = session.prepare(
-        f"INSERT INTO {KEYSPACE}.recent_trades (symbol, trade_id, price, qty, quote_qty, time, is_buyer_maker, "
-        "cdc_op, cdc_source_ts, cdc_lsn, cdc_written_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'r', ?, ?, ?) USING TIMESTAMP 1")
-    rng = random.Random(3)
+        f"INSERT INTO {KEYSPACE}.recent_trades (symbol, bucket, trade_id, price, qty, quote_qty, time, "
+        "is_buyer_maker, cdc_op, cdc_source_ts, cdc_lsn, cdc_written_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'r', ?, ?, ?) USING TIMESTAMP 1")
     started = time.perf_counter()
     chunk = 20000
     for start in range(0, rows, chunk):
         args = []
         for n in range(start, min(rows, start + chunk)):
-            price = Decimal(rng.randint(1, 10**12)) / 10**8
-            when = T0 + timedelta(milliseconds=n)
-            args.append((SYMBOLS[n % 10], n, price, Decimal("0.5"), price / 2, when, n % 2 == 0, when, 1, when))
+            when = T0 + n * STEP
+            price = _price(n)
+            args.append((SYMBOLS[n % 10], TRADES.bucket_of(when), n, price, Decimal("0.5"), price / 2, when,
+                         n % 2 == 0, when, 1, when))
         execute_concurrent_with_args(session, stmt, args, concurrency=200, raise_on_first_error=True)
         if (start // chunk) % 10 == 0:
             print(f"  filled {start + len(args):,}/{rows:,} rows ({time.perf_counter() - started:.0f}s)", flush=True)
 
 
+def fill_source(pg, rows: int) -> None:
+    """The same trades in the scratch source table (one INSERT ... SELECT, nothing held here)."""
+    with pg.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO {SOURCE}.recent_trades (symbol, trade_id, price, qty, quote_qty, time, is_buyer_maker) "
+            "SELECT 'BENCH' || (n %% 10) || 'USDT', n, (n %% 100000 + 1) / 100.0, 0.5, (n %% 100000 + 1) / 200.0, "
+            "%s + n * %s, n %% 2 = 0 FROM generate_series(0, %s - 1) n", (T0, STEP, rows))
+    pg.commit()
+
+
+def finish_batch(session, changelog_bucket: datetime, batch_id: int) -> None:
+    """The stream's position after a finished batch: what the bridge reads the change log up to."""
+    session.execute(f"INSERT INTO {KEYSPACE}.stream_position (query_name, batch_id, finished_at, changelog_bucket) "
+                    "VALUES (%s, %s, toTimestamp(now()), %s)", (STREAM_QUERY_NAME, batch_id, changelog_bucket))
+
+
 def change(session, rows: int, changed: int) -> None:
-    """Update half and delete half of `changed` random rows, and log them as the stream does."""
+    """Update half and delete half of `changed` random rows, log them as the stream does, then record
+    the batch as finished."""
     rng = random.Random(5)
     picks = rng.sample(range(rows), changed)
-    bucket = datetime.now(UTC).replace(second=0, microsecond=0)
+    minute = datetime.now(UTC).replace(second=0, microsecond=0)
     upd = session.prepare(f"UPDATE {KEYSPACE}.recent_trades USING TIMESTAMP 2 SET qty = ?, cdc_op = 'u', cdc_lsn = 2 "
-                          "WHERE symbol = ? AND trade_id = ?")
-    dele = session.prepare(f"DELETE FROM {KEYSPACE}.recent_trades USING TIMESTAMP 2 WHERE symbol = ? AND trade_id = ?")
+                          "WHERE symbol = ? AND bucket = ? AND trade_id = ?")
+    dele = session.prepare(f"DELETE FROM {KEYSPACE}.recent_trades USING TIMESTAMP 2 "
+                           "WHERE symbol = ? AND bucket = ? AND trade_id = ?")
     log = session.prepare(f"INSERT INTO {KEYSPACE}.changed_rows (table_name, bucket, key, cdc_lsn) VALUES "
                           "('recent_trades', ?, ?, 2)")
     for i, n in enumerate(picks):
-        sym = SYMBOLS[n % 10]
+        sym, bucket = SYMBOLS[n % 10], TRADES.bucket_of(T0 + n * STEP)
         if i % 2:
-            session.execute(dele, (sym, n))
+            session.execute(dele, (sym, bucket, n))
         else:
-            session.execute(upd, (Decimal("0.75"), sym, n))
-        session.execute(log, (bucket, json.dumps({"symbol": sym, "trade_id": n}, separators=(",", ":"))))
+            session.execute(upd, (Decimal("0.75"), sym, bucket, n))
+        session.execute(log, (minute, encode_key(TRADES, {"symbol": sym, "bucket": bucket, "trade_id": n})))
+    finish_batch(session, minute, 2)
 
 
 def pg_state(pg) -> tuple[int, str]:
@@ -83,12 +122,18 @@ def pg_state(pg) -> tuple[int, str]:
     return out
 
 
+def peak_rss_mb() -> float:
+    """The process's peak resident set so far (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     import psycopg2
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--changed", type=int, default=1000)
+    parser.add_argument("--rss", action="store_true", help="report the peak resident memory of each full copy")
     args = parser.parse_args()
     s = load_env()
     cs = CassandraSettings((s["CASSANDRA_HOST"],), int(s["CASSANDRA_PORT"]), s["CASSANDRA_USERNAME"],
@@ -96,46 +141,60 @@ def main() -> None:
     pg = psycopg2.connect(host=s["POSTGRES_HOST"], port=s["POSTGRES_PORT"], dbname=s["POSTGRES_DB"],
                           user=s["POSTGRES_USER"], password=s["POSTGRES_PASSWORD"])
     ensure_schema(cs)
+    apply(pg, BRIDGE_SCHEMA)
     cluster, session = open_cassandra(cs)
     try:
         with pg.cursor() as cur:
             cur.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA};"
                         f"CREATE TABLE {SCHEMA}.recent_trades (LIKE cassandra.recent_trades INCLUDING ALL);"
-                        f"CREATE TABLE {SCHEMA}.bridge_watermarks (LIKE cassandra.bridge_watermarks INCLUDING ALL);")
+                        f"CREATE TABLE {SCHEMA}.bridge_watermarks (LIKE cassandra.bridge_watermarks INCLUDING ALL);"
+                        f"DROP SCHEMA IF EXISTS {SOURCE} CASCADE; CREATE SCHEMA {SOURCE};"
+                        f"CREATE TABLE {SOURCE}.recent_trades (LIKE binance.recent_trades INCLUDING ALL);")
         pg.commit()
-        session.execute(f"TRUNCATE {KEYSPACE}.recent_trades")
-        session.execute(f"TRUNCATE {KEYSPACE}.changed_rows")
-        print(f"filling Cassandra with {args.rows:,} trades")
+        for table in ("recent_trades", "changed_rows", "stream_position"):
+            session.execute(f"TRUNCATE {KEYSPACE}.{table}", timeout=120)
+        print(f"filling Cassandra and the scratch source with {args.rows:,} trades")
         fill(session, args.rows)
+        fill_source(pg, args.rows)
+        finish_batch(session, datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1), 1)
+
+        rss_before = peak_rss_mb()
         t0 = time.perf_counter()
-        first = sync_table(pg, session, KEYSPACE, "recent_trades", schema=SCHEMA)
+        first = sync_table(pg, session, KEYSPACE, "recent_trades", schema=SCHEMA, source_schema=SOURCE)
         print(f"initial full copy into Postgres: {first.upserted:,} rows in {time.perf_counter() - t0:.1f}s")
+        if args.rss:
+            print(f"peak RSS: {rss_before:,.0f} MB before the first full copy, {peak_rss_mb():,.0f} MB after it "
+                  f"({first.rows_read:,} rows read)")
 
         change(session, args.rows, args.changed)
         t0 = time.perf_counter()
-        inc = sync_table(pg, session, KEYSPACE, "recent_trades", schema=SCHEMA)
+        inc = sync_table(pg, session, KEYSPACE, "recent_trades", schema=SCHEMA, source_schema=SOURCE)
         incremental = time.perf_counter() - t0
         after_incremental = pg_state(pg)
 
+        rss_before = peak_rss_mb()
         t0 = time.perf_counter()
-        full = sync_table(pg, session, KEYSPACE, "recent_trades", schema=SCHEMA, full=True)
+        full = sync_table(pg, session, KEYSPACE, "recent_trades", schema=SCHEMA, source_schema=SOURCE, full=True)
         rescan = time.perf_counter() - t0
         after_full = pg_state(pg)
         assert after_incremental == after_full, (after_incremental, after_full)
         assert after_full[0] == args.rows - args.changed // 2
+        assert full.rows_read == after_full[0], (full.rows_read, after_full[0])
 
         print(f"table: {args.rows:,} rows; changed since the last run: {args.changed:,} "
               f"({inc.upserted} updated, {inc.deleted} deleted)")
         print(f"incremental run (change log -> point reads -> upsert/delete): {incremental:7.2f} s")
-        print(f"full re-scan (reference project's approach):                 {rescan:7.2f} s  "
-              f"({full.changed_keys:,} rows read)")
+        print(f"full copy (every partition, one COPY, one upsert):           {rescan:7.2f} s  "
+              f"({full.rows_read:,} rows read)")
         print(f"ratio: {rescan / incremental:.0f}x faster; Postgres content identical after both "
               f"({after_full[0]:,} rows)")
+        if args.rss:
+            print(f"peak RSS: {rss_before:,.0f} MB before the requested full copy, {peak_rss_mb():,.0f} MB after it")
     finally:
-        session.execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}")
+        session.execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}", timeout=120)
         cluster.shutdown()
         with pg.cursor() as cur:
-            cur.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+            cur.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; DROP SCHEMA IF EXISTS {SOURCE} CASCADE")
         pg.commit()
         pg.close()
 
