@@ -1,8 +1,8 @@
 """Everything the bridge reads from Cassandra, at one consistency level chosen per run (plan.choose_consistency).
 
 Every statement is prepared with that level and pages 5,000 rows at a time. Reads of many partitions
-keep a few requests in flight (WINDOW) and hand rows on in order, so what is held is at most WINDOW
-first pages plus the page being read, whatever the partitions hold.
+keep a few requests in flight (WINDOW) and hand rows on in order, so what is held is at most the
+WINDOW pages coming in plus the page being read, whatever the partitions hold.
 """
 
 from __future__ import annotations

@@ -173,7 +173,8 @@ def full_copy(cur: Any, reads: CassandraReads, table: Table, watermark: datetime
     One transaction, the caller's: Grafana (any reader) sees the table as it was or as copied, never
     half-copied or with the missing rows deleted before the new ones are in; a failure leaves it
     and the watermark as they were. Memory is bounded on both sides: here, at most reads.WINDOW
-    first pages of 5,000 rows plus the page being read, and one COPY chunk of 2,000 rendered rows;
+    pages of 5,000 rows coming in plus the page being read, one COPY chunk of 2,000 rendered rows and
+    the list of partitions (one tuple per prefix and bucket, no rows);
     the rows themselves are held by Postgres, in the temporary staging table (spilled to disk), and
     the upsert and delete are set operations there."""
     keep = reads.keep_seconds(table.name)
