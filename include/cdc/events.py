@@ -2,8 +2,9 @@
 
 The Spark stream has two ways to apply a micro-batch (Spark jobs, or plain Python on the driver)
 and the bridge to Postgres re-reads what the stream logged; all three follow these definitions:
-which ops exist, what decimal text is accepted, the error a dead letter carries, and the JSON a
-row's Cassandra key is logged as in `changed_rows`.
+which ops exist, what decimal text is accepted, the error a dead letter carries, which columns a
+row's Cassandra key needs, the write time of a change, and the JSON a row's Cassandra key is logged
+as in `changed_rows`.
 
 Pure Python: no Spark, no Airflow, no Cassandra driver.
 """
@@ -17,7 +18,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from include.tables import Table
+from include.tables import BUCKET, Table
 from include.times import from_epoch_ms, to_epoch_ms
 
 # Debezium's ops: snapshot read, create, update, delete (a tombstone has no value and no op)
@@ -41,6 +42,7 @@ def is_decimal_text(text: str) -> bool:
 NOT_AN_EVENT = "not a Debezium change event (unparseable JSON or no op)"
 UNKNOWN_OP_PREFIX = "unknown op "
 NO_LSN = "source.lsn missing"
+NO_SOURCE_TS = "source.ts_ms missing"
 DELETE_WITHOUT_BEFORE = "delete without before"
 NO_AFTER = "no after"
 
@@ -66,14 +68,77 @@ def not_a_decimal(column: str) -> str:
     return f"{column} is not a decimal"
 
 
+def key_sources(table: Table) -> tuple[str, ...]:
+    """The columns of a change event's row that its Cassandra key needs, in key order: the key's own
+    columns, with `bucket` replaced by time_column, which the bucket follows. A row missing one of
+    them is a dead letter (`key_column_missing`)."""
+    out: list[str] = []
+    for name in table.cassandra_key:
+        source = table.time_column if name == BUCKET.name and table.bucket else name
+        if source not in out:
+            out.append(source)
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- the write time of a change
+
+# how far below its own time a row of an initial or blocking snapshot is written (microseconds)
+SNAPSHOT_MARGIN_US = 10_000_000
+# source.snapshot of a read that is not part of an initial or blocking snapshot
+_NOT_A_FULL_SNAPSHOT = ("incremental", "false")
+
+
+def source_time_us(source: Mapping[str, Any]) -> int | None:
+    """The source commit time of an event in epoch microseconds: `source.ts_us` (Debezium 3), else
+    `source.ts_ms` * 1000, else None (the event is a dead letter, NO_SOURCE_TS). `source` holds the
+    fields as parsed: integers (or None) for ts_us and ts_ms."""
+    ts_us = source.get("ts_us")
+    if ts_us is not None:
+        return int(ts_us)
+    ts_ms = source.get("ts_ms")
+    return None if ts_ms is None else int(ts_ms) * 1000
+
+
+def write_time(op: str, source: Mapping[str, Any]) -> int:
+    """The Cassandra write timestamp (microseconds) of a change: its source commit time.
+
+    Not the LSN: TimeWindowCompactionStrategy groups SSTables by write timestamp, and a write made
+    outside the pipeline with a default timestamp (now, in microseconds) must not shadow later
+    pipeline changes for ever, which it would against LSNs (far smaller numbers). Within a batch
+    the last event per key is still chosen by LSN, then Kafka position.
+
+    - c, u, d (streamed changes): `source.ts_us`, the commit time (`source.ts_ms` * 1000 when
+      ts_us is missing).
+    - r of an initial or blocking snapshot (`source.snapshot` true, first, last,
+      first_in_data_collection, last_in_data_collection, missing, or anything other than
+      "incremental" and "false"): that time minus SNAPSHOT_MARGIN_US (10 s), so a change committed
+      after the snapshot's consistent point wins over the snapshot's copy of the row. cdc_setup
+      starts a re-snapshot more than SNAPSHOT_MARGIN_US after the data it replaces was written.
+    - r of an incremental snapshot (`source.snapshot` "incremental"; Debezium reconciles its chunks
+      with the changes streamed meanwhile): `source.ts_us`, like a change.
+    - r with `source.snapshot` "false" (not a snapshot): `source.ts_us`.
+
+    `source` holds the fields as parsed (ts_us and ts_ms integers or None, snapshot text or None).
+    Raises ValueError(NO_SOURCE_TS) when neither time is there: both write paths dead-letter such
+    an event before it gets here."""
+    commit = source_time_us(source)
+    if commit is None:
+        raise ValueError(NO_SOURCE_TS)
+    if op == READ and source.get("snapshot") not in _NOT_A_FULL_SNAPSHOT:
+        return commit - SNAPSHOT_MARGIN_US
+    return commit
+
+
 # --------------------------------------------------------------------------- the change log's key
 
 
 def encode_key(table: Table, values: Mapping[str, Any]) -> str:
-    """A row's Cassandra key as `changed_rows` keeps it: compact JSON of the key columns in key order,
-    times as epoch milliseconds (floored), decimals as their text, other values as they are.
+    """A row's Cassandra key as `changed_rows` keeps it: compact JSON of the key columns in key order
+    (`bucket` included), times as epoch milliseconds (floored), decimals as their text, other values
+    as they are.
 
-    `values` maps at least the key columns: a timestamp as an aware datetime, a decimal as the text
+    `values` maps at least the key columns, `bucket` too (the start of the row's hour or day,
+    Table.bucket_of its time_column): a timestamp as an aware datetime, a decimal as the text
     the source wrote (a Decimal is refused: str(Decimal) can differ from that text, '1E-8' for
     '0.00000001', and the same key must log the same bytes)."""
     parts: dict[str, Any] = {}
@@ -91,7 +156,8 @@ def encode_key(table: Table, values: Mapping[str, Any]) -> str:
 
 
 def decode_key(table: Table, key: str) -> tuple[Any, ...]:
-    """A `changed_rows` key as CQL bind values in key order: aware UTC datetimes, Decimal, int, str."""
+    """A `changed_rows` key as CQL bind values in key order (`bucket` included): aware UTC datetimes,
+    Decimal, int, str."""
     data = json.loads(key)
     out: list[Any] = []
     for name in table.cassandra_key:
