@@ -9,16 +9,24 @@ Cassandra contact points and credentials come from the environment (CDC_CASSANDR
 CDC_CASSANDRA_PORT, CDC_CASSANDRA_USERNAME, CDC_CASSANDRA_PASSWORD), never from the command line,
 which other users of the machine can read. Spark's executors write to Cassandra too: in local mode
 they inherit the driver's environment; on a cluster pass each variable with
-`--conf spark.executorEnv.<NAME>=...`, with TZ=UTC (Spark's timestamps reach Python as naive local
-times, read as UTC) and this repository on PYTHONPATH (or shipped with --py-files).
+`--conf spark.executorEnv.<NAME>=...`, and this repository on PYTHONPATH (or shipped with
+--py-files). The process time zone does not matter: times reach Python as epoch microseconds.
 
 One streaming query reads every `binance.binance.*` topic; each micro-batch is routed per table:
 snapshot reads, inserts and updates upsert `after`, deletes remove the key from `before`,
-tombstones are skipped, several events on one key collapse to the last in source order. Every
-Cassandra write carries the event's source LSN as its write timestamp, so replays after a restart
-can never make a row older than it is (last write wins by source order). Messages that cannot be
-applied go to `dead_letters`; the stream carries on. `--available-now` processes what is in Kafka
-and exits (catch-up runs, tests); otherwise the query runs until it fails, and fails loudly.
+tombstones are skipped, several events on one key collapse to the last in source order (LSN, then
+Kafka position). Rows are keyed in Cassandra by a time bucket of their time column too. Every
+Cassandra write carries the change's source commit time as its write timestamp (a snapshot's rows
+10 s below it; include.cdc.events.write_time), so replays after a restart can never make a row
+older than it is. Rows are written with a TTL that ends when the table's retention
+(`sink_retention`) has passed their time; changes to rows already past it are not written.
+Messages that cannot be applied go to `dead_letters`; the stream carries on. `--available-now`
+processes what is in Kafka and exits (catch-up runs, tests); otherwise the query runs until it
+fails, and fails loudly.
+
+Every key written is logged in `changed_rows` under a minute the driver picks when the batch starts
+(never earlier than the last finished batch's, `stream_position`); after the batch the driver
+records `stream_offsets`, `stream_progress` and then `stream_position`.
 
 Two ways to apply a micro-batch, with the same result, both writing through spark/writer.py: a
 batch of at most `--driver-max-events` events is collected in one Spark job and decided on the
@@ -37,6 +45,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -50,7 +59,7 @@ from include.tables import Table
 from include.times import from_epoch_ms
 from spark import python_events
 from spark.envelope import batch_summary, collapse_last, known_tables, parse_envelope
-from spark.writer import CassandraWriter, Offset, write_partition
+from spark.writer import BatchContext, CassandraWriter, Offset, write_partition
 
 log = logging.getLogger("cdc_stream")
 
@@ -74,7 +83,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 class MicroBatches:
     """foreachBatch: applies each micro-batch on the driver or through Spark tasks, then records the
-    stream's progress. Every Cassandra write goes through a CassandraWriter."""
+    stream's progress. Every Cassandra write goes through a CassandraWriter.
+
+    The change-log minute of a batch is chosen here, once, when the batch starts: the minute of the
+    driver's clock, but never earlier than the last finished batch's (read from `stream_position`
+    once, then kept), so the bridge, which reads the log up to stream_position's minute, never
+    misses a key even if the driver's clock steps back or the stream moves to another host."""
 
     def __init__(self, writer: CassandraWriter, query_name: str, driver_max_events: int = 0,
                  task_writer: Callable[[str], CassandraWriter] = CassandraWriter.open) -> None:
@@ -84,15 +98,25 @@ class MicroBatches:
         self.query_name = query_name
         self.driver_max_events = driver_max_events
         self.tables = known_tables()
+        self.last_changelog_bucket: datetime | None = writer.last_changelog_bucket(query_name)
+
+    def start_batch(self) -> BatchContext:
+        """What every writer of the batch shares: its change-log minute and each table's retention."""
+        minute = self.writer.now().replace(second=0, microsecond=0)
+        if self.last_changelog_bucket is not None:
+            minute = max(minute, self.last_changelog_bucket.replace(second=0, microsecond=0))
+        return BatchContext(minute, self.writer.retention())
 
     def write_batch(self, batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
+        context = self.start_batch()
         if self.driver_max_events > 0:
             # one job reads the batch (every Kafka partition at once: spark.sql.limit.initialNumPartitions)
             records = batch.limit(self.driver_max_events + 1).collect()
             if len(records) <= self.driver_max_events:
-                self._apply_on_driver(records, batch_id)
-                self._record_progress(batch_id, python_events.summarize(records), time.monotonic() - started)
+                self._apply_on_driver(records, batch_id, context)
+                self._record_progress(batch_id, python_events.summarize(records), time.monotonic() - started,
+                                      context)
                 return
         batch = batch.persist()
         try:
@@ -103,12 +127,12 @@ class MicroBatches:
                 if table is None:
                     # the heartbeat table and anything else in the schema that the sink does not keep
                     continue
-                self._apply_on_executors(batch.where(F.col("topic") == topic), table, topic, batch_id)
+                self._apply_on_executors(batch.where(F.col("topic") == topic), table, topic, batch_id, context)
         finally:
             batch.unpersist()
-        self._record_progress(batch_id, parts, time.monotonic() - started)
+        self._record_progress(batch_id, parts, time.monotonic() - started, context)
 
-    def _apply_on_driver(self, records: list[Any], batch_id: int) -> None:
+    def _apply_on_driver(self, records: list[Any], batch_id: int, context: BatchContext) -> None:
         """The batch decided in plain Python, per table collapsed to the last event per key, and
         written by the driver's writer in one go."""
         t0 = time.monotonic()
@@ -128,26 +152,31 @@ class MicroBatches:
             dead_count = f" {len(bad)} dead" if bad else ""
             counts.append(f"{table.name} {len(winners) - n_deletes}+{n_deletes}d{dead_count}")
         t1 = time.monotonic()
-        self.writer.write(changes, dead)
-        log.info("batch %d on the driver: %d records; %s (parse+collapse %.3fs, writes+change log %.3fs)",
-                 batch_id, len(records), ", ".join(counts) or "nothing to apply", t1 - t0, time.monotonic() - t1)
+        written = self.writer.write(context, changes, dead)
+        log.info("batch %d on the driver: %d records; %s; %d skipped outside retention (parse+collapse %.3fs, "
+                 "writes+change log %.3fs)", batch_id, len(records), ", ".join(counts) or "nothing to apply",
+                 written.skipped, t1 - t0, time.monotonic() - t1)
 
-    def _apply_on_executors(self, rows: DataFrame, table: Table, topic: str, batch_id: int) -> None:
+    def _apply_on_executors(self, rows: DataFrame, table: Table, topic: str, batch_id: int,
+                            context: BatchContext) -> None:
         """One table's events in one Spark job: parsed and ranked by Spark, each task writing its
-        partition's dead letters, rows and change log through a writer of its own."""
+        partition's dead letters, rows and change log through a writer of its own, with the batch's
+        context (change-log minute, retention) from the driver."""
         t0 = time.monotonic()
         sc = rows.sparkSession.sparkContext
-        counters = (sc.accumulator(0), sc.accumulator(0), sc.accumulator(0))
+        counters = (sc.accumulator(0), sc.accumulator(0), sc.accumulator(0), sc.accumulator(0))
         applied = collapse_last(parse_envelope(rows, table), table)
         applied.foreachPartition(partial(write_partition, self.writer.keyspace, table.name, topic, counters,
-                                         open_writer=self.task_writer))
-        upserts, deletes, dead = (c.value for c in counters)
-        log.info("batch %d %s by Spark tasks: %d upserts, %d deletes, %d dead-lettered (parse+rank+write %.2fs)",
-                 batch_id, table.name, upserts, deletes, dead, time.monotonic() - t0)
+                                         context, open_writer=self.task_writer))
+        upserts, deletes, dead, skipped = (c.value for c in counters)
+        log.info("batch %d %s by Spark tasks: %d upserts, %d deletes, %d dead-lettered, %d skipped outside "
+                 "retention (parse+rank+write %.2fs)", batch_id, table.name, upserts, deletes, dead, skipped,
+                 time.monotonic() - t0)
 
-    def _record_progress(self, batch_id: int, parts: list[Any], seconds: float) -> None:
-        """After the batch is applied: one stream_progress row, and per topic partition the next
-        offset to read with the newest source commit applied (for tables the sink keeps)."""
+    def _record_progress(self, batch_id: int, parts: list[Any], seconds: float, context: BatchContext) -> None:
+        """After the batch is applied: per topic partition the next offset to read with the newest
+        source commit applied (for tables the sink keeps), a stream_progress row, then the query's
+        stream_position; the batch's change-log minute is the floor of the next batch's."""
         now = self.writer.now()
         offsets = [Offset(p.topic, p.partition, p.next_offset,
                           from_epoch_ms(p.newest_source_ms) if p.newest_source_ms and p.topic in self.tables else None)
@@ -155,7 +184,8 @@ class MicroBatches:
         newest = max((o.newest_source_ts for o in offsets if o.newest_source_ts), default=None)
         rows = sum(p.events for p in parts)
         self.writer.record_progress(self.query_name, batch_id, rows, int(seconds * 1000), newest, offsets,
-                                    socket.gethostname(), os.getpid(), now)
+                                    context.changelog_bucket, socket.gethostname(), os.getpid(), now)
+        self.last_changelog_bucket = context.changelog_bucket
         lag_ms = (now - newest).total_seconds() * 1000 if newest else None
         log.info("batch %d done: %d events from %d partition(s) in %.2fs; newest source commit %s%s", batch_id,
                  rows, len(parts), seconds, newest.isoformat() if newest else "-",

@@ -4,9 +4,15 @@ The Spark schema of each envelope is derived from include/tables.py, the same de
 Postgres DDL and the Cassandra DDL follow. Messages come from Debezium's JsonConverter without
 embedded schemas, with `decimal.handling.mode=string` (exact decimal text) and timestamptz as
 ISO-8601 strings.
+
+Times leave these transforms as epoch microseconds (longs), never as Spark timestamps: PySpark hands
+a timestamp to Python as a naive datetime in the process's local time zone, so a Python reader of
+them would depend on TZ. spark/writer.py makes the longs aware UTC datetimes.
 """
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -18,15 +24,19 @@ from include.cdc.events import (
     DELETE_WITHOUT_BEFORE,
     NO_AFTER,
     NO_LSN,
+    NO_SOURCE_TS,
     NOT_AN_EVENT,
     OPS,
     UNKNOWN_OP_PREFIX,
     key_column_missing,
+    key_sources,
     not_a_decimal,
     not_a_timestamp,
 )
 from include.names import topic_for
-from include.tables import TABLES, Table
+from include.tables import BUCKET, TABLES, Table
+
+_MICROSECOND = timedelta(microseconds=1)
 
 # how each logical type arrives in the JSON; decimals and times are converted after parsing
 _WIRE_TYPES: dict[str, T.DataType] = {
@@ -46,6 +56,7 @@ def envelope_schema(table: Table) -> T.StructType:
     source = T.StructType([
         T.StructField("lsn", T.LongType()),
         T.StructField("ts_ms", T.LongType()),
+        T.StructField("ts_us", T.LongType()),
         T.StructField("txId", T.LongType()),
         T.StructField("snapshot", T.StringType()),
         T.StructField("table", T.StringType()),
@@ -64,7 +75,8 @@ def _typed(table: Table, row: Column) -> list[Column]:
     for col in table.columns:
         raw = row[col.name]
         if col.type == "timestamptz":
-            out.append(raw.cast("timestamp").alias(col.name))
+            # parsed with the session time zone (UTC) where the text has no offset, then epoch µs
+            out.append(F.unix_micros(raw.cast("timestamp")).alias(col.name))
         else:
             # decimals stay exact text: spark/writer.py turns them into Decimal as written
             out.append(raw.alias(col.name))
@@ -73,11 +85,13 @@ def _typed(table: Table, row: Column) -> list[Column]:
 
 def _problems(table: Table, env: Column, row: Column) -> Column:
     """Why a message cannot be applied, or null. Every check names what failed."""
-    key = table.cassandra_key
+    key = key_sources(table)
+    source = env["source"]
     checks = [
         (env.isNull() | env["op"].isNull(), F.lit(NOT_AN_EVENT)),
         (~env["op"].isin(*OPS), F.concat(F.lit(UNKNOWN_OP_PREFIX), env["op"])),
-        (env["source"]["lsn"].isNull(), F.lit(NO_LSN)),
+        (source["lsn"].isNull(), F.lit(NO_LSN)),
+        (source["ts_us"].isNull() & source["ts_ms"].isNull(), F.lit(NO_SOURCE_TS)),
         (row.isNull(), F.when(env["op"] == DELETE, F.lit(DELETE_WITHOUT_BEFORE)).otherwise(F.lit(NO_AFTER))),
     ]
     for name in key:
@@ -98,10 +112,12 @@ def _problems(table: Table, env: Column, row: Column) -> Column:
 def parse_envelope(df: DataFrame, table: Table) -> DataFrame:
     """Kafka rows of one table's topic -> one typed row per change event.
 
-    In: topic, partition, offset, value (string; null for tombstones). Out: the table's columns,
-    then cdc_op, cdc_lsn, cdc_source_ts, kafka_partition, kafka_offset, raw_value, error. The row
-    is `after` for r/c/u and `before` (which carries the key) for d. Tombstones are dropped;
-    anything that cannot be applied keeps error != null and goes to dead letters.
+    In: topic, partition, offset, value (string; null for tombstones). Out: the table's columns
+    (decimals as their text, times as epoch microseconds), then cdc_op, cdc_lsn, source_ts_us,
+    source_ts_ms, source_snapshot (what include.cdc.events.write_time needs), kafka_partition,
+    kafka_offset, raw_value, error. The row is `after` for r/c/u and `before` (which carries the
+    key) for d. Tombstones are dropped; anything that cannot be applied keeps error != null and goes
+    to dead letters.
     """
     env = F.from_json(F.col("value"), envelope_schema(table), {"mode": "PERMISSIVE"})
     parsed = df.where(F.col("value").isNotNull()).select(
@@ -112,7 +128,9 @@ def parse_envelope(df: DataFrame, table: Table) -> DataFrame:
         *_typed(table, row),
         F.col("env.op").alias("cdc_op"),
         F.col("env.source.lsn").alias("cdc_lsn"),
-        F.timestamp_millis(F.col("env.source.ts_ms")).alias("cdc_source_ts"),
+        F.col("env.source.ts_us").alias("source_ts_us"),
+        F.col("env.source.ts_ms").alias("source_ts_ms"),
+        F.col("env.source.snapshot").alias("source_snapshot"),
         F.col("partition").alias("kafka_partition"),
         F.col("offset").alias("kafka_offset"),
         "raw_value",
@@ -120,11 +138,31 @@ def parse_envelope(df: DataFrame, table: Table) -> DataFrame:
     )
 
 
+def _floor(micros: Column, step_us: int) -> Column:
+    """Epoch microseconds floored to a multiple of `step_us` (pmod: right for times before 1970 too)."""
+    return micros - F.pmod(micros, F.lit(step_us))
+
+
+def sink_key(table: Table) -> list[Column]:
+    """The Cassandra key of parse_envelope's rows, as the writer binds it (spark/writer.py cql_key):
+    times at Cassandra's millisecond precision, `bucket` the start of time_column's hour or day
+    (Table.bucket_of, in epoch arithmetic, so the session time zone plays no part)."""
+    out = []
+    for name in table.cassandra_key:
+        if name == BUCKET.name:
+            out.append(_floor(F.col(table.time_column), table.bucket_span // _MICROSECOND))
+        elif table.column(name).type == "timestamptz":
+            out.append(_floor(F.col(name), 1000))
+        else:
+            out.append(F.col(name))
+    return out
+
+
 def rank_events(df: DataFrame, table: Table) -> DataFrame:
     """Add `_rank`: 1 for the last event per sink key in source order (LSN, then Kafka position).
     Events that cannot be applied (error set, key possibly null) each rank alone."""
     own_group = F.when(F.col("error").isNotNull(), F.concat_ws(":", "kafka_partition", "kafka_offset"))
-    window = Window.partitionBy(own_group, *table.cassandra_key).orderBy(
+    window = Window.partitionBy(own_group, *sink_key(table)).orderBy(
         F.col("cdc_lsn").desc_nulls_last(), F.col("kafka_partition").desc(), F.col("kafka_offset").desc()
     )
     return df.withColumn("_rank", F.row_number().over(window))

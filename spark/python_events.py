@@ -20,18 +20,21 @@ from typing import Any
 
 from include.cdc.events import (
     NO_LSN,
+    NO_SOURCE_TS,
     NOT_AN_EVENT,
     OPS,
     is_decimal_text,
     key_column_missing,
+    key_sources,
     missing_row,
     not_a_decimal,
     not_a_timestamp,
+    source_time_us,
     unknown_op,
+    write_time,
 )
 from include.tables import Table
-from include.times import from_epoch_ms
-from spark.writer import Change, DeadLetter, cql_value
+from spark.writer import Change, DeadLetter, cql_key, from_epoch_us
 
 
 class _Number(str):
@@ -98,20 +101,27 @@ def _wire_row(table: Table, raw: Any) -> dict[str, Any] | None:
 @dataclass
 class Event:
     """One change event: the row as parse_envelope types it (decimals as their text, timestamps as
-    UTC datetimes), its CDC metadata, and why it cannot be applied (`error`), if it cannot."""
+    aware UTC datetimes), its CDC metadata (`source`: ts_us, ts_ms, snapshot as Spark's schema reads
+    them), and why it cannot be applied (`error`), if it cannot."""
 
     row: dict[str, Any]
     cdc_op: str | None
     cdc_lsn: int | None
-    cdc_source_ts: datetime | None
+    source: dict[str, Any]
     kafka_partition: int
     kafka_offset: int
     raw_value: str
     error: str | None
 
     def key(self, table: Table) -> tuple[Any, ...]:
-        """The Cassandra key, as the values written (so 1.50 and 1.5 are one key, as in Cassandra)."""
-        return tuple(cql_value(table.column(k).type, self.row.get(k)) for k in table.cassandra_key)
+        """The Cassandra key (bucket included), as the values written (so 1.50 and 1.5 are one key, as
+        in Cassandra)."""
+        return cql_key(table, self.row)
+
+    @property
+    def cdc_source_ts(self) -> datetime | None:
+        commit = source_time_us(self.source)
+        return None if commit is None else from_epoch_us(commit)
 
     @property
     def order(self) -> tuple[bool, int, int, int]:
@@ -120,7 +130,8 @@ class Event:
 
     def change(self, table: Table) -> Change:
         assert self.cdc_op is not None and self.cdc_lsn is not None, "only an applicable event is a change"
-        return Change(table, self.cdc_op, self.cdc_lsn, self.cdc_source_ts, self.row)
+        return Change(table, self.cdc_op, self.cdc_lsn, self.cdc_source_ts, write_time(self.cdc_op, self.source),
+                      self.row)
 
     def dead_letter(self, topic: str) -> DeadLetter:
         assert self.error is not None, "only an event that cannot be applied is a dead letter"
@@ -136,11 +147,14 @@ def _problem(table: Table, env: Any, row: dict[str, Any] | None) -> str | None:
     if op not in OPS:
         return unknown_op(op)
     source = env.get("source")
-    if _as_long(source.get("lsn") if isinstance(source, dict) else None) is None:
+    source = source if isinstance(source, dict) else {}
+    if _as_long(source.get("lsn")) is None:
         return NO_LSN
+    if _as_long(source.get("ts_us")) is None and _as_long(source.get("ts_ms")) is None:
+        return NO_SOURCE_TS
     if row is None:
         return missing_row(op)
-    for name in table.cassandra_key:
+    for name in key_sources(table):
         if row[name] is None:
             return key_column_missing(name)
     for col in table.columns:
@@ -187,13 +201,12 @@ def _parse_event(table: Table, partition: int, offset: int, value: str, loads: A
     error = _problem(table, env, row)
     source = env.get("source") if env else None
     source = source if isinstance(source, dict) else {}
-    lsn = _as_long(source.get("lsn"))
-    ts_ms = _as_long(source.get("ts_ms"))
     return Event(
         row=_typed(table, row) if row is not None and error is None else (row or {}),
         cdc_op=op,
-        cdc_lsn=lsn,
-        cdc_source_ts=from_epoch_ms(ts_ms) if ts_ms is not None else None,
+        cdc_lsn=_as_long(source.get("lsn")),
+        source={"ts_us": _as_long(source.get("ts_us")), "ts_ms": _as_long(source.get("ts_ms")),
+                "snapshot": _as_string(source.get("snapshot"))},
         kafka_partition=partition,
         kafka_offset=offset,
         raw_value=value,

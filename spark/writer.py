@@ -2,31 +2,39 @@
 
 The driver applies small micro-batches itself; a big one is applied by Spark tasks, each with its
 own writer (`write_partition`). Either way a writer writes, in this order: dead letters, then the
-rows (upserts and deletes with the event's source LSN as write time, grouped into single-partition
-unlogged batches), then the change log `changed_rows` the bridge reads, so a logged key is always
-already applied. The driver's writer also records the stream's progress.
+rows (upserts and deletes with the change's source commit time as write time, include.cdc.events.
+write_time, grouped into single-partition unlogged batches), then the change log `changed_rows` the
+bridge reads, so a logged key is always already applied. The driver's writer also reads what every
+writer of a batch shares (`BatchContext`: the change-log minute, each table's retention) and
+records the stream's progress.
+
+Retention: each row is written with a TTL that ends `keep_seconds` (table `sink_retention`) after
+its time_column; a change (upsert or delete) whose row is already out of that window is not
+written at all, nor logged.
 
 Sessions are opened from the environment (CDC_CASSANDRA_HOSTS, CDC_CASSANDRA_PORT,
 CDC_CASSANDRA_USERNAME, CDC_CASSANDRA_PASSWORD; include/connections.py). Spark's executors need
 them too: in local mode they inherit the driver's environment, on a cluster set them with
-`spark.executorEnv.<NAME>` (with TZ=UTC, see `cql_value`).
+`spark.executorEnv.<NAME>`. The process time zone does not matter: Spark hands every time to
+Python as epoch microseconds (spark/envelope.py), made aware UTC datetimes here (`spark_rows`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import islice
 from typing import Any, NamedTuple
 
-from include.cdc.events import DELETE, encode_key
+from include.cdc.events import DELETE, encode_key, source_time_us, write_time
 from include.connections import CassandraSettings, open_cassandra
-from include.tables import TABLES, Table
-from include.times import as_utc
+from include.tables import BUCKET, TABLES, Table
+from include.times import EPOCH, as_utc
 
 log = logging.getLogger("cdc_stream.writer")
 
@@ -36,18 +44,24 @@ CONCURRENCY = 32
 # the rows a Spark task hands its writer at a time: each chunk is written in full (dead letters,
 # rows, change log) before the next is read, which bounds a task's memory
 TASK_CHUNK = 5000
+# sink_retention is read again at most this often (seconds of the writer's monotonic clock)
+RETENTION_REFRESH_SECONDS = 60.0
+# Cassandra's largest TTL (20 years): a longer retention is written as this
+MAX_TTL = 630_720_000
 
 
 @dataclass(frozen=True)
 class Change:
     """One change to apply: the last event on its key in the batch. `row` maps the table's columns to
-    their values as parsed (decimals as the source's text, timestamps as datetimes); for a delete it
-    is `before`, which holds the key."""
+    their values as parsed (decimals as the source's text, timestamps as aware datetimes); for a
+    delete it is `before`, which holds the key and time_column. `write_time` is the Cassandra write
+    timestamp (include.cdc.events.write_time), `lsn` the source LSN (column cdc_lsn)."""
 
     table: Table
     op: str
     lsn: int
     source_ts: datetime | None
+    write_time: int
     row: Mapping[str, Any]
 
 
@@ -72,6 +86,16 @@ class Offset:
     newest_source_ts: datetime | None
 
 
+@dataclass(frozen=True)
+class BatchContext:
+    """What the driver fixes once per micro-batch, when it starts, for every writer of the batch (its
+    own, or the Spark tasks' through their closure): the change-log minute every key of the batch is
+    logged under, and each table's retention in Cassandra (seconds; absent or None: kept for ever)."""
+
+    changelog_bucket: datetime
+    keep_seconds: Mapping[str, int | None]
+
+
 class Write(NamedTuple):
     """A statement with its values, and the Cassandra partition it lands in (how writes are batched)."""
 
@@ -80,36 +104,103 @@ class Write(NamedTuple):
     values: tuple[Any, ...]
 
 
+class Planned(NamedTuple):
+    """A change inside Cassandra's window: its values as bound (`cql_row`), and its TTL (0: none)."""
+
+    change: Change
+    row: dict[str, Any]
+    ttl: int
+
+
+class Written(NamedTuple):
+    """What one `write` did: rows upserted, rows deleted, changes skipped (outside the retention window)."""
+
+    upserts: int
+    deletes: int
+    skipped: int
+
+
 # --------------------------------------------------------------------------- values, converted once
+
+
+def from_epoch_us(micros: int) -> datetime:
+    """The UTC instant `micros` microseconds after the epoch (how Spark hands times to Python)."""
+    return EPOCH + timedelta(microseconds=micros)
+
+
+def epoch_us(moment: datetime) -> int:
+    """Microseconds since the epoch of an aware datetime (exact integers, no float)."""
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def cql_value(kind: str, value: Any) -> Any:
     """A parsed value of logical type `kind` as the Cassandra driver binds it: a decimal's text as
-    Decimal, a timestamp as an aware UTC datetime at Cassandra's millisecond precision (floored)."""
+    Decimal, a timestamp as an aware UTC datetime at Cassandra's millisecond precision (floored).
+    A naive datetime is refused: its meaning would depend on the process time zone."""
     if value is None:
         return None
     if kind == "numeric":
         return value if isinstance(value, Decimal) else Decimal(value)
     if kind == "timestamptz":
-        # PySpark hands back naive datetimes in the process's local time. The job runs with TZ=UTC and
-        # spark.sql.session.timeZone=UTC, so naive reads as UTC here, and only here.
+        if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"a timestamp must be an aware datetime, got {value!r}")
         moment = as_utc(value)
         return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
     return value
 
 
+def bucket_value(table: Table, row: Mapping[str, Any]) -> datetime | None:
+    """The `bucket` of a row's Cassandra key: Table.bucket_of its time_column (as written, to the ms).
+    The one place a bucket is computed, for the values bound, the batches' partitions, the change-log
+    key and the driver's collapse."""
+    moment = cql_value("timestamptz", row.get(table.time_column))
+    return None if moment is None else table.bucket_of(moment)
+
+
+def written_columns(table: Table) -> list[str]:
+    """The columns of `table` a row is written with: its own, then `bucket` (if it has one)."""
+    return [*table.column_names, *((BUCKET.name,) if table.bucket else ())]
+
+
 def cql_row(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
-    """Every column of `table` in `row` converted with `cql_value` (absent columns are null)."""
-    return {c.name: cql_value(c.type, row.get(c.name)) for c in table.columns}
+    """Every column of `table` in `row` converted with `cql_value` (absent columns are null), then
+    the `bucket` its time_column falls in."""
+    out = {c.name: cql_value(c.type, row.get(c.name)) for c in table.columns}
+    if table.bucket:
+        out[BUCKET.name] = bucket_value(table, row)
+    return out
+
+
+def cql_key(table: Table, row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The row's Cassandra key as bound (`bucket` included): 1.50 and 1.5 are one key, as in Cassandra."""
+    return tuple(bucket_value(table, row) if name == BUCKET.name else cql_value(table.column(name).type, row.get(name))
+                 for name in table.cassandra_key)
 
 
 def change_key(table: Table, row: Mapping[str, Any]) -> str:
-    """The change-log key of `row`: times converted like the values written, decimals as their text."""
+    """The change-log key of `row`: times (and the bucket) converted like the values written,
+    decimals as their text."""
     values = {}
     for name in table.cassandra_key:
         kind = table.column(name).type
-        values[name] = cql_value(kind, row[name]) if kind == "timestamptz" else row[name]
+        if name == BUCKET.name:
+            values[name] = bucket_value(table, row)
+        else:
+            values[name] = cql_value(kind, row[name]) if kind == "timestamptz" else row[name]
     return encode_key(table, values)
+
+
+def ttl_of(row_time: datetime, keep_seconds: int | None, now: datetime) -> int | None:
+    """The TTL (seconds) of a row whose time_column is `row_time`, in a table Cassandra keeps
+    `keep_seconds`: ceil(row_time + keep_seconds - now), at most MAX_TTL; 0 (no expiry) when the
+    table is kept for ever; None when that is <= 0: the row is outside the window (it has expired,
+    or would at once) and the change is not written."""
+    if keep_seconds is None:
+        return 0
+    left_us = epoch_us(row_time) + keep_seconds * 1_000_000 - epoch_us(now)
+    ttl = -(-left_us // 1_000_000)
+    return min(ttl, MAX_TTL) if ttl > 0 else None
 
 
 def partition_groups(writes: Iterable[Write], size: int = BATCH_SIZE) -> list[list[Write]]:
@@ -133,6 +224,8 @@ class CassandraWriter:
         self.keyspace = keyspace
         self._shutdown = shutdown
         self._prepared: dict[str, Any] = {}
+        self._retention: dict[str, int | None] | None = None
+        self._retention_read_at = 0.0
 
     @classmethod
     def open(cls, keyspace: str, env: Mapping[str, str] = os.environ) -> CassandraWriter:
@@ -152,9 +245,13 @@ class CassandraWriter:
         self.close()
 
     def now(self) -> datetime:
-        """When a write happens (cdc_written_at, recorded_at, the change log's minute, progress), in ms."""
+        """When a write happens (cdc_written_at, recorded_at, TTLs, the change-log minute, progress), in ms."""
         now = datetime.now(UTC)
         return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+    def monotonic(self) -> float:
+        """The clock the retention cache ages by (never jumps with the wall clock)."""
+        return time.monotonic()
 
     # ---------------------------------------------------------------- statements
 
@@ -168,15 +265,15 @@ class CassandraWriter:
         return self._prepared[cql]
 
     def upsert_statement(self, table: Table) -> Any:
-        """The row with its CDC columns, the event's source LSN as write time (the last bind value)."""
-        columns = [*table.column_names, "cdc_op", "cdc_source_ts", "cdc_lsn", "cdc_written_at"]
+        """The row (with its bucket) and its CDC columns; the change's write time and TTL last."""
+        columns = [*written_columns(table), "cdc_op", "cdc_source_ts", "cdc_lsn", "cdc_written_at"]
         quoted = ", ".join(f'"{c}"' for c in columns)
         marks = ", ".join("?" * len(columns))
         return self._prepare(f'INSERT INTO "{self.keyspace}"."{table.name}" ({quoted}) VALUES ({marks}) '
-                             "USING TIMESTAMP ?")
+                             "USING TIMESTAMP ? AND TTL ?")
 
     def delete_statement(self, table: Table) -> Any:
-        """The key's row, the event's source LSN as write time (the first bind value)."""
+        """The key's row (bucket included), the change's write time first."""
         where = " AND ".join(f'"{k}" = ?' for k in table.cassandra_key)
         return self._prepare(f'DELETE FROM "{self.keyspace}"."{table.name}" USING TIMESTAMP ? WHERE {where}')
 
@@ -188,44 +285,82 @@ class CassandraWriter:
         return self._prepare(f'INSERT INTO "{self.keyspace}".dead_letters (topic, partition, offset, raw_value, '
                              "error, recorded_at) VALUES (?, ?, ?, ?, ?, ?)")
 
+    # ---------------------------------------------------------------- what a batch shares, read by the driver
+
+    def retention(self) -> dict[str, int | None]:
+        """keep_seconds per table from `sink_retention` (a table without a row, or with null, is kept
+        for ever), read again when the last read is RETENTION_REFRESH_SECONDS old."""
+        clock = self.monotonic()
+        if self._retention is None or clock - self._retention_read_at >= RETENTION_REFRESH_SECONDS:
+            stmt = self._prepare(f'SELECT table_name, keep_seconds FROM "{self.keyspace}".sink_retention')
+            self._retention = {r.table_name: r.keep_seconds for r in self.session.execute(stmt)}
+            self._retention_read_at = clock
+        return self._retention
+
+    def last_changelog_bucket(self, query_name: str) -> datetime | None:
+        """The change-log minute of the query's last finished micro-batch (`stream_position`), if any."""
+        stmt = self._prepare(f'SELECT changelog_bucket FROM "{self.keyspace}".stream_position WHERE query_name = ?')
+        row = next(iter(self.session.execute(stmt, (query_name,))), None)
+        return as_utc(row.changelog_bucket) if row is not None and row.changelog_bucket is not None else None
+
     # ---------------------------------------------------------------- one batch of changes
 
-    def data_writes(self, changes: Iterable[Change], written_at: datetime) -> list[Write]:
-        """Upserts and deletes, each with the event's source LSN as write time."""
-        out = []
+    def plan(self, changes: Iterable[Change], keep_seconds: Mapping[str, int | None],
+             now: datetime) -> tuple[list[Planned], int]:
+        """(the changes inside Cassandra's retention window, with their values and TTL; how many are
+        outside it). A change outside it, upsert or delete, is not written: the row has expired or
+        would at once, and a delete would only leave a tombstone."""
+        planned, skipped = [], 0
         for change in changes:
             table = change.table
             row = cql_row(table, change.row)
-            partition = (table.name, *[row[k] for k in table.cassandra_partition_key])
+            ttl = ttl_of(row[table.time_column], keep_seconds.get(table.name), now)
+            if ttl is None:
+                skipped += 1
+            else:
+                planned.append(Planned(change, row, ttl))
+        return planned, skipped
+
+    def data_writes(self, planned: Iterable[Planned], written_at: datetime) -> list[Write]:
+        """Upserts (with their TTL) and deletes, each with the change's write time."""
+        out = []
+        for change, row, ttl in planned:
+            table = change.table
+            partition = (table.name, *[row[k] for k in table.cassandra_partition])
             if change.op == DELETE:
                 key = tuple(row[k] for k in table.cassandra_key)
-                out.append(Write(partition, self.delete_statement(table), (change.lsn, *key)))
+                out.append(Write(partition, self.delete_statement(table), (change.write_time, *key)))
             else:
                 values = (*row.values(), change.op, cql_value("timestamptz", change.source_ts), change.lsn,
-                          written_at, change.lsn)
+                          written_at, change.write_time, ttl)
                 out.append(Write(partition, self.upsert_statement(table), values))
         return out
 
-    def log_writes(self, changes: Iterable[Change], bucket: datetime) -> list[Write]:
-        """One `changed_rows` entry per change, in the minute `bucket`."""
+    def log_writes(self, planned: Iterable[Planned], bucket: datetime) -> list[Write]:
+        """One `changed_rows` entry per change written, in the minute `bucket` (the batch's)."""
         stmt = self.change_log_statement()
         out = []
-        for change in changes:
-            values = (change.table.name, bucket, change_key(change.table, change.row), change.lsn)
+        for p in planned:
+            values = (p.change.table.name, bucket, change_key(p.change.table, p.change.row), p.change.lsn)
             out.append(Write(values[:2], stmt, values))
         return out
 
-    def write(self, changes: Sequence[Change], dead_letters: Sequence[DeadLetter] = ()) -> None:
-        """Dead letters, then the rows, then the change log: a logged key is always already applied.
-        Raises if any write failed (the batch is then replayed, which the LSN write times make safe)."""
+    def write(self, batch: BatchContext, changes: Sequence[Change],
+              dead_letters: Sequence[DeadLetter] = ()) -> Written:
+        """Dead letters, then the rows inside the retention window, then their change log under the
+        batch's minute: a logged key is always already applied. Raises if any write failed (the batch
+        is then replayed, which the write times make safe)."""
         now = self.now()
         if dead_letters:
             stmt = self.dead_letter_statement()
             for d in dead_letters:
                 self.session.execute(stmt, (d.topic, d.partition, d.offset, d.raw_value, d.error, now))
                 log.warning("dead letter %s[%d]@%d: %s", d.topic, d.partition, d.offset, d.error)
-        self._send(self.data_writes(changes, now), "upsert/delete", "the sink tables")
-        self._send(self.log_writes(changes, now.replace(second=0, microsecond=0)), "change log", "changed_rows")
+        planned, skipped = self.plan(changes, batch.keep_seconds, now)
+        self._send(self.data_writes(planned, now), "upsert/delete", "the sink tables")
+        self._send(self.log_writes(planned, batch.changelog_bucket), "change log", "changed_rows")
+        deletes = sum(1 for p in planned if p.change.op == DELETE)
+        return Written(len(planned) - deletes, deletes, skipped)
 
     def _send(self, writes: list[Write], what: str, target: str) -> None:
         """`writes` as single-partition unlogged batches (`partition_groups`), CONCURRENCY in flight."""
@@ -247,14 +382,12 @@ class CassandraWriter:
     # ---------------------------------------------------------------- the stream's progress
 
     def record_progress(self, query_name: str, batch_id: int, input_rows: int, processing_ms: int,
-                        newest_source_ts: datetime | None, offsets: Sequence[Offset], driver_host: str,
-                        driver_pid: int, now: datetime) -> None:
-        """One stream_progress row, and per topic partition the next offset to read (pipeline_health's
-        lag check) with the newest source commit applied from it."""
+                        newest_source_ts: datetime | None, offsets: Sequence[Offset], changelog_bucket: datetime,
+                        driver_host: str, driver_pid: int, now: datetime) -> None:
+        """After a batch is applied: per topic partition the next offset to read (pipeline_health's lag
+        check) with the newest source commit applied from it; then one stream_progress row; then the
+        query's stream_position, last, since the bridge reads the change log up to its bucket."""
         ks = self.keyspace
-        progress = self._prepare(
-            f'INSERT INTO "{ks}".stream_progress (query_name, finished_at, batch_id, input_rows, processing_ms, '
-            "newest_source_ts, driver_host, driver_pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
         # the offset is the write time: a replayed or slower stream can never move it backwards
         with_ts = self._prepare(
             f'INSERT INTO "{ks}".stream_offsets (query_name, topic, partition, next_offset, newest_source_ts, '
@@ -262,8 +395,14 @@ class CassandraWriter:
         without_ts = self._prepare(
             f'INSERT INTO "{ks}".stream_offsets (query_name, topic, partition, next_offset, updated_at) '
             "VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?")
-        futures = [self.session.execute_async(progress, (query_name, now, batch_id, input_rows, processing_ms,
-                                                         newest_source_ts, driver_host, driver_pid))]
+        progress = self._prepare(
+            f'INSERT INTO "{ks}".stream_progress (query_name, hour, finished_at, batch_id, input_rows, '
+            "processing_ms, newest_source_ts, changelog_bucket, driver_host, driver_pid) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        position = self._prepare(
+            f'INSERT INTO "{ks}".stream_position (query_name, batch_id, finished_at, changelog_bucket, input_rows, '
+            "processing_ms, newest_source_ts, driver_host, driver_pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        futures = []
         for o in offsets:
             if o.newest_source_ts is not None:
                 args = (query_name, o.topic, o.partition, o.next_offset, o.newest_source_ts, now, o.next_offset)
@@ -273,6 +412,11 @@ class CassandraWriter:
                 futures.append(self.session.execute_async(without_ts, args))
         for f in futures:
             f.result()
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        self.session.execute_async(progress, (query_name, hour, now, batch_id, input_rows, processing_ms,
+                                              newest_source_ts, changelog_bucket, driver_host, driver_pid)).result()
+        self.session.execute_async(position, (query_name, batch_id, now, changelog_bucket, input_rows, processing_ms,
+                                              newest_source_ts, driver_host, driver_pid)).result()
 
 
 # --------------------------------------------------------------------------- on Spark's executors
@@ -280,26 +424,37 @@ class CassandraWriter:
 
 def spark_rows(table: Table, topic: str, rows: Iterable[Any]) -> tuple[list[Change], list[DeadLetter]]:
     """Rows of spark/envelope.py's parse_envelope (each event that cannot be applied, and the last
-    event per key) as the writer's changes and dead letters."""
+    event per key) as the writer's changes and dead letters: times arrive as epoch microseconds and
+    become aware UTC datetimes here (PySpark's own datetimes are naive local times)."""
+    times = [c.name for c in table.columns if c.type == "timestamptz"]
     changes, letters = [], []
     for r in rows:
         if r.error is not None:
             letters.append(DeadLetter(topic, r.kafka_partition, r.kafka_offset, r.raw_value, r.error))
-        else:
-            changes.append(Change(table, r.cdc_op, r.cdc_lsn, r.cdc_source_ts, r.asDict()))
+            continue
+        row = r.asDict()
+        for name in times:
+            if row[name] is not None:
+                row[name] = from_epoch_us(row[name])
+        source = {"ts_us": r.source_ts_us, "ts_ms": r.source_ts_ms, "snapshot": r.source_snapshot}
+        commit = source_time_us(source)
+        changes.append(Change(table, r.cdc_op, r.cdc_lsn, None if commit is None else from_epoch_us(commit),
+                              write_time(r.cdc_op, source), row))
     return changes, letters
 
 
-def write_partition(keyspace: str, table_name: str, topic: str, counters: Sequence[Any] | None, rows: Iterator[Any],
+def write_partition(keyspace: str, table_name: str, topic: str, counters: Sequence[Any] | None,
+                    batch: BatchContext, rows: Iterator[Any],
                     open_writer: Callable[[str], CassandraWriter] = CassandraWriter.open) -> None:
     """foreachPartition of one table's rows to apply: one writer for the task, opened from the
-    environment. `counters` (Spark accumulators: upserts, deletes, dead letters) only feed the log."""
+    environment, writing with the driver's `batch` (change-log minute, retention). `counters` (Spark
+    accumulators: upserts, deletes, dead letters, skipped outside retention) only feed the log."""
     table = TABLES[table_name]
     with open_writer(keyspace) as writer:
         while chunk := list(islice(rows, TASK_CHUNK)):
             changes, letters = spark_rows(table, topic, chunk)
-            writer.write(changes, letters)
+            written = writer.write(batch, changes, letters)
             if counters is not None:
-                deletes = sum(1 for c in changes if c.op == DELETE)
-                for counter, n in zip(counters, (len(changes) - deletes, deletes, len(letters)), strict=True):
+                for counter, n in zip(counters, (written.upserts, written.deletes, len(letters), written.skipped),
+                                      strict=True):
                     counter.add(n)

@@ -5,13 +5,17 @@ task can write through it too and leave what it wrote in a file."""
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from spark.writer import CassandraWriter, Write
+from spark.writer import BatchContext, CassandraWriter, Write
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+# the change-log minute of a batch started at NOW, with nothing in stream_position
+NOW_MINUTE = NOW.replace(second=0, microsecond=0)
 
 
 class Prepared:
@@ -26,18 +30,35 @@ class Done:
 
 
 class FakeSession:
-    """Records prepare/execute/execute_async calls as (kind, cql, values)."""
+    """Records prepare/execute/execute_async calls as (kind, cql, values); SELECTs are recorded apart,
+    in `reads`, and answered from `retention` (sink_retention: table -> keep_seconds) and `position`
+    (stream_position: query -> changelog_bucket, naive UTC like the Cassandra driver's)."""
 
-    def __init__(self, calls: list[tuple[str, str, tuple]] | None = None) -> None:
+    def __init__(self, calls: list[tuple[str, str, tuple]] | None = None,
+                 retention: Mapping[str, int | None] | None = None,
+                 position: Mapping[str, datetime] | None = None) -> None:
         self.prepared: list[str] = []
         self.calls = [] if calls is None else calls
+        self.reads: list[tuple[str, tuple]] = []
+        self.retention = dict(retention or {})
+        self.position = dict(position or {})
 
     def prepare(self, cql: str) -> Prepared:
         self.prepared.append(cql)
         return Prepared(cql)
 
-    def execute(self, stmt: Prepared, values: tuple) -> None:
+    def execute(self, stmt: Prepared, values: tuple = ()) -> list[Any] | None:
+        if stmt.cql.startswith("SELECT"):
+            self.reads.append((stmt.cql, tuple(values)))
+            if ".sink_retention" in stmt.cql:
+                return [SimpleNamespace(table_name=t, keep_seconds=k) for t, k in self.retention.items()]
+            if ".stream_position" in stmt.cql:
+                [query] = values
+                bucket = self.position.get(query)
+                return [] if bucket is None else [SimpleNamespace(changelog_bucket=bucket)]
+            raise AssertionError(f"unexpected read {stmt.cql}")
         self.calls.append(("execute", stmt.cql, tuple(values)))
+        return None
 
     def execute_async(self, stmt: Prepared, values: tuple) -> Done:
         self.calls.append(("execute_async", stmt.cql, tuple(values)))
@@ -45,23 +66,34 @@ class FakeSession:
 
 
 class RecordingWriter(CassandraWriter):
-    """Writes nothing, the clock held at NOW: `records` lists in order what the session executed
-    ("execute": dead letters, "execute_async": progress) and each write `_send` would have batched
-    ("upsert/delete", "change log"), as (what, cql, values). `to_file` appends them to a file when
-    closed."""
+    """Writes nothing, the clock held at `clock` (NOW unless set), the monotonic clock at `ticks`:
+    `records` lists in order what the session executed ("execute": dead letters, "execute_async":
+    progress) and each write `_send` would have batched ("upsert/delete", "change log"), as
+    (what, cql, values). `to_file` appends them to a file when closed."""
 
-    def __init__(self, keyspace: str = "ks", path: Path | None = None) -> None:
+    def __init__(self, keyspace: str = "ks", path: Path | None = None,
+                 retention: Mapping[str, int | None] | None = None,
+                 position: Mapping[str, datetime] | None = None) -> None:
         self.records: list[tuple[str, str, tuple]] = []
-        super().__init__(FakeSession(self.records), keyspace)
+        super().__init__(FakeSession(self.records, retention, position), keyspace)
         self.path = path
         self.closed = False
+        self.clock = NOW
+        self.ticks = 1000.0
 
     @classmethod
     def to_file(cls, path: str, keyspace: str) -> RecordingWriter:
         return cls(keyspace, Path(path))
 
     def now(self) -> datetime:
-        return NOW
+        return self.clock
+
+    def monotonic(self) -> float:
+        return self.ticks
+
+    def context(self, bucket: datetime = NOW_MINUTE) -> BatchContext:
+        """A batch context with this writer's retention, as the driver builds one."""
+        return BatchContext(bucket, self.retention())
 
     def _send(self, writes: list[Write], what: str, target: str) -> None:
         self.records += [(what, w.statement.cql, w.values) for w in writes]

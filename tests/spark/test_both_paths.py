@@ -1,7 +1,8 @@
 """The driver path (spark/python_events.py) decides exactly what the Spark path (spark/envelope.py)
-decides, on the same events: errors, the winner per key, the values written, the change-log key
-and the batch summary; and both hand the writer the same writes (the Spark path from a Spark task,
-through foreachPartition)."""
+decides, on the same events: errors, the winner per key (bucket included), the values written, the
+write time, the change-log key and the batch summary; and both hand the writer the same writes,
+TTLs and skips (the Spark path from a Spark task, through foreachPartition, with the driver's batch
+context in its closure)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from spark import python_events
 from spark.envelope import batch_summary, collapse_last, parse_envelope, rank_events
 from spark.writer import change_key, cql_row, cql_value, spark_rows, write_partition
 from tests.spark.fakes import RecordingWriter, read_records
-from tests.spark.test_envelope import envelope, kline
+from tests.spark.test_envelope import SOURCE_US, envelope, kline
 
 KLINES = TABLES["klines"]
 BOOK = TABLES["order_book"]
@@ -39,9 +40,14 @@ def _no_key() -> dict:
     return row
 
 
+# Cassandra's retention in the comparisons (sink_retention): the fake clock is 2026-01-02T03:04:05.678Z,
+# so klines before 2025-12-03T03:04:05.678Z and trades and book levels more than an hour old are skipped
+RETENTION = {"klines": 30 * 86400, "recent_trades": 3600, "order_book": 3600}
+OLD = "2025-06-01T00:00:00Z"
+
 CORPUS = {
     KLINES: [
-        envelope("r", None, kline("1.5"), 100),
+        envelope("r", None, kline("1.5"), 100, snapshot="true"),  # an initial snapshot's read: 10 s below
         envelope("u", kline("1.5"), kline("1.6", 2), 300),
         envelope("u", kline("1.6"), kline("1.55", 3), 200),  # older LSN, later offset: loses
         None,  # tombstone
@@ -60,25 +66,49 @@ CORPUS = {
         json.dumps({"op": "c", "after": kline("2"), "source": {"ts_ms": 1}}),  # no LSN
         json.dumps({"op": "c", "after": {**kline("2"), "interval": "1h", "close_price": 2.25},
                     "source": {"lsn": 7, "ts_ms": 1767323044000}}),  # a number where text is expected
+        envelope("r", None, {**kline("8"), "interval": "3m"}, 180, snapshot="incremental"),  # at its own time
+        envelope("r", None, {**kline("8"), "interval": "2h"}, 181, snapshot="last", ts_us=None),  # ts_ms * 1000
+        envelope("c", None, {**kline("8"), "interval": "4h"}, 182, ts_us=None, ts_ms=None),  # no source time
+        envelope("c", None, {**kline("9"), "open_time": OLD}, 190),  # outside retention: skipped
+        envelope("d", {"symbol": "BTCUSDT", "interval": "1m", "open_time": "2025-06-01T00:01:00Z"}, None, 191),
+        envelope("r", None, {**kline("9"), "open_time": "2025-06-01T00:02:00Z"}, 192, snapshot="first"),
+        envelope("c", None, {**kline("9"), "open_time": "2025-12-03T03:04:06Z"}, 193),  # 0.322 s left: kept
+        envelope("c", None, {**kline("9"), "open_time": "2025-12-03T03:04:05.678Z"}, 194),  # 0 s left: skipped
     ],
     BOOK: [
         envelope("c", None, book_level("100.10", "1.0"), 10, "order_book"),
         envelope("c", None, book_level("100.20", "2.0"), 11, "order_book"),
         envelope("d", book_level("100.10", "1.0"), None, 12, "order_book"),
         envelope("c", None, book_level("99.90", "0.5", "2026-01-02T03:04:05Z"), 13, "order_book"),
+        # the same millisecond as LSN 11's level: one Cassandra row, the later LSN wins on both paths
+        envelope("c", None, book_level("100.20", "2.5", "2026-01-02T03:04:05.123999Z"), 14, "order_book"),
+        envelope("r", None, book_level("98.00", "1.0", "2026-01-02T01:00:00Z"), 15, "order_book",
+                 snapshot="first"),  # outside retention
+        envelope("d", book_level("98.10", "1.0", "2026-01-02T01:00:00Z"), None, 16, "order_book"),  # skipped too
     ],
     TRADES: [
         envelope("c", None, trade(1), 20, "recent_trades"),
         envelope("c", None, trade(2, "0.00001234"), 21, "recent_trades"),
         envelope("u", trade(1), trade(1, "1.75"), 22, "recent_trades"),
+        # a trade's time moved within its hour: the same Cassandra row (bucket 03:00), the last LSN wins
+        envelope("u", trade(2), {**trade(2, "0.5"), "time": "2026-01-02T03:59:59.999Z"}, 23, "recent_trades"),
+        # moved to the next hour: another bucket, another Cassandra row (both written)
+        envelope("u", trade(3), {**trade(3), "time": "2026-01-02T04:00:00Z"}, 24, "recent_trades"),
+        envelope("c", None, trade(3), 19, "recent_trades"),
+        envelope("c", None, {**trade(4), "time": "2026-01-02T02:04:05.678Z"}, 25, "recent_trades",
+                 snapshot="incremental"),  # exactly an hour old: skipped
+        envelope("d", {**trade(5), "time": "2026-01-02T01:00:00Z"}, None, 26, "recent_trades"),  # skipped
+        envelope("d", {**trade(6), "time": "2026-01-02T02:30:00Z"}, None, 27, "recent_trades",
+                 ts_us=SOURCE_US + 7),  # inside: written
     ],
 }
 
 
 def _decision(table, change):
-    """What the writer makes of a change: op, LSN, source time, the values written, the change-log key."""
-    return (change.op, change.lsn, cql_value("timestamptz", change.source_ts), cql_row(table, change.row),
-            change_key(table, change.row))
+    """What the writer makes of a change: op, LSN, source time, write time, the values written (bucket
+    included), the change-log key."""
+    return (change.op, change.lsn, cql_value("timestamptz", change.source_ts), change.write_time,
+            cql_row(table, change.row), change_key(table, change.row))
 
 
 def _spark_side(spark, table, values):
@@ -123,45 +153,57 @@ def test_both_paths_decide_the_same(spark, table):
     assert driver_winners.keys() == spark_winners.keys()
     for offset, expected in spark_winners.items():
         got = driver_winners[offset]
-        assert got[:3] == expected[:3], offset
-        assert got[3] == expected[3], offset
+        assert got[:4] == expected[:4], offset
+        assert got[4] == expected[4], offset
         # the same decimal text and scale, not only the same number
-        assert {k: str(v) for k, v in got[3].items()} == {k: str(v) for k, v in expected[3].items()}, offset
-        assert got[4] == expected[4], offset  # the same change-log key text
+        assert {k: str(v) for k, v in got[4].items()} == {k: str(v) for k, v in expected[4].items()}, offset
+        assert got[5] == expected[5], offset  # the same change-log key text
     assert driver_summary == spark_summary
 
 
 @pytest.mark.parametrize("table", list(CORPUS), ids=lambda t: t.name)
 def test_both_paths_write_the_same(spark, table, tmp_path):
     """The Spark path's tasks (foreachPartition) and the driver hand the writer the same statements
-    and values, dead letters first, the change log last."""
+    and values (TTLs included), skip the same changes, dead letters first, the change log last."""
     topic = f"binance.binance.{table.name}"
     values = CORPUS[table]
+    # the driver's writer reads retention and fixes the batch's context; the tasks get it in their closure
+    writer = RecordingWriter(retention=RETENTION)
+    context = writer.context()
     df = spark.createDataFrame([(topic, 0, o, v) for o, v in enumerate(values)],
                                "topic string, partition int, offset long, value string")
     path = tmp_path / "written.pickle"
     sc = spark.sparkContext
-    counters = (sc.accumulator(0), sc.accumulator(0), sc.accumulator(0))
+    counters = (sc.accumulator(0), sc.accumulator(0), sc.accumulator(0), sc.accumulator(0))
     collapse_last(parse_envelope(df, table), table).foreachPartition(
-        partial(write_partition, "ks", table.name, topic, counters,
+        partial(write_partition, "ks", table.name, topic, counters, context,
                 open_writer=partial(RecordingWriter.to_file, str(path))))
     by_spark = read_records(path)
 
     winners, bad = _driver_events(table, values)
-    writer = RecordingWriter()
-    writer.write([w.change(table) for w in winners], [e.dead_letter(topic) for e in bad])
+    written = writer.write(context, [w.change(table) for w in winners], [e.dead_letter(topic) for e in bad])
     by_driver = writer.records
 
     assert sorted(map(repr, by_spark)) == sorted(map(repr, by_driver))
     kinds = [what for what, _, _ in by_spark]
     assert kinds == sorted(kinds, key=["execute", "upsert/delete", "change log"].index)
-    deletes = sum(1 for w in winners if w.cdc_op == "d")
-    assert tuple(c.value for c in counters) == (len(winners) - deletes, deletes, len(bad))
+    assert tuple(c.value for c in counters) == (written.upserts, written.deletes, len(bad), written.skipped)
+    assert written.skipped > 0 and written.upserts + written.deletes + written.skipped == len(winners)
 
 
 def test_the_corpus_covers_every_decision(spark):
     bad, winners, _ = _driver_side(KLINES, CORPUS[KLINES])
-    assert len(bad) >= 8 and any(w[0] == "d" for w in winners.values())
-    assert {w[3]["close_price"] for w in winners.values() if w[0] != "d"} >= {Decimal("1.6"), Decimal("1E+2")}
+    assert len(bad) >= 9 and any(w[0] == "d" for w in winners.values())
+    assert {w[4]["close_price"] for w in winners.values() if w[0] != "d"} >= {Decimal("1.6"), Decimal("1E+2")}
     # a value of the wrong JSON type is null, as in Spark's from_json
-    assert [w[3]["num_trades"] for w in winners.values() if w[3]["interval"] == "15m"] == [None]
+    assert [w[4]["num_trades"] for w in winners.values() if w[4]["interval"] == "15m"] == [None]
+    # write times: streamed changes at their commit time, both snapshot kinds, the ts_ms fallback
+    write_times = {w[3] for w in winners.values()}
+    assert {SOURCE_US, SOURCE_US - 10_000_000, SOURCE_US // 1000 * 1000 - 10_000_000} <= write_times
+    assert "source.ts_ms missing" in bad.values()
+    # sub-millisecond times and a trade moved within its hour collapse as Cassandra keys them
+    _, book, _ = _driver_side(BOOK, CORPUS[BOOK])
+    assert [w[1] for w in book.values() if str(w[4]["price"]) == "100.20"] == [14]
+    _, trades, _ = _driver_side(TRADES, CORPUS[TRADES])
+    assert sorted((w[4]["trade_id"], w[1]) for w in trades.values()) == [(1, 22), (2, 23), (3, 19), (3, 24), (4, 25),
+                                                                          (5, 26), (6, 27)]

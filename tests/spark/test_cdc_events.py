@@ -1,5 +1,6 @@
-"""include/cdc/events.py: the change-log key (both ways, exact bytes), the decimal check, and every
-error a dead letter can carry, reached by both write paths."""
+"""include/cdc/events.py: the change-log key (both ways, exact bytes, bucket included), the decimal
+check, the write time of each op and snapshot kind, and every error a dead letter can carry,
+reached by both write paths."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ from decimal import Decimal
 import pytest
 
 from include.cdc import events
-from include.tables import TABLES
+from include.tables import TABLES, Column
 from spark import python_events
 from spark.envelope import parse_envelope
-from spark.writer import change_key, cql_value
-from tests.spark.test_envelope import envelope, frame, kline
+from spark.writer import change_key, cql_value, spark_rows
+from tests.spark.test_envelope import SOURCE_US, envelope, frame, kline
 
 KLINES = TABLES["klines"]
 BOOK = TABLES["order_book"]
+TRADES = TABLES["recent_trades"]
 SAMPLE = {"text": "BTCUSDT", "bigint": 42, "numeric": "0.00000001",
           "timestamptz": datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)}
 
@@ -39,27 +41,106 @@ def test_every_tables_key_round_trips(table):
 
 
 def test_known_keys_are_exact_bytes():
-    book = {"symbol": "ETHUSDT", "captured_at": datetime(2026, 1, 2, 3, 4, 5, 678999, tzinfo=UTC), "update_id": 9,
-            "side": "bid", "price": "3000.01000000", "quantity": "ignored"}
-    assert events.encode_key(BOOK, book) == (
-        '{"symbol":"ETHUSDT","captured_at":1767323045678,"update_id":9,"side":"bid","price":"3000.01000000"}')
+    captured = datetime(2026, 1, 2, 3, 4, 5, 678999, tzinfo=UTC)
+    book = {"symbol": "ETHUSDT", "bucket": datetime(2026, 1, 2, 3, tzinfo=UTC), "captured_at": captured,
+            "update_id": 9, "side": "bid", "price": "3000.01000000", "quantity": "ignored"}
+    expected = ('{"symbol":"ETHUSDT","bucket":1767322800000,"captured_at":1767323045678,"update_id":9,"side":"bid",'
+                '"price":"3000.01000000"}')
+    assert events.encode_key(BOOK, book) == expected
+    # the writer's key computes the bucket from the row's time (the hour of captured_at)
+    assert change_key(BOOK, {k: v for k, v in book.items() if k != "bucket"}) == expected
     paris = timezone(timedelta(hours=1))
-    kline_key = {"symbol": "BTCUSDT", "interval": "1m", "open_time": datetime(2026, 1, 2, 4, 4, tzinfo=paris)}
-    assert events.encode_key(KLINES, kline_key) == '{"symbol":"BTCUSDT","interval":"1m","open_time":1767323040000}'
-    assert events.decode_key(KLINES, '{"symbol":"BTCUSDT","interval":"1m","open_time":1767323040000}') == (
-        "BTCUSDT", "1m", datetime(2026, 1, 2, 3, 4, tzinfo=UTC))
+    kline_key = {"symbol": "BTCUSDT", "interval": "1m", "bucket": datetime(2026, 1, 2, 1, tzinfo=paris),
+                 "open_time": datetime(2026, 1, 2, 4, 4, tzinfo=paris)}
+    text = '{"symbol":"BTCUSDT","interval":"1m","bucket":1767312000000,"open_time":1767323040000}'
+    assert events.encode_key(KLINES, kline_key) == text
+    # the bucket decodes like any time of the key: an aware UTC datetime
+    decoded = events.decode_key(KLINES, text)
+    assert decoded == ("BTCUSDT", "1m", datetime(2026, 1, 2, tzinfo=UTC), datetime(2026, 1, 2, 3, 4, tzinfo=UTC))
+    assert decoded[2].tzinfo is UTC
+    assert KLINES.column("bucket") == Column("bucket", "timestamptz")
 
 
 def test_keys_refuse_what_would_change_their_bytes():
-    naive = {"symbol": "BTCUSDT", "interval": "1m", "open_time": datetime(2026, 1, 2, 3, 4)}
+    naive = {"symbol": "BTCUSDT", "interval": "1m", "bucket": datetime(2026, 1, 2),
+             "open_time": datetime(2026, 1, 2, 3, 4)}
     with pytest.raises(ValueError, match="naive"):
         events.encode_key(KLINES, naive)
     with pytest.raises(TypeError, match="order_book.price"):
-        events.encode_key(BOOK, {"symbol": "ETHUSDT", "captured_at": SAMPLE["timestamptz"], "update_id": 9,
-                                 "side": "bid", "price": Decimal("0.00000001")})
-    # the writer's key: a naive (Spark) time read as UTC, a decimal's text kept
-    assert change_key(KLINES, {**naive, "open_time": datetime(2026, 1, 2, 3, 4)}) == (
-        '{"symbol":"BTCUSDT","interval":"1m","open_time":1767323040000}')
+        events.encode_key(BOOK, {"symbol": "ETHUSDT", "bucket": SAMPLE["timestamptz"],
+                                 "captured_at": SAMPLE["timestamptz"], "update_id": 9, "side": "bid",
+                                 "price": Decimal("0.00000001")})
+    # the writer's key refuses a naive time too: its meaning would depend on the process time zone
+    with pytest.raises(ValueError, match="aware"):
+        change_key(KLINES, naive)
+    assert change_key(KLINES, {**naive, "open_time": datetime(2026, 1, 2, 3, 4, tzinfo=UTC)}) == (
+        '{"symbol":"BTCUSDT","interval":"1m","bucket":1767312000000,"open_time":1767323040000}')
+
+
+def test_a_key_needs_the_time_its_bucket_follows():
+    assert events.key_sources(KLINES) == ("symbol", "interval", "open_time")
+    assert events.key_sources(TRADES) == ("symbol", "time", "trade_id")
+    assert events.key_sources(BOOK) == ("symbol", "captured_at", "update_id", "side", "price")
+
+
+# --------------------------------------------------------------------------- write times
+
+FULL_SNAPSHOTS = ["true", "first", "last", "first_in_data_collection", "last_in_data_collection", "other", None]
+
+
+@pytest.mark.parametrize("op", ["c", "u", "d"])
+@pytest.mark.parametrize("snapshot", ["false", "incremental", "true", None])
+def test_changes_are_written_at_their_commit_time(op, snapshot):
+    assert events.write_time(op, {"ts_us": 1_767_323_044_123_456, "ts_ms": 1_767_323_044_123,
+                                  "snapshot": snapshot}) == 1_767_323_044_123_456
+
+
+@pytest.mark.parametrize("snapshot", FULL_SNAPSHOTS)
+def test_initial_and_blocking_snapshot_reads_are_written_a_margin_below_their_time(snapshot):
+    assert events.SNAPSHOT_MARGIN_US == 10_000_000
+    source = {"ts_us": 1_767_323_044_123_456, "ts_ms": 1_767_323_044_123, "snapshot": snapshot}
+    assert events.write_time("r", source) == 1_767_323_044_123_456 - 10_000_000
+
+
+@pytest.mark.parametrize("snapshot", ["incremental", "false"])
+def test_incremental_snapshot_reads_are_written_at_their_time(snapshot):
+    source = {"ts_us": 1_767_323_044_123_456, "ts_ms": 1_767_323_044_123, "snapshot": snapshot}
+    assert events.write_time("r", source) == 1_767_323_044_123_456
+
+
+def test_write_time_falls_back_to_ts_ms_and_needs_one_of_them():
+    assert events.write_time("c", {"ts_ms": 1_767_323_044_123, "snapshot": "false"}) == 1_767_323_044_123_000
+    assert events.write_time("r", {"ts_ms": 1_767_323_044_123, "snapshot": "last"}) == 1_767_323_034_123_000
+    assert events.write_time("c", {"ts_us": 5, "ts_ms": None}) == 5
+    with pytest.raises(ValueError, match="source.ts_ms missing"):
+        events.write_time("c", {"ts_us": None, "ts_ms": None, "snapshot": "false"})
+
+
+WRITE_TIMES = [  # (event, write time); both paths compute each through include.cdc.events.write_time
+    (envelope("c", None, kline("1"), 1), SOURCE_US),
+    (envelope("u", kline("1"), kline("2"), 2, ts_us=None), SOURCE_US // 1000 * 1000),
+    (envelope("d", kline("1"), None, 3, snapshot=None), SOURCE_US),
+    (envelope("r", None, kline("1"), 4, snapshot="true"), SOURCE_US - 10_000_000),
+    (envelope("r", None, kline("1"), 5, snapshot="last_in_data_collection"), SOURCE_US - 10_000_000),
+    (envelope("r", None, kline("1"), 6, snapshot=None, ts_us=None), SOURCE_US // 1000 * 1000 - 10_000_000),
+    (envelope("r", None, kline("1"), 7, snapshot="incremental"), SOURCE_US),
+    (json.dumps({"op": "r", "after": kline("1"), "source": {"lsn": 8, "ts_us": SOURCE_US, "snapshot": True}}),
+     SOURCE_US - 10_000_000),  # a JSON boolean reads as "true" on both paths
+]
+
+
+def test_both_paths_give_each_event_its_write_time(spark):
+    values = [v for v, _ in WRITE_TIMES]
+    rows = parse_envelope(frame(spark, values), KLINES).orderBy("kafka_offset").collect()
+    by_spark, letters = spark_rows(KLINES, "binance.binance.klines", rows)
+    assert not letters
+    by_driver = [python_events.parse_event(KLINES, 0, o, v).change(KLINES) for o, v in enumerate(values)]
+    expected = [t for _, t in WRITE_TIMES]
+    assert [c.write_time for c in by_spark] == [c.write_time for c in by_driver] == expected
+    # the LSN stays the LSN; the source time is the commit time, at the microsecond the source gave
+    assert [c.lsn for c in by_spark] == [c.lsn for c in by_driver] == list(range(1, 9))
+    assert [c.source_ts for c in by_spark] == [c.source_ts for c in by_driver]
+    assert by_spark[0].source_ts == datetime(2026, 1, 2, 3, 4, 4, 123456, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("text,ok", [("1", True), ("-1.50", True), ("1E+2", True), ("1e-8", True),
@@ -79,6 +160,7 @@ REASONS = {
     events.NOT_AN_EVENT: "{not json",
     events.unknown_op("x"): envelope("x", None, kline("1"), 1),
     events.NO_LSN: json.dumps({"op": "c", "after": kline("1"), "source": {"ts_ms": 1}}),
+    events.NO_SOURCE_TS: envelope("c", None, kline("1"), 7, ts_us=None, ts_ms=None),
     events.DELETE_WITHOUT_BEFORE: envelope("d", None, None, 2),
     events.NO_AFTER: envelope("u", kline("1"), None, 3),
     events.key_column_missing("symbol"): envelope("c", None, _no_symbol(), 4),
@@ -96,5 +178,5 @@ def test_every_error_text_is_reached_by_both_paths(spark):
     assert by_spark == by_driver == list(REASONS)
     assert list(REASONS) == [
         "not a Debezium change event (unparseable JSON or no op)", "unknown op x", "source.lsn missing",
-        "delete without before", "no after", "key column symbol missing", "close_time is not a timestamp",
-        "close_price is not a decimal"]
+        "source.ts_ms missing", "delete without before", "no after", "key column symbol missing",
+        "close_time is not a timestamp", "close_price is not a decimal"]

@@ -1,13 +1,15 @@
 """spark/cdc_stream.py's foreachBatch on a recorded writer: a batch applied on the driver and the same
-batch applied by Spark tasks make the same writes, and the same progress rows."""
+batch applied by Spark tasks make the same writes under the same change-log minute, chosen by the
+driver when the batch starts, and the same progress rows."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from spark.cdc_stream import MicroBatches
-from tests.spark.fakes import RecordingWriter, read_records
-from tests.spark.test_both_paths import CORPUS
+from tests.spark.fakes import NOW, NOW_MINUTE, RecordingWriter, read_records
+from tests.spark.test_both_paths import CORPUS, RETENTION
 
 
 def _batch(spark):
@@ -19,19 +21,21 @@ def _batch(spark):
 
 
 def _progress(records):
-    """The progress row without processing_ms (a duration), then the offsets rows in order."""
+    """The offsets rows in order, then the progress and position rows without processing_ms (a duration)."""
     rows = [(cql, args) for what, cql, args in records if what == "execute_async"]
-    (cql, args), offsets = rows[0], rows[1:]
-    assert "stream_progress" in cql
-    return [(cql, args[:4] + args[5:]), *sorted(offsets, key=lambda r: r[1][1:3])]
+    *offsets, (progress_cql, progress), (position_cql, position) = rows
+    assert "stream_progress" in progress_cql and "stream_position" in position_cql
+    assert all("stream_offsets" in cql for cql, _ in offsets)
+    return [*sorted(offsets, key=lambda r: r[1][1:3]), (progress_cql, progress[:5] + progress[6:]),
+            (position_cql, position[:5] + position[6:])]
 
 
 def test_driver_and_spark_tasks_write_a_batch_the_same(spark, tmp_path):
-    by_driver = RecordingWriter()
+    by_driver = RecordingWriter(retention=RETENTION)
     MicroBatches(by_driver, "q", driver_max_events=1000).write_batch(_batch(spark), 7)
 
     path = tmp_path / "tasks.pickle"
-    on_driver = RecordingWriter()
+    on_driver = RecordingWriter(retention=RETENTION)
     MicroBatches(on_driver, "q", driver_max_events=0,
                  task_writer=partial(RecordingWriter.to_file, str(path))).write_batch(_batch(spark), 7)
     by_tasks = read_records(path)
@@ -39,9 +43,57 @@ def test_driver_and_spark_tasks_write_a_batch_the_same(spark, tmp_path):
     writes = [r for r in by_driver.records if r[0] != "execute_async"]
     assert writes and not [r for r in on_driver.records if r[0] != "execute_async"]
     assert sorted(map(repr, writes)) == sorted(map(repr, by_tasks))
+    assert {args[1] for what, _, args in by_tasks if what == "change log"} == {NOW_MINUTE}
+    # some changes were outside retention: written by neither
+    assert len([w for w in writes if w[0] == "change log"]) < sum(len(v) for v in CORPUS.values()) - 10
     assert _progress(by_driver.records) == _progress(on_driver.records)
     progress = _progress(by_driver.records)
-    assert len(progress) == 1 + len(CORPUS) + 1 and progress[0][1][2] == 7
+    assert len(progress) == len(CORPUS) + 1 + 2
     # the heartbeat's partition is reported without a source time
     heartbeat = [args for _, args in progress if args[1] == "binance.binance.debezium_heartbeat"]
-    assert heartbeat == [("q", "binance.binance.debezium_heartbeat", 0, 6, by_driver.now(), 6)]
+    assert heartbeat == [("q", "binance.binance.debezium_heartbeat", 0, 6, NOW, 6)]
+    rows = sum(len(v) for v in CORPUS.values()) + 1
+    newest = datetime(2026, 1, 2, 3, 4, 4, 123000, tzinfo=UTC)
+    hour = datetime(2026, 1, 2, 3, tzinfo=UTC)
+    assert progress[-2][1] == ("q", hour, NOW, 7, rows, newest, NOW_MINUTE, progress[-2][1][7], progress[-2][1][8])
+    assert progress[-1][1] == ("q", 7, NOW, NOW_MINUTE, rows, newest, progress[-1][1][6], progress[-1][1][7])
+
+
+def _logged_minutes(writer: RecordingWriter, since: int = 0) -> set[datetime]:
+    return {args[1] for what, _, args in writer.records[since:] if what == "change log"}
+
+
+def test_the_changelog_minute_is_the_drivers_and_never_goes_back(spark, tmp_path):
+    later = NOW_MINUTE + timedelta(minutes=3)
+    # the last finished batch (another driver, a clock ahead) logged under a later minute: start from it
+    writer = RecordingWriter(retention=RETENTION, position={"q": later.replace(tzinfo=None)})
+    path = tmp_path / "tasks.pickle"
+    batches = MicroBatches(writer, "q", driver_max_events=0, task_writer=partial(RecordingWriter.to_file, str(path)))
+    assert batches.start_batch().changelog_bucket == later
+    batches.write_batch(_batch(spark), 1)
+    # the executors' writers, on their own clocks, log under the driver's minute
+    assert {args[1] for what, _, args in read_records(path) if what == "change log"} == {later}
+    position = writer.records[-1][2]
+    assert position[:4] == ("q", 1, NOW, later)
+
+    # the driver's clock passes it: its own minute
+    writer.clock = NOW + timedelta(minutes=5, seconds=30)
+    batches.driver_max_events = 1000
+    mark = len(writer.records)
+    batches.write_batch(_batch(spark), 2)
+    assert _logged_minutes(writer, mark) == {NOW_MINUTE + timedelta(minutes=5)}
+    # then steps back: the minute stays
+    writer.clock = NOW
+    mark = len(writer.records)
+    batches.write_batch(_batch(spark), 3)
+    assert _logged_minutes(writer, mark) == {NOW_MINUTE + timedelta(minutes=5)}
+    assert writer.records[-1][2][3] == NOW_MINUTE + timedelta(minutes=5)
+    # stream_position is read once, at startup
+    assert [cql for cql, _ in writer.session.reads if "stream_position" in cql] == [
+        'SELECT changelog_bucket FROM "ks".stream_position WHERE query_name = ?']
+
+
+def test_a_new_stream_starts_from_its_clocks_minute():
+    batches = MicroBatches(RecordingWriter(retention=RETENTION), "q")
+    context = batches.start_batch()
+    assert context.changelog_bucket == NOW_MINUTE and context.keep_seconds == RETENTION

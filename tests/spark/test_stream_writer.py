@@ -1,21 +1,40 @@
-"""spark/writer.py without Cassandra: the CQL it prepares, the values it binds, the order it writes
-in, and a Spark task's use of it. A fake session records the calls (unit tests only)."""
+"""spark/writer.py without Cassandra: the CQL it prepares, the values it binds (buckets, write
+times, TTLs), the order it writes in, what it reads (retention, the stream's position), and a Spark
+task's use of it. A fake session records the calls (unit tests only)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
+import pytest
 from pyspark.sql import Row
 
 from include.tables import TABLES
 from spark import writer as writer_module
-from spark.writer import Change, DeadLetter, Offset, Write, cql_row, cql_value, partition_groups, write_partition
-from tests.spark.fakes import NOW, RecordingWriter
+from spark.writer import (
+    MAX_TTL,
+    BatchContext,
+    Change,
+    DeadLetter,
+    Offset,
+    Write,
+    cql_row,
+    cql_value,
+    epoch_us,
+    partition_groups,
+    ttl_of,
+    write_partition,
+)
+from tests.spark.fakes import NOW, NOW_MINUTE, RecordingWriter
 
 KLINES = TABLES["klines"]
 TRADES = TABLES["recent_trades"]
+BOOK = TABLES["order_book"]
 OPEN = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
+DAY = datetime(2026, 1, 2, tzinfo=UTC)
+# a write time: a commit time in microseconds
+COMMIT_US = epoch_us(datetime(2026, 1, 2, 3, 4, 4, 123456, tzinfo=UTC))
 
 
 def kline_row(close: str = "1.50", open_time: datetime = OPEN) -> dict:
@@ -27,14 +46,52 @@ def kline_row(close: str = "1.50", open_time: datetime = OPEN) -> dict:
 def test_values_are_converted_once_and_exactly():
     assert cql_value("numeric", "1E+2") == Decimal("1E+2") and str(cql_value("numeric", "0.10")) == "0.10"
     assert cql_value("numeric", None) is None and cql_value("bigint", 7) == 7 and cql_value("text", "x") == "x"
-    # naive datetimes (what PySpark hands back) are UTC; aware ones are moved to UTC; floored to the ms
-    assert cql_value("timestamptz", datetime(2026, 1, 2, 3, 4, 5, 678999)) == datetime(2026, 1, 2, 3, 4, 5, 678000,
-                                                                                       tzinfo=UTC)
+    # aware datetimes are moved to UTC and floored to the ms; naive ones are refused (local time is a guess)
+    assert cql_value("timestamptz", datetime(2026, 1, 2, 3, 4, 5, 678999, tzinfo=UTC)) == datetime(
+        2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    with pytest.raises(ValueError, match="aware"):
+        cql_value("timestamptz", datetime(2026, 1, 2, 3, 4, 5))
     paris = datetime(2026, 1, 2, 4, 4, 5, 1500, tzinfo=timezone(timedelta(hours=1)))
     moved = cql_value("timestamptz", paris)
     assert moved == datetime(2026, 1, 2, 3, 4, 5, 1000, tzinfo=UTC) and moved.tzinfo is UTC
     row = cql_row(KLINES, {"symbol": "BTCUSDT"})
-    assert list(row) == KLINES.column_names and row["close_price"] is None
+    assert list(row) == [*KLINES.column_names, "bucket"] and row["close_price"] is None and row["bucket"] is None
+
+
+@pytest.mark.parametrize("moment,bucket", [
+    (datetime(2026, 1, 2, 0, 0, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)),
+    (datetime(2026, 1, 1, 23, 59, 59, 999999, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC)),
+    (datetime(2026, 1, 2, 23, 59, 59, 999000, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)),
+    # the bucket is UTC's day, whatever the offset the time came with
+    (datetime(2026, 1, 2, 0, 30, tzinfo=timezone(timedelta(hours=1))), datetime(2026, 1, 1, tzinfo=UTC)),
+])
+def test_a_day_tables_rows_bind_the_day_they_fall_in(moment, bucket):
+    row = cql_row(KLINES, kline_row(open_time=moment))
+    assert row["bucket"] == bucket and row["bucket"].tzinfo is UTC
+
+
+@pytest.mark.parametrize("moment,bucket", [
+    (datetime(2026, 1, 2, 3, 0, tzinfo=UTC), datetime(2026, 1, 2, 3, tzinfo=UTC)),
+    (datetime(2026, 1, 2, 2, 59, 59, 999999, tzinfo=UTC), datetime(2026, 1, 2, 2, tzinfo=UTC)),
+    (datetime(2026, 1, 2, 0, 0, 0, 1, tzinfo=UTC), datetime(2026, 1, 2, 0, tzinfo=UTC)),
+    (datetime(2026, 1, 1, 23, 59, 59, 999000, tzinfo=UTC), datetime(2026, 1, 1, 23, tzinfo=UTC)),
+    (datetime(2026, 1, 2, 9, 0, tzinfo=timezone(timedelta(hours=5, minutes=30))), datetime(2026, 1, 2, 3, tzinfo=UTC)),
+])
+def test_an_hour_tables_rows_bind_the_hour_they_fall_in(moment, bucket):
+    w = RecordingWriter()
+    change = Change(TRADES, "c", 1, None, COMMIT_US, trade_row(1, moment))
+    [write] = w.data_writes(w.plan([change], {}, NOW)[0], NOW)
+    assert write.values[TRADES.column_names.index("time")] == cql_value("timestamptz", moment)
+    assert write.values[len(TRADES.column_names)] == bucket  # bucket comes right after the columns
+    assert write.partition == ("recent_trades", "BTCUSDT", bucket)
+    # a delete keys on the same bucket, which follows `time` in its `before`
+    [delete] = w.data_writes(w.plan([Change(TRADES, "d", 2, None, COMMIT_US, trade_row(1, moment))], {}, NOW)[0], NOW)
+    assert delete.values == (COMMIT_US, "BTCUSDT", bucket, 1) and delete.partition == write.partition
+
+
+def trade_row(trade_id: int, time: datetime = OPEN) -> dict:
+    return {"symbol": "BTCUSDT", "trade_id": trade_id, "price": "1.5", "qty": "1", "quote_qty": "1.5", "time": time,
+            "is_buyer_maker": True}
 
 
 def test_statements_are_prepared_once_at_local_quorum():
@@ -47,11 +104,11 @@ def test_statements_are_prepared_once_at_local_quorum():
     w.dead_letter_statement()
     assert w.session.prepared == [
         'INSERT INTO "binance_test"."klines" ("symbol", "interval", "open_time", "open_price", "high_price", '
-        '"low_price", "close_price", "volume", "close_time", "quote_volume", "num_trades", "cdc_op", '
-        '"cdc_source_ts", "cdc_lsn", "cdc_written_at") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) '
-        "USING TIMESTAMP ?",
+        '"low_price", "close_price", "volume", "close_time", "quote_volume", "num_trades", "bucket", "cdc_op", '
+        '"cdc_source_ts", "cdc_lsn", "cdc_written_at") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) '
+        "USING TIMESTAMP ? AND TTL ?",
         'DELETE FROM "binance_test"."klines" USING TIMESTAMP ? WHERE "symbol" = ? AND "interval" = ? '
-        'AND "open_time" = ?',
+        'AND "bucket" = ? AND "open_time" = ?',
         'INSERT INTO "binance_test".changed_rows (table_name, bucket, key, cdc_lsn) VALUES (?, ?, ?, ?)',
         'INSERT INTO "binance_test".dead_letters (topic, partition, offset, raw_value, error, recorded_at) '
         "VALUES (?, ?, ?, ?, ?, ?)",
@@ -59,34 +116,94 @@ def test_statements_are_prepared_once_at_local_quorum():
     assert all(s.consistency_level == ConsistencyLevel.LOCAL_QUORUM for s in w._prepared.values())
 
 
-def test_upserts_and_deletes_bind_the_lsn_as_write_time():
+def test_upserts_and_deletes_bind_the_commit_time_as_write_time():
     w = RecordingWriter()
-    source = datetime(2026, 1, 2, 3, 4, 4, tzinfo=UTC)
-    upsert, delete = w.data_writes([
-        Change(KLINES, "u", 300, source, kline_row()),
-        Change(KLINES, "d", 400, source, {"symbol": "BTCUSDT", "interval": "1m", "open_time": OPEN}),
-    ], NOW)
-    assert upsert.partition == delete.partition == ("klines", "BTCUSDT", "1m")
+    source = datetime(2026, 1, 2, 3, 4, 4, 123456, tzinfo=UTC)
+    planned, skipped = w.plan([
+        Change(KLINES, "u", 300, source, COMMIT_US, kline_row()),
+        Change(KLINES, "d", 400, source, COMMIT_US + 1, {"symbol": "BTCUSDT", "interval": "1m", "open_time": OPEN}),
+    ], {}, NOW)
+    upsert, delete = w.data_writes(planned, NOW)
+    assert skipped == 0
+    assert upsert.partition == delete.partition == ("klines", "BTCUSDT", "1m", DAY)
+    # the LSN stays cdc_lsn; the write time is the commit time; no retention: TTL 0 (none)
     assert upsert.values == ("BTCUSDT", "1m", OPEN, Decimal("1"), Decimal("2"), Decimal("0.00001234"),
                              Decimal("1.50"), Decimal("1E+2"), OPEN + timedelta(seconds=59.999), Decimal("3"), 7,
-                             "u", source, 300, NOW, 300)
-    assert delete.statement.cql.startswith("DELETE") and delete.values == (400, "BTCUSDT", "1m", OPEN)
+                             DAY, "u", source.replace(microsecond=123000), 300, NOW, COMMIT_US, 0)
+    assert delete.statement.cql.startswith("DELETE") and delete.values == (COMMIT_US + 1, "BTCUSDT", "1m", DAY, OPEN)
 
 
 def test_one_write_is_dead_letters_then_rows_then_the_change_log():
     w = RecordingWriter()
-    changes = [Change(TRADES, "c", 20 + i, None, {"symbol": "BTCUSDT", "trade_id": i, "price": "1.5", "qty": "1",
-                                                   "quote_qty": "1.5", "time": OPEN, "is_buyer_maker": True})
-               for i in range(3)]
-    w.write(changes, [DeadLetter("binance.binance.recent_trades", 0, 9, "{not json", "not a Debezium change event")])
+    changes = [Change(TRADES, "c", 20 + i, None, COMMIT_US, trade_row(i)) for i in range(3)]
+    # the change-log minute is the batch's, whatever the writer's clock says
+    bucket = datetime(2026, 1, 2, 3, 7, tzinfo=UTC)
+    written = w.write(BatchContext(bucket, {}), changes,
+                      [DeadLetter("binance.binance.recent_trades", 0, 9, "{not json", "not a Debezium change event")])
+    assert written == (3, 0, 0)
     kinds = [what for what, _, _ in w.records]
     assert kinds == ["execute", "upsert/delete", "upsert/delete", "upsert/delete", "change log", "change log",
                      "change log"]
     assert w.records[0][2] == ("binance.binance.recent_trades", 0, 9, "{not json", "not a Debezium change event", NOW)
-    assert [r[2][-2] for r in w.records[1:4]] == [NOW] * 3  # cdc_written_at: when the batch is written
-    bucket = NOW.replace(second=0, microsecond=0)
+    assert [r[2][-3] for r in w.records[1:4]] == [NOW] * 3  # cdc_written_at: when the batch is written
     assert [r[2] for r in w.records[4:]] == [
-        ("recent_trades", bucket, f'{{"symbol":"BTCUSDT","trade_id":{i}}}', 20 + i) for i in range(3)]
+        ("recent_trades", bucket, f'{{"symbol":"BTCUSDT","bucket":1767322800000,"trade_id":{i}}}', 20 + i)
+        for i in range(3)]
+
+
+# --------------------------------------------------------------------------- retention: TTLs and skips
+
+
+def test_ttl_is_what_is_left_of_the_window_rounded_up():
+    keep = 3600
+    assert ttl_of(NOW, None, NOW) == 0  # kept for ever: no TTL
+    assert ttl_of(NOW, keep, NOW) == 3600
+    assert ttl_of(NOW - timedelta(seconds=3599, microseconds=999999), keep, NOW) == 1
+    assert ttl_of(NOW - timedelta(seconds=3600), keep, NOW) is None  # would expire at once
+    assert ttl_of(NOW - timedelta(days=3), keep, NOW) is None
+    assert ttl_of(NOW - timedelta(seconds=1800, milliseconds=1), keep, NOW) == 1800
+    assert ttl_of(NOW + timedelta(seconds=10), keep, NOW) == 3610  # a row from the future keeps longer
+    assert ttl_of(NOW, 10**12, NOW) == MAX_TTL == 630_720_000
+    assert ttl_of(NOW, 0, NOW) is None
+
+
+def test_changes_outside_the_retention_window_are_neither_written_nor_logged():
+    w = RecordingWriter(retention={"recent_trades": 3600, "klines": None})
+    old, edge, fresh = NOW - timedelta(hours=2), NOW - timedelta(seconds=3600), NOW - timedelta(seconds=1800.5)
+    changes = [
+        Change(TRADES, "c", 1, None, COMMIT_US, trade_row(1, old)),
+        Change(TRADES, "d", 2, None, COMMIT_US, trade_row(2, old)),  # the source's own retention delete
+        Change(TRADES, "c", 3, None, COMMIT_US, trade_row(3, edge)),
+        Change(TRADES, "c", 4, None, COMMIT_US, trade_row(4, fresh)),
+        Change(TRADES, "d", 5, None, COMMIT_US, trade_row(5, fresh)),
+        Change(KLINES, "c", 6, None, COMMIT_US, kline_row(open_time=OPEN - timedelta(days=3650))),  # kept for ever
+    ]
+    assert w.write(w.context(), changes) == (2, 1, 3)
+    data = [args for what, _, args in w.records if what == "upsert/delete"]
+    logged = [args[3] for what, _, args in w.records if what == "change log"]
+    assert logged == [4, 5, 6]
+    [trade, delete, kline] = data
+    assert trade[-1] == 1800 and trade[-2] == COMMIT_US  # ceil(1799.5): TTL, after the write time
+    assert delete == (COMMIT_US, "BTCUSDT", datetime(2026, 1, 2, 2, tzinfo=UTC), 5)  # inside: written as ever
+    assert kline[-1] == 0
+
+
+def test_retention_is_read_once_then_at_most_once_a_minute():
+    w = RecordingWriter(retention={"klines": 86400})
+    reads = w.session.reads
+    assert w.retention() == {"klines": 86400}
+    assert len(reads) == 1 and reads[0][0] == 'SELECT table_name, keep_seconds FROM "ks".sink_retention'
+    w.session.retention["klines"] = 3600
+    w.ticks += 59.9
+    w.clock = NOW + timedelta(hours=5)  # the wall clock does not age the cache
+    assert w.retention() == {"klines": 86400} and len(reads) == 1
+    w.ticks += 0.1
+    assert w.retention() == {"klines": 3600} and len(reads) == 2
+    w.ticks += 30
+    assert w.retention() == {"klines": 3600} and len(reads) == 2
+    del w.session.retention["klines"]  # a row removed: kept for ever again, once re-read
+    w.ticks += 30
+    assert w.retention() == {} and len(reads) == 3
 
 
 def test_writes_are_grouped_by_partition_into_bounded_batches():
@@ -95,17 +212,34 @@ def test_writes_are_grouped_by_partition_into_bounded_batches():
     assert [[w.values[0] for w in g] for g in groups] == [[0, 2], [4, 6], [1, 3], [5]]
 
 
-def test_progress_binds_offsets_as_their_own_write_time():
+def test_progress_is_offsets_then_a_progress_row_then_the_position():
     w = RecordingWriter()
     newest = datetime(2026, 1, 2, 3, 4, 4, tzinfo=UTC)
+    bucket = datetime(2026, 1, 2, 3, 5, tzinfo=UTC)
     w.record_progress("q", 5, 12, 340, newest, [Offset("binance.binance.klines", 0, 10, newest),
                                                 Offset("binance.binance.debezium_heartbeat", 0, 3, None)],
-                      "host", 99, NOW)
-    [progress, with_ts, without_ts] = w.records
-    assert "stream_progress" in progress[1] and progress[2] == ("q", NOW, 5, 12, 340, newest, "host", 99)
+                      bucket, "host", 99, NOW)
+    [with_ts, without_ts, progress, position] = w.records
+    # the offsets bind themselves as their write time: a replayed or slower stream never moves them back
     assert with_ts[2] == ("q", "binance.binance.klines", 0, 10, newest, NOW, 10)
     assert "newest_source_ts" not in without_ts[1]
     assert without_ts[2] == ("q", "binance.binance.debezium_heartbeat", 0, 3, NOW, 3)
+    assert progress[1] == (
+        'INSERT INTO "ks".stream_progress (query_name, hour, finished_at, batch_id, input_rows, processing_ms, '
+        "newest_source_ts, changelog_bucket, driver_host, driver_pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    assert progress[2] == ("q", datetime(2026, 1, 2, 3, tzinfo=UTC), NOW, 5, 12, 340, newest, bucket, "host", 99)
+    assert position[1] == (
+        'INSERT INTO "ks".stream_position (query_name, batch_id, finished_at, changelog_bucket, input_rows, '
+        "processing_ms, newest_source_ts, driver_host, driver_pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    assert position[2] == ("q", 5, NOW, bucket, 12, 340, newest, "host", 99)
+    assert all(w._prepared[cql].consistency_level is not None for _, cql, _ in w.records)
+
+
+def test_the_last_changelog_bucket_is_read_from_the_stream_position():
+    w = RecordingWriter(position={"q": datetime(2026, 1, 2, 3, 9)})  # naive UTC, as the driver returns it
+    assert w.last_changelog_bucket("q") == datetime(2026, 1, 2, 3, 9, tzinfo=UTC)
+    assert w.last_changelog_bucket("other") is None
+    assert w.session.reads[0] == ('SELECT changelog_bucket FROM "ks".stream_position WHERE query_name = ?', ("q",))
 
 
 class Counter:
@@ -124,20 +258,28 @@ def test_a_task_writes_its_partition_in_chunks_each_complete(monkeypatch):
         opened.append(RecordingWriter(keyspace))
         return opened[-1]
 
-    def event(offset: int, op: str = "c", error: str | None = None) -> Row:
-        return Row(**kline_row(open_time=OPEN + timedelta(minutes=offset)), cdc_op=op, cdc_lsn=100 + offset,
-                   cdc_source_ts=datetime(2026, 1, 2, 3, 4, 4), kafka_partition=0, kafka_offset=offset,
-                   raw_value="{}", error=error)
+    def event(offset: int, op: str = "c", error: str | None = None, days_old: int = 0) -> Row:
+        # what parse_envelope hands a task: times as epoch microseconds
+        row = kline_row(open_time=OPEN + timedelta(minutes=offset) - timedelta(days=days_old))
+        row = {k: epoch_us(v) if isinstance(v, datetime) else v for k, v in row.items()}
+        return Row(**row, cdc_op=op, cdc_lsn=100 + offset, source_ts_us=COMMIT_US + offset, source_ts_ms=None,
+                   source_snapshot="false", kafka_partition=0, kafka_offset=offset, raw_value="{}", error=error)
 
-    rows = [event(0), event(1, error="no after"), event(2, "d"), event(3)]
-    counters = (Counter(), Counter(), Counter())
-    write_partition("ks", "klines", "binance.binance.klines", counters, iter(rows), open_writer=open_writer)
+    rows = [event(0), event(1, error="no after"), event(2, "d"), event(3), event(4, days_old=2)]
+    counters = (Counter(), Counter(), Counter(), Counter())
+    batch = BatchContext(NOW_MINUTE, {"klines": 86400})
+    write_partition("ks", "klines", "binance.binance.klines", counters, batch, iter(rows), open_writer=open_writer)
     [w] = opened
     assert w.closed
     kinds = [what for what, _, _ in w.records]
     # each chunk of two rows is written in full before the next: dead letter, rows, change log
     assert kinds == ["execute", "upsert/delete", "change log", "upsert/delete", "upsert/delete", "change log",
                      "change log"]
-    assert [c.value for c in counters] == [2, 1, 1]
-    # the source time came naive from Spark: written as UTC
-    assert w.records[1][2][12] == datetime(2026, 1, 2, 3, 4, 4, tzinfo=UTC)
+    assert [c.value for c in counters] == [2, 1, 1, 1]  # upserts, deletes, dead letters, skipped
+    # the times came as epoch microseconds from Spark: written as aware UTC datetimes, the write time the commit's
+    upsert = w.records[1][2]
+    assert upsert[2] == OPEN and upsert[11] == DAY and upsert[13] == datetime(2026, 1, 2, 3, 4, 4, 123000, tzinfo=UTC)
+    assert upsert[-2] == COMMIT_US and upsert[-1] == 86395  # ceil(86400 - 5.678): open_time + a day - now
+    # the task's writer never reads retention itself: the driver's context says it
+    assert w.session.reads == []
+    assert all(args[1] == NOW_MINUTE for what, _, args in w.records if what == "change log")
