@@ -10,8 +10,10 @@ them, and the record dataclasses of include/binance/models.py, against these def
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from include.names import SOURCE_SCHEMA
+from include.times import as_utc
 
 
 @dataclass(frozen=True)
@@ -26,25 +28,57 @@ class Table:
     name: str
     columns: tuple[Column, ...]
     primary_key: tuple[str, ...]
-    # the column that says when a row happened (status report, freshness)
+    # the column that says when a row happened: its Cassandra bucket, its retention, the status report
     time_column: str
-    # time_column is when the row was observed and is indexed, so max() of it tells how fresh the
-    # table is cheaply (klines carry a candle's open time, trades are only scanned at a cost)
-    tells_freshness: bool = False
+    # an indexed column whose max() tells how fresh the table is, cheaply: the observation time in
+    # the source (klines carry a candle's open time, trades would be scanned at a cost: None), the
+    # source commit time in the bridge
+    freshness_column: str | None = None
     # what Debezium puts in `before` of a delete: the primary key (DEFAULT) or every column (FULL)
     replica_identity: str = "DEFAULT"
     # rows never change once written (a trade): a re-load adds nothing and compares nothing
     immutable: bool = False
-    # Cassandra's primary key for the same rows: partition by what reads filter on (symbol), cluster
-    # by time, newest first. Every column of it must be in a Debezium delete event's `before`.
+    # Cassandra's primary key for the same rows: partition by what reads filter on (symbol) and a
+    # time bucket of time_column (`bucket`, the start of its hour or day), cluster by time, newest
+    # first. The bucket keeps every partition bounded (sizes in the README, "Data"). Every column of
+    # the key, and time_column, must be in a Debezium delete event's `before`.
     cassandra_partition_key: tuple[str, ...] = ("symbol",)
     cassandra_clustering: tuple[str, ...] = ()
+    # "hour" or "day": the span of one partition's bucket (None: no bucket, for bridge copies)
+    bucket: str | None = None
 
     @property
     def cassandra_key(self) -> tuple[str, ...]:
+        """Cassandra's primary key: partition key (with `bucket` last), then clustering columns."""
+        bucket = (BUCKET.name,) if self.bucket else ()
+        return self.cassandra_partition_key + bucket + self.cassandra_clustering
+
+    @property
+    def cassandra_partition(self) -> tuple[str, ...]:
+        return self.cassandra_partition_key + ((BUCKET.name,) if self.bucket else ())
+
+    @property
+    def row_key(self) -> tuple[str, ...]:
+        """The source columns that identify a row in Cassandra: its key without the bucket, which
+        follows from time_column (the bridge's primary key in Postgres)."""
         return self.cassandra_partition_key + self.cassandra_clustering
 
+    @property
+    def bucket_span(self) -> timedelta:
+        if self.bucket is None:
+            raise ValueError(f"table {self.name} has no time bucket")
+        return _SPANS[self.bucket]
+
+    def bucket_of(self, moment: datetime) -> datetime:
+        """The start (UTC) of the bucket holding a row whose time_column is `moment` (naive = UTC)."""
+        moment = as_utc(moment)
+        start = moment.replace(minute=0, second=0, microsecond=0)
+        return start.replace(hour=0) if self.bucket == "day" else start
+
     def column(self, name: str) -> Column:
+        """A column of the table, or `bucket`, the Cassandra key's time bucket."""
+        if name == BUCKET.name and self.bucket:
+            return BUCKET
         return next(c for c in self.columns if c.name == name)
 
     @property
@@ -54,6 +88,11 @@ class Table:
     @property
     def value_columns(self) -> list[str]:
         return [c.name for c in self.columns if c.name not in self.primary_key]
+
+
+# the partition bucket of Cassandra's keys: the start of the hour or day of time_column
+BUCKET = Column("bucket", "timestamptz")
+_SPANS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 
 
 def _cols(spec: str) -> tuple[Column, ...]:
@@ -77,8 +116,9 @@ TABLES: dict[str, Table] = {
             _cols("symbol:text price:numeric time:timestamptz"),
             primary_key=("symbol", "time"),
             time_column="time",
-            tells_freshness=True,
+            freshness_column="time",
             cassandra_clustering=("time",),
+            bucket="day",
         ),
         Table(
             "daily_ticker",
@@ -89,8 +129,9 @@ TABLES: dict[str, Table] = {
             ),
             primary_key=("symbol", "close_time"),
             time_column="close_time",
-            tells_freshness=True,
+            freshness_column="close_time",
             cassandra_clustering=("close_time",),
+            bucket="day",
         ),
         Table(
             "klines",
@@ -103,6 +144,7 @@ TABLES: dict[str, Table] = {
             time_column="open_time",
             cassandra_partition_key=("symbol", "interval"),
             cassandra_clustering=("open_time",),
+            bucket="day",
         ),
         Table(
             "recent_trades",
@@ -113,7 +155,10 @@ TABLES: dict[str, Table] = {
             primary_key=("symbol", "trade_id"),
             time_column="time",
             immutable=True,
+            # deletes must carry `time`, which Cassandra's bucket follows
+            replica_identity="FULL",
             cassandra_clustering=("trade_id",),
+            bucket="hour",
         ),
         Table(
             "order_book",
@@ -122,13 +167,13 @@ TABLES: dict[str, Table] = {
             ),
             primary_key=("symbol", "update_id", "side", "price"),
             time_column="captured_at",
-            tells_freshness=True,
-            # a snapshot (update_id) never changes; fetched twice, it must keep its first captured_at,
-            # which Cassandra's key includes (an update of it would leave the old row there)
+            freshness_column="captured_at",
+            # a snapshot (update_id) never changes; fetched twice, it keeps its first captured_at
             immutable=True,
-            # deletes (retention) must carry captured_at too, which the sink keys on
+            # deletes must carry captured_at too, which Cassandra's key and bucket follow
             replica_identity="FULL",
             cassandra_clustering=("captured_at", "update_id", "side", "price"),
+            bucket="hour",
         ),
     )
 }
@@ -136,16 +181,17 @@ TABLES: dict[str, Table] = {
 
 def bridge_table(table: Table) -> Table:
     """The copy of a Cassandra table in Postgres schema `cassandra`: same columns plus the CDC
-    metadata, keyed like Cassandra (include/sql/cassandra follows this)."""
+    metadata, keyed like a Cassandra row without its bucket (include/schema/sql/cassandra follows this)."""
     return Table(
         table.name,
         table.columns + CDC_COLUMNS,
-        primary_key=table.cassandra_key,
+        primary_key=table.row_key,
+        time_column=table.time_column,
         # the bridge's freshness is the newest source commit it holds (indexed in every bridge table)
-        time_column="cdc_source_ts",
-        tells_freshness=True,
+        freshness_column="cdc_source_ts",
         cassandra_partition_key=table.cassandra_partition_key,
         cassandra_clustering=table.cassandra_clustering,
+        bucket=table.bucket,
     )
 
 

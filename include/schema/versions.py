@@ -4,6 +4,9 @@ A migration is `V<NNN>__<name>.sql` (or `.cql`), applied once, in version order;
 recorded when it is applied. An applied file must not change: write a new version instead. The
 one exception is a rewrite that leaves every database it was applied to as the new text would:
 the new text then names the old checksum in a line `-- replaces checksum <sha256>`.
+
+A Cassandra migration whose first line is `-- rebuilds sink tables` creates the data tables again
+(Cassandra cannot change a primary key): cdc_setup then fills them from Postgres with a new snapshot.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 _NAME = re.compile(r"^V(\d{3,})__([a-z0-9_]+)\.(sql|cql)$")
 _REPLACES = re.compile(r"^--\s*replaces checksum\s+([0-9a-f]{64})\s*$", re.MULTILINE)
+REBUILDS_SINK = "-- rebuilds sink tables"
 
 
 class MigrationError(RuntimeError):
@@ -34,6 +38,11 @@ class Migration:
     @property
     def checksum(self) -> str:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    @property
+    def rebuilds_sink(self) -> bool:
+        """The migration creates the sink's data tables again: they must be filled from the source."""
+        return self.text.splitlines()[0].strip() == REBUILDS_SINK if self.text else False
 
     def check_unchanged(self, applied_checksum: str) -> None:
         """Fail if the file differs from what was applied (unless it declares that text as replaced)."""

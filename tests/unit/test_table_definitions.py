@@ -1,9 +1,9 @@
 """include/tables.py is the one place the tables are written: every migration and every record
 dataclass must agree with it. No services needed: the .sql and .cql files are parsed.
 
-The parser understands the statements the migrations use (CREATE TABLE, ALTER TABLE ... ADD/DROP
-COLUMN or REPLICA IDENTITY, CREATE INDEX); a statement that changes a table in a way it does not
-understand fails the test, so a new migration cannot slip past it.
+The parser understands the statements the migrations use (CREATE TABLE, DROP TABLE, ALTER TABLE ...
+ADD/DROP COLUMN, REPLICA IDENTITY or WITH options, CREATE INDEX, CREATE TRIGGER); a statement that
+changes a table in a way it does not understand fails the test, so a new migration cannot slip past it.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from include.names import BRIDGE_SCHEMA, HEARTBEAT_TABLE, SOURCE_SCHEMA
 from include.schema import cassandra as cql_schema
 from include.schema import postgres as sql_schema
 from include.schema.versions import statements
-from include.tables import BRIDGE_TABLES, CDC_COLUMNS, TABLES, Column, Table
+from include.tables import BRIDGE_TABLES, BUCKET, CDC_COLUMNS, TABLES, Column, Table
 
 # tables the migrations create that hold no market data, so include/tables.py does not define them
 NOT_DATA = {
     SOURCE_SCHEMA: {HEARTBEAT_TABLE},
     BRIDGE_SCHEMA: {"bridge_watermarks"},
-    "cql": {"dead_letters", "changed_rows", "stream_progress", "stream_offsets"},
+    "cql": {"dead_letters", "changed_rows", "stream_progress", "stream_offsets", "stream_position", "sink_retention"},
 }
 CQL_TYPES = {"text": "text", "numeric": "decimal", "timestamptz": "timestamp", "bigint": "bigint", "boolean": "boolean"}
 PY_TYPES = {str: "text", Decimal: "numeric", datetime: "timestamptz", int: "bigint", bool: "boolean"}
@@ -46,6 +46,8 @@ class Parsed:
     clustering: tuple[str, ...] = ()
     replica_identity: str = "DEFAULT"
     indexed: set[str] = field(default_factory=set)
+    # columns an UPDATE may not change (a trigger refuses it)
+    fixed: set[str] = field(default_factory=set)
 
 
 def _split_top(text: str) -> list[str]:
@@ -80,6 +82,9 @@ def _names(text: str) -> tuple[str, ...]:
 _CREATE = re.compile(r"^CREATE TABLE IF NOT EXISTS (?:(\w+)\.)?(\w+)\s*\(", re.I)
 _INDEX = re.compile(r"^CREATE INDEX IF NOT EXISTS \w+ ON (?:(\w+)\.)?(\w+)\s*\((.*?)\)", re.S | re.I)
 _ALTER = re.compile(r"^ALTER TABLE (?:(\w+)\.)?(\w+)\s+(.*)$", re.S | re.I)
+_DROP = re.compile(r"^DROP TABLE IF EXISTS (?:(\w+)\.)?(\w+)$", re.I)
+_TRIGGER = re.compile(r"^CREATE (?:OR REPLACE )?TRIGGER \w+ BEFORE UPDATE OF \w+ ON (?:(\w+)\.)?(\w+) .*"
+                      r"EXECUTE FUNCTION \w+\.refuse_key_move\('(\w+)'\)$", re.I)
 
 
 def parse(texts: list[str], dialect: str) -> dict[str, Parsed]:
@@ -106,6 +111,10 @@ def parse(texts: list[str], dialect: str) -> dict[str, Parsed]:
                         t.columns[name.strip('"')] = kind.lower()
                         if "NOT NULL" in " ".join(rest).upper():
                             t.not_null.add(name.strip('"'))
+            elif m := _DROP.match(stmt):
+                tables.pop(m.group(2), None)
+            elif m := _TRIGGER.match(stmt):
+                tables[m.group(2)].fixed.add(m.group(3))
             elif m := _INDEX.match(stmt):
                 tables[m.group(2)].indexed.add(_names(m.group(3))[0])
             elif m := _ALTER.match(stmt):
@@ -116,6 +125,8 @@ def parse(texts: list[str], dialect: str) -> dict[str, Parsed]:
                     t.columns.pop(a.group(1))
                 elif a := re.match(r"REPLICA IDENTITY (\w+)", action, re.I):
                     t.replica_identity = a.group(1).upper()
+                elif re.match(r"WITH ", action, re.I):
+                    pass  # table options (TTL, compaction): no column or key changes
                 else:
                     pytest.fail(f"the test cannot read this {dialect} statement; teach it: {stmt[:200]}")
             elif re.match(r"^(CREATE|ALTER|DROP) ", stmt, re.I) and "TABLE" in stmt.upper().split("(")[0]:
@@ -157,13 +168,27 @@ def test_source_replica_identities_carry_the_sink_key():
         assert parsed[name].replica_identity == table.replica_identity, name
         # a delete event carries `before` = the primary key (DEFAULT) or every column (FULL)
         carried = set(table.primary_key) if table.replica_identity == "DEFAULT" else set(table.column_names)
-        assert set(table.cassandra_key) <= carried, f"{name}: a delete event would lack part of Cassandra's key"
+        needed = {*table.row_key, table.time_column}
+        assert needed <= carried, f"{name}: a delete event would lack {needed - carried} (Cassandra's key or bucket)"
 
 
-def test_every_bridge_table_indexes_its_freshness_column():
-    parsed = _sql_tables(BRIDGE_SCHEMA)
-    for name, table in BRIDGE_TABLES.items():
-        assert table.tells_freshness and table.time_column in parsed[name].indexed, name
+def test_a_cassandra_key_column_outside_the_primary_key_cannot_be_updated():
+    """Such an UPDATE would leave the old row in Cassandra under its old key: a trigger refuses it."""
+    parsed = _sql_tables(SOURCE_SCHEMA)
+    for name, table in TABLES.items():
+        movable = {*table.row_key, table.time_column} - set(table.primary_key)
+        assert parsed[name].fixed == movable, f"{name}: refuse_key_move triggers {parsed[name].fixed}, need {movable}"
+
+
+@pytest.mark.parametrize("schema, defined", [(SOURCE_SCHEMA, TABLES), (BRIDGE_SCHEMA, BRIDGE_TABLES)])
+def test_every_table_indexes_its_time_and_freshness_columns(schema, defined):
+    """Retention deletes by the time column, freshness reads max() of its column: both indexed
+    (or first in the primary key)."""
+    parsed = _sql_tables(schema)
+    for name, table in defined.items():
+        usable = parsed[name].indexed | {parsed[name].primary_key[0]}
+        for column in {table.time_column, table.freshness_column} - {None}:
+            assert column in usable, f"{schema}.{name}: no index on {column}"
 
 
 def test_cassandra_migrations_create_the_defined_tables():
@@ -171,9 +196,9 @@ def test_cassandra_migrations_create_the_defined_tables():
     _check_same_tables(parsed, TABLES, NOT_DATA["cql"], "include/schema/cql")
     for name, table in TABLES.items():
         t = parsed[name]
-        want = {c.name: CQL_TYPES[c.type] for c in (*table.columns, *CDC_COLUMNS)}
+        want = {c.name: CQL_TYPES[c.type] for c in (*table.columns, BUCKET, *CDC_COLUMNS)}
         assert t.columns == want, f"Cassandra {name}: the migrations' columns differ from include/tables.py"
-        assert t.partition_key == table.cassandra_partition_key, f"Cassandra {name}: partition key"
+        assert t.partition_key == table.cassandra_partition, f"Cassandra {name}: partition key"
         assert t.clustering == table.cassandra_clustering, f"Cassandra {name}: clustering columns"
 
 
