@@ -1,6 +1,6 @@
 """The bridge's decisions, pure (no driver, no database): which change-log minutes a run reads, when
-the change log can no longer be trusted and a table is copied whole, which time buckets a full copy
-reads, and at which consistency level it reads.
+the change log can no longer be trusted and a table is copied whole, and at which consistency level
+it reads (which partitions a full copy reads: include/partitions.py).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from include.tables import Table
 from include.times import as_utc
 
 MINUTE = timedelta(minutes=1)
@@ -38,26 +37,6 @@ def minutes(since: datetime, until: datetime) -> list[datetime]:
     last = as_utc(until).replace(second=0, microsecond=0)
     count = (last - first) // MINUTE + 1
     return [first + n * MINUTE for n in range(max(count, 0))]
-
-
-def buckets(table: Table, start: datetime, end: datetime) -> list[datetime]:
-    """The starts of `table`'s time buckets (hours or days) from the one holding `start` to the one
-    holding `end`, both included."""
-    first, last = table.bucket_of(start), table.bucket_of(end)
-    span = table.bucket_span
-    return [first + n * span for n in range(max((last - first) // span + 1, 0))]
-
-
-def bucket_range(table: Table, oldest: datetime, newest: datetime, keep_seconds: int | None,
-                 now: datetime) -> list[datetime]:
-    """The buckets a full copy reads for one partition-key prefix whose rows (in the source and the
-    bridge) run from `oldest` to `newest`, when Cassandra keeps the table `keep_seconds` (None: for
-    ever). A retention window starts one bucket early, for the clocks that decide expiry."""
-    start = as_utc(oldest)
-    if keep_seconds is not None:
-        window_start = table.bucket_of(as_utc(now) - timedelta(seconds=keep_seconds)) - table.bucket_span
-        start = max(start, window_start)
-    return buckets(table, start, newest)
 
 
 def full_copy_reason(watermark: datetime | None, position: Position | None, changelog_ttl: int,

@@ -26,11 +26,11 @@ from datetime import datetime
 from typing import Any
 
 from include.bridge import state
-from include.bridge.partitions import full_copy_partitions
 from include.bridge.plan import Position, full_copy_reason, minutes
 from include.bridge.reads import CassandraReads
 from include.loader import stage, upsert_staged
 from include.names import BRIDGE_SCHEMA, SOURCE_SCHEMA
+from include.partitions import partitions
 from include.tables import BRIDGE_TABLES, BUCKET, Table
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def _delete_gone(cur: Any, table: Table, keys: list[tuple[Any, ...]], schema: st
 
 def full_copy(cur: Any, reads: CassandraReads, table: Table, watermark: datetime, reason: str, now: datetime,
               schema: str = BRIDGE_SCHEMA, source_schema: str = SOURCE_SCHEMA) -> BridgeResult:
-    """The whole table: every partition Postgres says may hold rows (partitions.full_copy_partitions),
+    """The whole table: every partition Postgres says may hold rows (include/partitions.py),
     streamed into one COPY into a staging table, then upserted (cdc_lsn-guarded), and the bridge's
     rows missing from it deleted.
 
@@ -178,8 +178,8 @@ def full_copy(cur: Any, reads: CassandraReads, table: Table, watermark: datetime
     the rows themselves are held by Postgres, in the temporary staging table (spilled to disk), and
     the upsert and delete are set operations there."""
     keep = reads.keep_seconds(table.name)
-    partitions = full_copy_partitions(cur, table, (source_schema, schema), keep, now)
-    rows = _Counted(reads.partition_rows(table, partitions))
+    to_read = partitions(cur, table, (source_schema, schema), keep, now)
+    rows = _Counted(reads.partition_rows(table, to_read))
     staging = stage(cur, table, rows, name=f"copy_{table.name}")
     # a temporary table has no statistics until analysed: the upsert and the anti-join plan on them
     cur.execute(f'ANALYZE "{staging}"')

@@ -21,11 +21,12 @@ from typing import Any
 import pytest
 
 from include.binance.models import Kline, OrderBookLevel, Trade
-from include.bridge.plan import buckets, minutes
+from include.bridge.plan import minutes
 from include.bridge.sync import sync_table
 from include.connections import CassandraSettings
 from include.loader import load
 from include.names import BRIDGE_SCHEMA, STREAM_QUERY_NAME
+from include.partitions import buckets
 from include.schema.cassandra import ensure_schema
 from include.schema.postgres import apply
 from include.tables import BRIDGE_TABLES, TABLES, Table

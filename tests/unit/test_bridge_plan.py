@@ -10,13 +10,12 @@ import pytest
 from include.bridge.plan import (
     READ_LEVELS,
     Position,
-    bucket_range,
-    buckets,
     choose_consistency,
     full_copy_reason,
     minutes,
     replication_factor,
 )
+from include.partitions import bucket_range, buckets
 from include.tables import TABLES
 
 TRADES = TABLES["recent_trades"]  # hour buckets

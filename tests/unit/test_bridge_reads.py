@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from include.bridge import reads as reads_module
-from include.bridge.partitions import full_copy_partitions
 from include.bridge.reads import CassandraReads
+from include.partitions import partitions as full_copy_partitions
 from include.tables import BRIDGE_TABLES
 
 
