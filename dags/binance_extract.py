@@ -10,9 +10,9 @@ symbol and interval); an interval that ended more than 10 minutes ago skips them
 Needs: connection `binance_postgres` (Postgres), connection `binance_api` (HTTP; host may carry
 the scheme; default `https://data-api.binance.vision`), pool `binance_api` (bounds concurrent
 Binance calls). Variables (all optional): `binance_symbols` (JSON list), `binance_kline_interval`
-(default `30m`), `binance_limits` (JSON, e.g. `{"klines": 100, "recent_trades": 500, "order_book": 100}`),
-`binance_order_book_retention_hours` (default 24), `binance_extract_schedule` is read at parse time
-from the environment variable `BINANCE_EXTRACT_SCHEDULE` (default every minute).
+(default `30m`), `binance_limits` (JSON, e.g. `{"klines": 100, "recent_trades": 500, "order_book": 100}`);
+the schedule is read at parse time from the environment variable `BINANCE_EXTRACT_SCHEDULE`
+(default every minute). Old rows are deleted by the `retention` DAG.
 """
 
 from __future__ import annotations
@@ -62,17 +62,7 @@ def binance_extract():
 
             return tasks.run_dataset(dataset, data_interval_start, data_interval_end)
 
-        loaded = load()
-        ready >> loaded
-        if dataset == "order_book":
-
-            @task(outlets=[table_asset("order_book")])
-            def prune_order_book() -> int:
-                from include.binance import tasks
-
-                return tasks.prune_order_book()
-
-            loaded >> prune_order_book()
+        ready >> load()
 
 
 binance_extract()

@@ -13,7 +13,7 @@ from typing import Any
 
 from include.binance.client import BinanceClient
 from include.binance.intervals import KLINE_INTERVALS, candle_open
-from include.loader import LoadResult, load, prune_order_book
+from include.loader import LoadResult, load
 from include.tables import TABLES
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ class ExtractSettings:
     symbols: tuple[str, ...] = DEFAULT_SYMBOLS
     kline_interval: str = "30m"
     limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
-    order_book_retention: timedelta = timedelta(hours=24)
 
     def __post_init__(self) -> None:
         if not self.symbols or not all(isinstance(s, str) and s for s in self.symbols):
@@ -53,8 +52,6 @@ class ExtractSettings:
             raise SettingsError(
                 f"binance_limits names unknown datasets {sorted(unknown)}; known: {list(DEFAULT_LIMITS)}"
             )
-        if self.order_book_retention <= timedelta(0):
-            raise SettingsError(f"order book retention must be positive, got {self.order_book_retention}")
 
     def limit(self, dataset: str) -> int:
         return int(self.limits.get(dataset, DEFAULT_LIMITS[dataset]))
@@ -109,8 +106,3 @@ def extract(dataset: str, client: BinanceClient, conn: Any, settings: ExtractSet
         records = [replace(r, time=interval_end) for r in records]
     log.info("fetched %d %s records for %d symbols", len(records), dataset, len(settings.symbols))
     return load(conn, dataset, records)
-
-
-def prune(conn: Any, settings: ExtractSettings, now: datetime) -> int:
-    """Delete order book snapshots older than the retention window."""
-    return prune_order_book(conn, now - settings.order_book_retention)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from include import connections
 from include.binance.client import DEFAULT_BASE_URL, BinanceClient
-from include.binance.extract import DEFAULT_LIMITS, DEFAULT_SYMBOLS, ExtractSettings, SettingsError, extract, prune
+from include.binance.extract import DEFAULT_LIMITS, DEFAULT_SYMBOLS, ExtractSettings, SettingsError, extract
 from include.loader import LoadResult
 from include.names import BINANCE_CONN_ID, SOURCE_SCHEMA
 from include.schema.postgres import apply
@@ -36,7 +36,7 @@ def _json_variable(name: str, default: Any) -> Any:
 
 
 def settings_from_variables() -> ExtractSettings:
-    """Read the tunables: binance_symbols, binance_kline_interval, binance_limits, retention."""
+    """Read the tunables: binance_symbols, binance_kline_interval, binance_limits."""
     from airflow.sdk import Variable
 
     symbols = _json_variable("binance_symbols", list(DEFAULT_SYMBOLS))
@@ -45,16 +45,10 @@ def settings_from_variables() -> ExtractSettings:
     limits = _json_variable("binance_limits", dict(DEFAULT_LIMITS))
     if not isinstance(limits, dict):
         raise SettingsError(f"Variable binance_limits must be a JSON object, got {limits!r}")
-    hours = Variable.get("binance_order_book_retention_hours", default="24")
-    try:
-        retention = timedelta(hours=float(hours))
-    except ValueError as exc:
-        raise SettingsError(f"Variable binance_order_book_retention_hours is not a number: {hours!r}") from exc
     return ExtractSettings(
         symbols=tuple(symbols),
         kline_interval=Variable.get("binance_kline_interval", default="30m"),
         limits={k: int(v) for k, v in limits.items()},
-        order_book_retention=retention,
     )
 
 
@@ -106,9 +100,3 @@ def run_dataset(dataset: str, data_interval_start: datetime | None,
     with connections.postgres() as conn, make_client() as client:
         result: LoadResult = extract(dataset, client, conn, settings, start, data_interval_end)
     return {"received": result.received, "inserted": result.inserted, "updated": result.updated}
-
-
-def prune_order_book() -> int:
-    settings = settings_from_variables()
-    with connections.postgres() as conn:
-        return prune(conn, settings, datetime.now(UTC))
