@@ -15,6 +15,10 @@ Sets up change data capture, safely re-runnable (manual trigger):
    there is no re-snapshot), then waits until the connector and all its tasks are RUNNING; a
    FAILED task fails this DAG with its trace.
 
+A CQL migration that creates the sink's tables again (an upgrade that changes their keys, marked
+`-- rebuilds sink tables`) triggers the same re-snapshot by itself: their data comes back from
+Postgres (README, "Upgrading").
+
 Param `resnapshot` (default false) starts the capture over, the recovery when changes were lost
 (an invalidated replication slot, Kafka retention shorter than an outage): before registering,
 the connector is stopped, its offsets deleted, its slot dropped (through
@@ -53,22 +57,22 @@ def cdc_setup():
         return tasks.prepare_postgres()
 
     @task
-    def ensure_cassandra_schema() -> list[str]:
+    def ensure_cassandra_schema() -> dict:
         from include.cdc import tasks
 
         return tasks.prepare_cassandra()
 
     @task
-    def resnapshot(params: dict | None = None) -> dict:
+    def resnapshot(cassandra: dict, params: dict | None = None) -> dict:
         from include.cdc import tasks
 
-        return tasks.start_over(bool((params or {}).get("resnapshot")))
+        return tasks.start_over(bool((params or {}).get("resnapshot")), cassandra["rebuilt_by"])
 
     @task
-    def register_connector(params: dict | None = None) -> str:
+    def register_connector(started_over: dict) -> str:
         from include.cdc import tasks
 
-        return tasks.register_connector(bool((params or {}).get("resnapshot")))
+        return tasks.register_connector(started_over["resnapshot"])
 
     @task
     def wait_for_connector() -> dict:
@@ -76,7 +80,9 @@ def cdc_setup():
 
         return tasks.wait_for_connector()
 
-    [ensure_postgres_side(), ensure_cassandra_schema()] >> resnapshot() >> register_connector() >> wait_for_connector()
+    started_over = resnapshot(ensure_cassandra_schema())
+    ensure_postgres_side() >> started_over
+    register_connector(started_over) >> wait_for_connector()
 
 
 cdc_setup()

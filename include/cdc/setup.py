@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
+from include.cdc.events import SNAPSHOT_MARGIN_US
 from include.cdc.kafka_connect import ConnectError, load_connector
 from include.names import (
     BRIDGE_SCHEMA,
@@ -20,6 +23,7 @@ from include.names import (
     SOURCE_SCHEMA,
     TOPIC_PREFIX,
 )
+from include.partitions import partitions
 from include.schema.postgres import apply
 from include.tables import TABLES, qualified
 
@@ -128,36 +132,35 @@ def drop_slot(replication_conn: Any, slot: str = SLOT, timeout: float = 60.0) ->
         time.sleep(1)
 
 
-def current_lsn(pg: Any) -> int:
-    """The WAL insert position as a number: the sink's write timestamps are source LSNs."""
+def source_clock_us(pg: Any) -> int:
+    """The source database's clock, in microseconds since the epoch: the time base of the sink's
+    write timestamps (a change is written at its source commit time, include/cdc/events.write_time)."""
     with pg.cursor() as cur:
-        cur.execute("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
-        lsn = cur.fetchone()[0]
+        cur.execute("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+        now_us = cur.fetchone()[0]
     pg.rollback()
-    return lsn
+    return now_us
 
 
-def reset_sink(session: Any, keyspace: str, pg: Any, bridge_schema: str = BRIDGE_SCHEMA) -> int:
+def reset_sink(session: Any, keyspace: str, pg: Any, bridge_schema: str = BRIDGE_SCHEMA,
+               sleep: Callable[[float], None] = time.sleep) -> int:
     """Empty the Cassandra copy for a new snapshot, and make the bridge copy every table whole on
     its next run, so rows deleted while changes were lost do not survive.
 
-    Every partition (those in Cassandra and those of the source tables) is deleted with a write
-    timestamp just below the current LSN, not truncated: an older change event still in Kafka that
-    the stream applies later stays shadowed, while the snapshot's events (LSNs above it) show.
-    Returns that timestamp."""
+    Every partition that may hold rows (worked out from Postgres: the source and the bridge's
+    copy, include/partitions.py) is deleted with a write timestamp of now on the source's clock,
+    not truncated: an older change event still in Kafka, applied later, stays shadowed. The new
+    snapshot's rows are written 10 s below their snapshot's time (SNAPSHOT_MARGIN_US): this waits
+    until that margin has passed, so they land above the deletes. Returns the delete timestamp."""
     from cassandra.concurrent import execute_concurrent_with_args
 
-    below = current_lsn(pg) - 1
+    below = source_clock_us(pg)
+    now = datetime.now(UTC)
     for name, table in TABLES.items():
-        cols = table.cassandra_partition_key
-        listed = ", ".join(f'"{c}"' for c in cols)
-        keys = {tuple(r) for r in session.execute(f'SELECT DISTINCT {listed} FROM "{keyspace}"."{name}"',
-                                                  timeout=120)}
         with pg.cursor() as cur:
-            cur.execute(f'SELECT DISTINCT {listed} FROM "{SOURCE_SCHEMA}"."{name}"')
-            keys |= {tuple(r) for r in cur.fetchall()}
+            keys = partitions(cur, table, (SOURCE_SCHEMA, bridge_schema), None, now)
         pg.rollback()
-        where = " AND ".join(f'"{c}" = ?' for c in cols)
+        where = " AND ".join(f'"{c}" = ?' for c in table.cassandra_partition)
         stmt = session.prepare(f'DELETE FROM "{keyspace}"."{name}" USING TIMESTAMP ? WHERE {where}')
         results = execute_concurrent_with_args(session, stmt, [(below, *k) for k in keys], concurrency=32,
                                                raise_on_first_error=True)
@@ -171,6 +174,10 @@ def reset_sink(session: Any, keyspace: str, pg: Any, bridge_schema: str = BRIDGE
             log.info("bridge watermarks cleared (%d): the next cassandra_bridge run copies every table whole",
                      cur.rowcount)
     pg.commit()
+    wait_s = (below + SNAPSHOT_MARGIN_US - source_clock_us(pg)) / 1e6 + 1
+    if wait_s > 0:
+        log.info("waiting %.1fs so that the new snapshot's rows are written above the deletes", wait_s)
+        sleep(wait_s)
     return below
 
 

@@ -16,7 +16,7 @@ from include import connections
 from include.cdc import kafka_connect
 from include.cdc.setup import connector_config, ensure_postgres_side, resnapshot
 from include.names import CONNECTOR, POSTGRES_REPLICATION_CONN_ID
-from include.schema.cassandra import DEFAULT_REPLICATION, ensure_schema
+from include.schema.cassandra import DEFAULT_REPLICATION, ensure_schema, migrations
 
 log = logging.getLogger(__name__)
 
@@ -32,33 +32,42 @@ def prepare_postgres() -> dict[str, Any]:
         return ensure_postgres_side(conn, role)
 
 
-def prepare_cassandra() -> list[str]:
-    """The keyspace of cassandra_default (replication from the Variable) and the CQL migrations."""
+def prepare_cassandra() -> dict[str, Any]:
+    """The keyspace of cassandra_default (replication from the Variable) and the CQL migrations;
+    says whether one of them created the sink's data tables again (they must be filled anew)."""
     from airflow.sdk import Variable
 
     replication = json.loads(Variable.get("cassandra_replication", default=json.dumps(DEFAULT_REPLICATION)))
-    return ensure_schema(connections.cassandra_settings(), replication)
+    applied = ensure_schema(connections.cassandra_settings(), replication)
+    rebuilt = [m.path.name for m in migrations() if m.path.name in applied and m.rebuilds_sink]
+    return {"applied": applied, "rebuilt_by": rebuilt}
 
 
-def start_over(requested: bool) -> dict[str, Any]:
-    """With `requested`, stop the connector, drop its offsets and slot and empty the sink, so that
-    registering it again takes a new snapshot; a connector not registered yet needs none of it."""
-    if not requested:
+def start_over(requested: bool, rebuilt_by: list[str] | None = None) -> dict[str, Any]:
+    """Stop the connector, drop its offsets and slot and empty the sink, so that registering it
+    again takes a new snapshot: when asked (`requested`), or when a migration created the sink's
+    tables again (an upgrade: their data comes back from Postgres). A connector not registered
+    yet needs none of it: registering takes a snapshot."""
+    if not requested and not rebuilt_by:
         return {"resnapshot": False}
+    reason = "asked for" if requested else f"the sink's tables were created again by {', '.join(rebuilt_by or [])}"
     with kafka_connect.client() as client:
         if client.get_config(CONNECTOR) is None:
             return {"resnapshot": False, "reason": "connector not registered yet: registering takes a snapshot"}
+        log.warning("re-snapshot (%s): the connector stops, Cassandra is emptied and filled again from Postgres",
+                    reason)
         with connections.cassandra() as (session, keyspace), \
                 connections.postgres(POSTGRES_REPLICATION_CONN_ID) as replication, connections.postgres() as pg:
-            return resnapshot(client, CONNECTOR, replication, session, keyspace, pg)
+            return {"resnapshot": True, "reason": reason,
+                    **resnapshot(client, CONNECTOR, replication, session, keyspace, pg)}
 
 
-def register_connector(resumed_for_resnapshot: bool) -> str:
+def register_connector(resnapshotted: bool) -> str:
     """PUT the connector's configuration if it differs (an update never re-snapshots); after a
     re-snapshot's stop, resume it."""
     with kafka_connect.client() as client:
         outcome = client.ensure(CONNECTOR, connector_config(CONNECTOR))
-        if resumed_for_resnapshot and client.status(CONNECTOR)["connector"]["state"] == "STOPPED":
+        if resnapshotted and client.status(CONNECTOR)["connector"]["state"] == "STOPPED":
             client.resume(CONNECTOR)
             outcome += ", resumed for a new snapshot"
     log.info("connector %s: %s", CONNECTOR, outcome)
