@@ -10,6 +10,8 @@ Postgres schema `pipeline_health` (Grafana dashboard "Pipeline health", `make st
   invalidated slot is reported with the recovery path (re-snapshot through `cdc_setup`).
 - `check_stream_lag`: newest Kafka offsets (`kafka_default`) minus what the Spark stream applied.
 - `check_freshness`: age of the newest data in Postgres `binance`, Cassandra and Postgres `cassandra`.
+- `check_bridge`: a table `cassandra_bridge` had to copy whole by itself (its watermark was older
+  than the change log keeps) since the last check is reported once.
 - `record_stream_batches`: the stream's micro-batches (rows, time, latency), copied for Grafana.
 
 A failing check fails its task with a message saying what is wrong and what to do, and alerts
@@ -68,6 +70,12 @@ def pipeline_health():
         return tasks.check_freshness()
 
     @task
+    def check_bridge() -> str:
+        from include.health import tasks
+
+        return tasks.check_bridge()
+
+    @task
     def record_stream_batches() -> int:
         from include.health import tasks
 
@@ -80,7 +88,7 @@ def pipeline_health():
         return tasks.prune_history()
 
     apply_migrations() >> [check_connector(), check_replication_slot(), check_stream_lag(), check_freshness(),
-                           record_stream_batches(), prune_history()]
+                           check_bridge(), record_stream_batches(), prune_history()]
 
 
 pipeline_health()

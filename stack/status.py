@@ -18,6 +18,7 @@ from typing import Any
 from include.connections import CassandraSettings, cassandra_session
 from include.health import checks
 from include.names import BRIDGE_SCHEMA, HEALTH_SCHEMA, SOURCE_SCHEMA, topic_for
+from include.partitions import prefixes
 from include.tables import BRIDGE_TABLES, TABLES
 from stack import localstack as ls
 
@@ -66,7 +67,7 @@ def _pg_stage(s: dict[str, str], schema: str) -> Stage:
             if cur.fetchone()[0] is None:
                 counts[name] = None
                 continue
-            cur.execute(f"SELECT count(*), max({table.time_column}) FROM {schema}.{name}")
+            cur.execute(f"SELECT count(*), max({table.freshness_column or table.time_column}) FROM {schema}.{name}")
             n, latest = cur.fetchone()
             counts[name] = n
             if latest:
@@ -99,22 +100,26 @@ def _kafka_stage(s: dict[str, str]) -> Stage:
 
 
 def _cassandra_stage(s: dict[str, str]) -> Stage:
+    """Rows in each table's current bucket (one partition read per symbol: never a table scan),
+    and the newest source commit the stream applied (stream_offsets)."""
     counts: dict[str, int | None] = {}
-    newest: list[datetime] = []
-    with cassandra(s) as (session, keyspace):
+    now = datetime.now(UTC)
+    with postgres(s) as pg, cassandra(s) as (session, keyspace):
         known = {r.table_name for r in session.execute(
             "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (keyspace,))}
-        for t in TABLES:
-            if t not in known:
-                counts[t] = None
+        for name, table in TABLES.items():
+            if name not in known:
+                counts[name] = None
                 continue
-            # a full scan: fine at demo sizes, and bounded by the request timeout
-            row = session.execute(f"SELECT count(*) AS n, max(cdc_source_ts) AS latest FROM {keyspace}.{t}",
-                                  timeout=30).one()
-            counts[t] = row.n
-            if row.latest:
-                newest.append(row.latest.replace(tzinfo=UTC))
-    return Stage("cassandra", counts, max(newest) if newest else None)
+            where = " AND ".join(f'"{c}" = ?' for c in table.cassandra_partition)
+            stmt = session.prepare(f'SELECT count(*) AS n FROM "{keyspace}"."{name}" WHERE {where}')
+            bucket = table.bucket_of(now)
+            with pg.cursor() as cur:
+                held = prefixes(cur, table, (SOURCE_SCHEMA,))
+            pg.rollback()
+            counts[name] = sum(session.execute(stmt, (*prefix, bucket), timeout=30).one().n for prefix in held)
+        newest = checks.newest_in_cassandra(checks.processed_offsets(session, keyspace))
+    return Stage("cassandra", counts, newest)
 
 
 def stages(s: dict[str, str]) -> list[Stage]:
@@ -140,7 +145,7 @@ def print_services(s: dict[str, str]) -> None:
 
 
 def print_stages(s: dict[str, str]) -> None:
-    print("\npipeline (rows per table; freshest source time)")
+    print("\npipeline (rows per table, Cassandra: in the current hour or day bucket; freshest source time)")
     header = "  " + f"{'stage':<20}" + "".join(f"{t:>14}" for t in TABLES) + "   freshest"
     print(header)
     now = datetime.now(UTC)

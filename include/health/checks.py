@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from include.cdc.kafka_connect import ConnectError, KafkaConnectClient, failures
@@ -244,7 +244,8 @@ def processed_offsets(session: Any, keyspace: str, query_name: str = STREAM_QUER
 
 
 def last_batch(session: Any, keyspace: str, query_name: str = STREAM_QUERY_NAME) -> Any:
-    return session.execute(f'SELECT * FROM "{keyspace}".stream_progress WHERE query_name = %s LIMIT 1',
+    """The stream's last finished micro-batch (`stream_position`, one row per query), or None."""
+    return session.execute(f'SELECT * FROM "{keyspace}".stream_position WHERE query_name = %s',
                            (query_name,)).one()
 
 
@@ -289,16 +290,22 @@ def measure_stream_lag(admin: Any, session: Any, keyspace: str, th: Thresholds,
     return check_stream_lag(end, done, last, th), last
 
 
-def stream_batches_since(session: Any, keyspace: str, since: datetime | None,
-                         query_name: str = STREAM_QUERY_NAME) -> list[dict[str, Any]]:
-    """The stream's batches finished after `since`, as rows of pipeline_health.stream_batches."""
-    cql = f'SELECT * FROM "{keyspace}".stream_progress WHERE query_name = %s'
-    args: tuple = (query_name,)
-    if since is not None:
-        cql += " AND finished_at > %s"
-        args += (since,)
+def stream_batches_since(session: Any, keyspace: str, since: datetime | None, th: Thresholds | None = None,
+                         query_name: str = STREAM_QUERY_NAME, now: datetime | None = None) -> list[dict[str, Any]]:
+    """The stream's batches finished after `since` (at most `history_days` back), as rows of
+    pipeline_health.stream_batches: one read per hour partition of `stream_progress`."""
+    now = now or _now()
+    oldest = now - timedelta(days=(th or Thresholds()).history_days)
+    since = (max(since, oldest) if since is not None else oldest).astimezone(UTC)
+    stmt = session.prepare(f'SELECT * FROM "{keyspace}".stream_progress WHERE query_name = ? AND hour = ? '
+                           "AND finished_at > ?")
+    hour = since.replace(minute=0, second=0, microsecond=0)
+    rows = []
+    while hour <= now:
+        rows.extend(session.execute(stmt, (query_name, hour, since)))
+        hour += timedelta(hours=1)
     out = []
-    for r in session.execute(cql, args):
+    for r in rows:
         finished = r.finished_at.replace(tzinfo=UTC)
         newest = r.newest_source_ts.replace(tzinfo=UTC) if r.newest_source_ts else None
         out.append({"query_name": r.query_name, "finished_at": finished, "batch_id": r.batch_id,
@@ -315,7 +322,8 @@ def newest_in_postgres(pg: Any, schema: str) -> datetime | None:
     """Newest observation in `binance` (tables with an observation time), or newest source commit
     in the bridge (`cassandra`, cdc_source_ts is indexed)."""
     tables = TABLES if schema == SOURCE_SCHEMA else BRIDGE_TABLES
-    parts = [f"(SELECT max({t.time_column}) FROM {schema}.{name})" for name, t in tables.items() if t.tells_freshness]
+    parts = [f"(SELECT max({t.freshness_column}) FROM {schema}.{name})" for name, t in tables.items()
+             if t.freshness_column]
     with pg.cursor() as cur:
         cur.execute("SELECT to_regclass(%s)", (f"{schema}.{next(iter(TABLES))}",))
         if cur.fetchone()[0] is None:
@@ -367,6 +375,38 @@ def measure_freshness(pg: Any, session: Any, keyspace: str, th: Thresholds) -> C
     return check_freshness(dict(zip(STAGES, newest, strict=True)), th)
 
 
+# --------------------------------------------------------------------------- the bridge
+
+
+FORCED = ("first run", "requested")
+
+
+def check_bridge(states: list[dict[str, Any]], since: datetime | None) -> CheckResult:
+    """A table the bridge had to copy whole by itself since the previous check (its watermark was
+    older than the change log keeps: it was paused or failing for that long) is reported, once:
+    the copy restored it, but someone should know why it fell behind."""
+    forced = [s for s in states if s.get("full_copy_at") is not None and s.get("full_copy_reason") not in FORCED
+              and (since is None or s["full_copy_at"] > since)]
+    modes = ", ".join(f"{s['table']} {s.get('mode') or '-'}" for s in states) or "no table synced yet"
+    if forced:
+        what = "; ".join(f"{s['table']} at {s['full_copy_at']:%Y-%m-%d %H:%M:%S} ({s['full_copy_reason']})"
+                         for s in forced)
+        return CheckResult("bridge", False, f"cassandra_bridge copied whole by itself: {what}. Its watermark was older "
+                           "than the change log keeps, so it copied the table instead of the changes: nothing is "
+                           "missing now, but the bridge was paused or failing for that long; its run history says "
+                           "why", {})
+    return CheckResult("bridge", True, f"bridge: {modes}" + (f"; checked since {since:%H:%M:%S}" if since else ""), {})
+
+
+def previous_check(pg: Any, name: str) -> datetime | None:
+    """When the check `name` last stored a verdict (None: never)."""
+    with pg.cursor() as cur:
+        cur.execute(f"SELECT max(checked_at) FROM {HEALTH_SCHEMA}.checks WHERE check_name = %s", (name,))
+        at = cur.fetchone()[0]
+    pg.rollback()
+    return at
+
+
 # --------------------------------------------------------------------------- storage
 
 
@@ -413,7 +453,7 @@ def store_stream_batches(pg: Any, session: Any, keyspace: str, query_name: str =
         cur.execute(f"SELECT max(finished_at) FROM {HEALTH_SCHEMA}.stream_batches WHERE query_name = %s",
                     (query_name,))
         since = cur.fetchone()[0]
-        rows = stream_batches_since(session, keyspace, since, query_name)
+        rows = stream_batches_since(session, keyspace, since, query_name=query_name)
         n = _insert(cur, "stream_batches", rows)
     pg.commit()
     log.info("copied %d stream batch(es) finished after %s", n, since)

@@ -86,6 +86,16 @@ def check_freshness() -> str:
     return _run(measure)
 
 
+def check_bridge() -> str:
+    from include.bridge.state import bridge_states
+
+    def measure() -> checks.CheckResult:
+        with connections.postgres() as conn:
+            return checks.check_bridge(bridge_states(conn), checks.previous_check(conn, "bridge"))
+
+    return _run(measure)
+
+
 def record_stream_batches() -> int:
     with connections.postgres() as conn, connections.cassandra() as (session, keyspace):
         return checks.store_stream_batches(conn, session, keyspace)

@@ -222,3 +222,21 @@ def test_newest_in_cassandra_ignores_topics_that_are_not_pipeline_tables():
             (names.CDC_TOPIC_PREFIX + "order_book", 0): SimpleNamespace(newest_source_ts=None)}
     assert health.newest_in_cassandra(done) == newer
     assert health.newest_in_cassandra({}) is None
+
+
+def _state(table, reason=None, at=None, mode="incremental"):
+    return {"table": table, "mode": mode, "full_copy_reason": reason, "full_copy_at": at}
+
+
+def test_a_full_copy_the_bridge_forced_itself_into_is_reported_once():
+    copied = NOW - timedelta(minutes=2)
+    states = [_state("klines"), _state("recent_trades", "change log expired past the watermark", copied, "full")]
+    failed = health.check_bridge(states, since=NOW - timedelta(minutes=3))
+    assert not failed.ok and "recent_trades" in failed.message and "change log expired" in failed.message
+    # the next check, a minute later, has nothing new to say
+    assert health.check_bridge(states, since=NOW - timedelta(minutes=1)).ok
+
+
+def test_first_runs_and_requested_copies_are_not_alerts():
+    states = [_state("klines", "first run", NOW, "full"), _state("order_book", "requested", NOW, "full")]
+    assert health.check_bridge(states, since=None).ok
