@@ -174,14 +174,6 @@ def _ms(rows: dict[tuple, tuple]) -> dict[tuple, tuple]:
     return {cut(k): cut(v) for k, v in rows.items()}
 
 
-def _intervals(pg, symbols) -> tuple[str, ...]:
-    with pg.cursor() as cur:
-        cur.execute("SELECT DISTINCT interval FROM binance.klines WHERE symbol = ANY(%s)", (list(symbols),))
-        out = tuple(r[0] for r in cur.fetchall())
-    pg.commit()
-    return out or ("1h",)
-
-
 def differences(pg, session, symbols, schema: str | None = None) -> dict[str, str]:
     """Per table, how Cassandra (or, with `schema`, that Postgres copy) differs from Postgres
     `binance` for `symbols`: missing, extra and different rows; empty when they are equal."""
@@ -189,11 +181,10 @@ def differences(pg, session, symbols, schema: str | None = None) -> dict[str, st
     from tests.integration.conftest import cassandra_rows
 
     out = {}
-    intervals = _intervals(pg, symbols)
     for table in TABLES:
         want = _ms(table_rows(pg, "binance", table, symbols))
         got = _ms(table_rows(pg, schema, table, symbols) if schema else cassandra_rows(
-            session, table, list(symbols), intervals=intervals))
+            session, table, list(symbols), pg))
         missing = want.keys() - got.keys()
         extra = got.keys() - want.keys()
         changed = [k for k in want.keys() & got.keys() if want[k] != got[k]]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -87,19 +87,33 @@ def pg_rows(pg, table: str, symbols: list[str]) -> dict[tuple, tuple]:
     return _keyed(t, rows)
 
 
-def cassandra_rows(session, table: str, symbols: list[str], intervals: tuple[str, ...] = ("1m", "30m")) -> dict:
-    """The rows of `symbols`, read partition by partition (never a whole-table scan)."""
+def cassandra_partition_rows(session, table: str, symbols: list[str], pg, columns: str | None = None,
+                             since: datetime | None = None) -> list:
+    """Rows of `symbols` in Cassandra, read partition by partition (never a whole-table scan): every
+    bucket from `since` (default: three days ago, or the oldest row Postgres holds for them if older)
+    to a day ahead, for every prefix (symbol, interval) Postgres holds for them, or the symbol alone."""
+    from include.partitions import buckets, prefix_ranges
+
     t = TABLES[table]
-    cols = ", ".join(t.column_names)
+    now = datetime.now(UTC)
+    with pg.cursor() as cur:
+        ranges = {p: r for p, r in prefix_ranges(cur, t, ("binance", "cassandra")).items() if p[0] in symbols}
+    pg.commit()
+    start = min([since or now - timedelta(days=3), *(low for low, _ in ranges.values())])
+    prefixes = set(ranges) | ({(s,) for s in symbols} if len(t.cassandra_partition_key) == 1 else set())
+    where = " AND ".join(f"{c} = ?" for c in t.cassandra_partition)
+    stmt = session.prepare(f"SELECT {columns or ', '.join(t.column_names)} FROM {table} WHERE {where}")
     rows = []
-    for symbol in symbols:
-        if t.cassandra_partition_key == ("symbol", "interval"):
-            for interval in intervals:
-                rows += session.execute(f"SELECT {cols} FROM {table} WHERE symbol = %s AND interval = %s",
-                                        (symbol, interval))
-        else:
-            rows += session.execute(f"SELECT {cols} FROM {table} WHERE symbol = %s", (symbol,))
-    return _keyed(t, [tuple(r) for r in rows])
+    for prefix in sorted(prefixes):
+        for bucket in buckets(t, start, now + timedelta(days=1)):
+            rows += session.execute(stmt, (*prefix, bucket))
+    return rows
+
+
+def cassandra_rows(session, table: str, symbols: list[str], pg, since: datetime | None = None) -> dict:
+    """The rows of `symbols`, keyed like pg_rows, read partition by partition."""
+    return _keyed(TABLES[table], [tuple(r) for r in cassandra_partition_rows(session, table, symbols, pg,
+                                                                             since=since)])
 
 
 def _keyed(t, rows) -> dict[tuple, tuple]:
@@ -107,7 +121,7 @@ def _keyed(t, rows) -> dict[tuple, tuple]:
     out = {}
     for row in rows:
         values = tuple(_norm(v) for v in row)
-        key = tuple(values[names.index(k)] for k in t.cassandra_key)
+        key = tuple(values[names.index(k)] for k in t.row_key)
         assert key not in out, f"duplicate key {key} in {t.name}"
         out[key] = values
     return out

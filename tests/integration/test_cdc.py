@@ -22,13 +22,22 @@ from confluent_kafka import Consumer, TopicPartition
 from include.binance.models import DailyTicker, Kline, LatestPrice, OrderBookLevel, Trade
 from include.loader import load
 from include.tables import TABLES
-from tests.integration.conftest import TEST_CHECKPOINT, cassandra_rows, pg_rows, run_dag, wait_for_debezium
+from include.times import as_utc, to_epoch_ms
+from tests.integration.conftest import (
+    TEST_CHECKPOINT,
+    cassandra_partition_rows,
+    cassandra_rows,
+    pg_rows,
+    run_dag,
+    wait_for_debezium,
+)
 
 pytestmark = pytest.mark.integration
 
 SYMBOLS = ["CDCAUSDT", "CDCBUSDT"]
 REPO = Path(__file__).resolve().parents[2]
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+# recent, so every store's retention keeps the rows (a fixed past date would fall out of Cassandra's window)
+T0 = (datetime.now(UTC) - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
 
 
 def _delete_test_rows(pg) -> None:
@@ -61,7 +70,7 @@ def _assert_cassandra_equals_postgres(pg, cassandra) -> dict[str, int]:
     counts = {}
     for table in TABLES:
         want = pg_rows(pg, table, SYMBOLS)
-        got = cassandra_rows(cassandra, table, SYMBOLS)
+        got = cassandra_rows(cassandra, table, SYMBOLS, pg)
         assert got.keys() == want.keys(), f"{table}: keys differ; missing {want.keys() - got.keys()}, " \
                                           f"extra {got.keys() - want.keys()}"
         for key, row in want.items():
@@ -101,21 +110,25 @@ def test_inserts_updates_and_deletes_of_every_table_reach_cassandra_exactly(dagb
 
     counts = _assert_cassandra_equals_postgres(pg, cassandra)
     assert counts == {"latest_prices": 5, "daily_ticker": 1, "klines": 5, "recent_trades": 7, "order_book": 6}
-    row = cassandra.execute("SELECT low_price, cdc_op, cdc_lsn, writetime(low_price) AS wt FROM klines "
-                            "WHERE symbol = %s AND interval = '1m' AND open_time = %s",
-                            (SYMBOLS[0], T0 + timedelta(minutes=1))).one()
+    row = cassandra.execute("SELECT low_price, cdc_op, cdc_source_ts, writetime(low_price) AS wt FROM klines "
+                            "WHERE symbol = %s AND interval = '1m' AND bucket = %s AND open_time = %s",
+                            (SYMBOLS[0], TABLES["klines"].bucket_of(T0), T0 + timedelta(minutes=1))).one()
     assert str(row.low_price) == "0.00001234"
-    assert row.cdc_op == "u" and row.wt == row.cdc_lsn
-    # every row written with its source LSN as write time, whichever path wrote it
+    assert row.cdc_op == "u" and _is_commit_time(row)
+    # every row written with its source commit time (µs) as write time, whichever path wrote it
     for table in TABLES:
         value = next(c for c in TABLES[table].column_names if c not in TABLES[table].cassandra_key)
-        rows = cassandra.execute(f"SELECT symbol, cdc_lsn, writetime({value}) AS wt FROM {table}", timeout=60)
-        mine = [r for r in rows if r.symbol in SYMBOLS]
-        assert mine and all(r.wt == r.cdc_lsn for r in mine), f"{table}: a write time is not the source LSN"
+        mine = cassandra_partition_rows(cassandra, table, SYMBOLS, pg, f"cdc_source_ts, writetime({value}) AS wt")
+        assert mine and all(_is_commit_time(r) for r in mine), f"{table}: a write time is not the source commit time"
     # the stream's log (spark-submit's output, relayed by the task) names the path that wrote
     out = capfd.readouterr()
     marker = "on the driver:" if path == "driver" else "parse+rank"
     assert marker in out.out + out.err, f"the {path} path did not write this batch"
+
+
+def _is_commit_time(row) -> bool:
+    """The write time is the change's source commit time in µs: cdc_source_ts is the same instant in ms."""
+    return row.wt // 1000 == to_epoch_ms(as_utc(row.cdc_source_ts))
 
 
 def _spark_submit(settings, checkpoint: Path) -> subprocess.Popen:
@@ -198,10 +211,11 @@ def test_a_killed_stream_restarts_without_loss_duplicates_or_regression(dagbag, 
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-    row = cassandra.execute("SELECT close_price, num_trades, cdc_lsn, writetime(close_price) AS wt FROM klines "
-                            "WHERE symbol = %s AND interval = %s AND open_time = %s", key).one()
+    row = cassandra.execute("SELECT close_price, num_trades, cdc_source_ts, writetime(close_price) AS wt FROM klines "
+                            "WHERE symbol = %s AND interval = %s AND bucket = %s AND open_time = %s",
+                            (*key[:2], TABLES["klines"].bucket_of(key[2]), key[2])).one()
     assert row.num_trades == written["n"] and row.close_price == Decimal(written["n"])
-    assert row.wt == row.cdc_lsn
+    assert _is_commit_time(row)
 
 
 def _end_offsets(settings) -> dict[TopicPartition, int]:
