@@ -18,7 +18,7 @@ from include.tables import TABLES
 from stack import localstack as ls
 from stack.status import Stage, print_health, print_stages, stages
 
-DEMO_DAGS = ("binance_extract", "cdc_stream", "cassandra_bridge", "pipeline_health")
+DEMO_DAGS = ("binance_extract", "cdc_stream", "cassandra_bridge", "pipeline_health", "retention")
 
 
 # --------------------------------------------------------------------------- demo
