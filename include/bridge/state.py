@@ -36,7 +36,7 @@ def save_watermark(cur: Any, table: str, bucket: datetime, mode: str, upserted: 
     cur.execute(
         f'INSERT INTO "{schema}".bridge_watermarks AS w (table_name, bucket, synced_at, rows_upserted, rows_deleted, '
         "mode, full_copy_reason, full_copy_at) "
-        "VALUES (%s, %s, now(), %s, %s, %s, %s, CASE WHEN %s IS NOT NULL THEN now() END) "
+        "VALUES (%s, %s, now(), %s, %s, %s, %s::text, CASE WHEN %s::text IS NOT NULL THEN now() END) "
         "ON CONFLICT (table_name) DO UPDATE SET bucket = EXCLUDED.bucket, synced_at = now(), "
         "rows_upserted = EXCLUDED.rows_upserted, rows_deleted = EXCLUDED.rows_deleted, mode = EXCLUDED.mode, "
         "full_copy_reason = COALESCE(EXCLUDED.full_copy_reason, w.full_copy_reason), "
