@@ -8,6 +8,7 @@ Usage: python -m stack {up,down,status,env,clean,demo} [options]
   env     print the settings from .env, expanded (for scripts)
   clean   stop everything and delete the runtime folder (.run/)
   demo    `up`, then the pipeline: cdc_setup, the DAGs unpaused, data in every stage [--offline]
+  nodetool ARGS  Cassandra's nodetool against the local node (e.g. tablestats binance_test)
 
 Installs (venvs, jars, Debian packages) are the Makefile's job; this only runs services.
 """
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo")
     demo.add_argument("--offline", action="store_true", help="feed it from the bundled Binance-compatible server")
     demo.add_argument("--timeout", type=float, default=480, help="seconds to wait for data in every stage")
+    tool = sub.add_parser("nodetool")
+    tool.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{key}={value}")
         elif args.command == "clean":
             ls.clean()
+        elif args.command == "nodetool":
+            print(ls.nodetool(ls.load_env(), *args.args), end="")
         elif args.command == "demo":
             from stack.demo import demo as run_demo
 

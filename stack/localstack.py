@@ -508,10 +508,26 @@ def start_cassandra(s: dict[str, str]) -> None:
         "-Dcassandra.superuser_setup_delay_ms=0", "-Dcassandra.skip_wait_for_gossip_to_settle=0",
         "-Dcassandra.ring_delay_ms=1000", "-Dcassandra.initial_token_allocation_delay_ms=0",
         f"-Djava.io.tmpdir={RUN / 'tmp'}", "-Djava.net.preferIPv4Stack=true",
+        # JMX bound to loopback, no authentication (cassandra-env.sh's LOCAL_JMX): what nodetool talks to
+        f"-Dcassandra.jmx.local.port={s.get('CASSANDRA_JMX_PORT', '7199')}",
         "-cp", classpath(JARS / "cassandra"), "org.apache.cassandra.service.CassandraDaemon",
     ]
     spawn("cassandra", argv, service_env(s))
     _SPAWNED.add("cassandra")
+
+
+_LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \[")
+
+
+def nodetool(s: dict[str, str], *args: str, timeout: float = 120) -> str:
+    """Cassandra's nodetool (from the cassandra-all jar) against the local node's JMX; its output."""
+    argv = [java(), *_CASSANDRA_JVM17, "-cp", classpath(JARS / "cassandra"), "org.apache.cassandra.tools.NodeTool",
+            "-h", "127.0.0.1", "-p", s.get("CASSANDRA_JMX_PORT", "7199"), *args]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if run.returncode != 0:
+        raise StackError(f"nodetool {' '.join(args)} failed ({run.returncode}): {(run.stderr or run.stdout)[-1000:]}")
+    # the driver's own start-up logging (netty, at DEBUG) goes to stdout too
+    return "".join(line for line in run.stdout.splitlines(keepends=True) if not _LOG_LINE.match(line))
 
 
 def _cassandra_session(s: dict[str, str], user: str, password: str):  # noqa: ANN202 - driver type
