@@ -47,3 +47,37 @@ def test_an_edited_applied_migration_is_refused(pg, tmp_path, monkeypatch):
     monkeypatch.setattr(migrations, "SQL_ROOT", tmp_path)
     with pytest.raises(migrations.MigrationError, match="changed after it was applied"):
         migrations.apply(pg, "binance")
+
+
+@pytest.mark.parametrize("table, column, moved", [
+    ("order_book", "captured_at", "captured_at + interval '1 minute'"),
+    ("recent_trades", "time", "time + interval '1 hour'"),
+])
+def test_a_cassandra_key_column_outside_the_postgres_key_cannot_be_updated(pg, table, column, moved):
+    """An UPDATE of it would leave the old row in Cassandra under its old key: Postgres refuses it,
+    naming the column, and other columns still update."""
+    migrations.apply(pg, SOURCE_SCHEMA)
+    symbol = "KEYMOVEUSDT"
+    with pg.cursor() as cur:
+        cur.execute(f"DELETE FROM binance.{table} WHERE symbol = %s", (symbol,))
+        if table == "order_book":
+            cur.execute("INSERT INTO binance.order_book VALUES (1, %s, 'bid', 1.5, 2, now())", (symbol,))
+        else:
+            cur.execute("INSERT INTO binance.recent_trades VALUES (%s, 1, 1.5, 2, 3, now(), true)", (symbol,))
+    pg.commit()
+    try:
+        with pytest.raises(Exception, match=rf"binance\.{table}\.{column} cannot be updated .* Cassandra's key"):
+            with pg.cursor() as cur:
+                cur.execute(f"UPDATE binance.{table} SET {column} = {moved} WHERE symbol = %s", (symbol,))
+        pg.rollback()
+        value = "quantity" if table == "order_book" else "qty"
+        with pg.cursor() as cur:
+            cur.execute(f"UPDATE binance.{table} SET {value} = 7 WHERE symbol = %s", (symbol,))
+            assert cur.rowcount == 1
+            # setting it to the value it holds changes nothing: allowed
+            cur.execute(f"UPDATE binance.{table} SET {column} = {column} WHERE symbol = %s", (symbol,))
+        pg.commit()
+    finally:
+        with pg.cursor() as cur:
+            cur.execute(f"DELETE FROM binance.{table} WHERE symbol = %s", (symbol,))
+        pg.commit()
