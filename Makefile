@@ -11,12 +11,13 @@ STACK := $(VENV)/bin/python -m stack
 OFFLINE ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: help install up down status demo test test-faults lint clean system-deps
+.PHONY: help install up down status demo test test-faults test-soak lint clean system-deps
 
 help:
 	@echo "make demo     install what is missing, start the stack and the pipeline, print the Airflow login"
 	@echo "make test     install what is missing, start the stack, run the whole test suite"
 	@echo "make test-faults   kill -9 each service under load, bad input, WAL safety (run alone)"
+	@echo "make test-soak     30 days of default operation through the pipeline (SOAK_DAYS=1 for a day; run alone)"
 	@echo "make up|down|status|clean   start / stop (data kept) / show / wipe the local stack"
 
 # --- installs (idempotent: each stamp is rebuilt only when its inputs change)
@@ -76,10 +77,17 @@ lint: $(VENV)/.installed
 
 # two runners: Airflow's venv for everything but the Spark transforms, which run in Spark's own venv
 test: up
-	set -a && . ./.env && set +a && $(VENV)/bin/python -m pytest --ignore=tests/spark --ignore=tests/faults $(PYTEST_ARGS)
+	set -a && . ./.env && set +a && $(VENV)/bin/python -m pytest --ignore=tests/spark --ignore=tests/faults --ignore=tests/soak $(PYTEST_ARGS)
 	TZ=UTC $(SPARK_VENV)/bin/python -m pytest tests/spark -p no:cacheprovider $(PYTEST_ARGS)
 
 # the fault-injection suite: SIGKILLs services of the local stack under load and restarts them
 # (`make up`), so it runs alone; -s prints the recovery times
 test-faults: up
 	set -a && . ./.env && set +a && $(VENV)/bin/python -m pytest tests/faults -s -p no:logging $(PYTEST_ARGS)
+
+# the soak: SOAK_DAYS (30) days of default operation for SOAK_SYMBOLS (3) symbols pushed through the real
+# pipeline time-compressed, with retention; it runs its own stream, so it runs alone; -s prints the figures
+SOAK_DAYS ?= 30
+SOAK_SYMBOLS ?= 3
+test-soak: up
+	set -a && . ./.env && set +a && SOAK_DAYS=$(SOAK_DAYS) SOAK_SYMBOLS=$(SOAK_SYMBOLS) $(VENV)/bin/python -m pytest tests/soak -s -p no:logging $(PYTEST_ARGS)
