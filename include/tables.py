@@ -1,4 +1,4 @@
-"""The five source tables, defined once: columns, keys, time columns, and how Cassandra keys them.
+"""The six source tables, defined once: columns, keys, time columns, and how Cassandra keys them.
 
 Everything else follows these definitions: the loader's column order and conflict keys, the
 publication and the connector's table list (set by cdc_setup), the Spark parsing schema, the
@@ -173,6 +173,22 @@ TABLES: dict[str, Table] = {
             # deletes must carry captured_at too, which Cassandra's key and bucket follow
             replica_identity="FULL",
             cassandra_clustering=("captured_at", "update_id", "side", "price"),
+            bucket="hour",
+        ),
+        Table(
+            # one aggregate trade: the fills of one taker order at one price and time (Binance's a, p, q,
+            # f, l, T, m); from GET /api/v3/aggTrades for a run's interval, or from the archives
+            "agg_trades",
+            _cols(
+                "symbol:text agg_trade_id:bigint price:numeric qty:numeric first_trade_id:bigint "
+                "last_trade_id:bigint time:timestamptz is_buyer_maker:boolean"
+            ),
+            primary_key=("symbol", "agg_trade_id"),
+            time_column="time",
+            immutable=True,
+            # deletes must carry `time`, which Cassandra's bucket follows
+            replica_identity="FULL",
+            cassandra_clustering=("agg_trade_id",),
             bucket="hour",
         ),
     )

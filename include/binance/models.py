@@ -121,3 +121,21 @@ class OrderBookLevel:
     price: Decimal
     quantity: Decimal
     captured_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AggTrade:
+    """One aggregate trade, identified by (symbol, agg_trade_id): the fills of one taker order at one
+    price and time, summed (aggTrades' a, p, q, f, l, T, m; the archives' same columns). Not a trade:
+    it stands for the trades first_trade_id..last_trade_id."""
+
+    TABLE: ClassVar[str] = "agg_trades"
+
+    symbol: str
+    agg_trade_id: int
+    price: Decimal
+    qty: Decimal
+    first_trade_id: int
+    last_trade_id: int
+    time: datetime
+    is_buyer_maker: bool

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from include.binance.errors import BinanceResponseError, excerpt
 from include.binance.models import (
+    AggTrade,
     DailyTicker,
     Kline,
     LatestPrice,
@@ -30,6 +31,7 @@ TICKER_PRICE = "/api/v3/ticker/price"
 TICKER_24HR = "/api/v3/ticker/24hr"
 KLINES = "/api/v3/klines"
 TRADES = "/api/v3/trades"
+AGG_TRADES = "/api/v3/aggTrades"
 DEPTH = "/api/v3/depth"
 
 KLINE_FIELDS = 12
@@ -211,6 +213,29 @@ def parse_trades(payload: Any, symbol: str) -> list[Trade]:
                 quote_qty=record.decimal("quoteQty"),
                 time=record.time("time"),
                 is_buyer_maker=record.boolean("isBuyerMaker"),
+            )
+        )
+    return trades
+
+
+def parse_agg_trades(payload: Any, symbol: str) -> list[AggTrade]:
+    """aggTrades (array of {"a", "p", "q", "f", "l", "T", "m", "M"}, oldest first) -> AggTrade.
+    `M` (best price match) is not kept."""
+    trades = []
+    for raw in _objects(AGG_TRADES, symbol, payload, single_ok=False):
+        record = _Record(AGG_TRADES, symbol, raw)
+        if not isinstance(raw, Mapping):
+            record.fail(f"aggregate trade must be an object, got {type(raw).__name__}")
+        trades.append(
+            AggTrade(
+                symbol=symbol,
+                agg_trade_id=record.integer("a"),
+                price=record.decimal("p"),
+                qty=record.decimal("q"),
+                first_trade_id=record.integer("f"),
+                last_trade_id=record.integer("l"),
+                time=record.time("T"),
+                is_buyer_maker=record.boolean("m"),
             )
         )
     return trades

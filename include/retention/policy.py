@@ -29,13 +29,16 @@ STORES = ("binance", "cassandra", "bridge")
 
 # Defaults at the default schedule (every minute, ten symbols), rows kept in Postgres `binance`:
 # order book 24 h (2.9 M levels), trades 48 h (up to 14.4 M), prices and tickers 30 days (432,000
-# each), klines for ever (48 a day per symbol at 30m). README, "Retention".
+# each), klines for ever (48 a day per symbol at 30m). Aggregate trades 48 h like trades: they are
+# the same tape, one row per taker order instead of per fill, so as many or fewer rows, and what
+# older history a user wants comes back from the archives (binance_archive). README, "Retention".
 DEFAULTS: dict[str, str | None] = {
     "latest_prices": "30d",
     "daily_ticker": "30d",
     "klines": None,
     "recent_trades": "48h",
     "order_book": "24h",
+    "agg_trades": "48h",
 }
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")

@@ -11,6 +11,7 @@ from include.binance.errors import BinanceResponseError
 from include.binance.models import to_epoch_ms, utc_from_epoch
 from include.binance.parse import (
     parse_24hr,
+    parse_agg_trades,
     parse_depth,
     parse_exchange_info,
     parse_klines,
@@ -273,6 +274,46 @@ def test_trades_missing_id_is_rejected() -> None:
     broken = {k: v for k, v in DOC_TRADE.items() if k != "id"}
     with pytest.raises(BinanceResponseError, match="'id' missing"):
         parse_trades([broken], "BNBBTC")
+
+
+# -- aggregate trades -------------------------------------------------------------------------
+
+# Binance's documented aggTrades example (a, p, q, f, l, T, m, M)
+DOC_AGG_TRADE = {"a": 26129, "p": "0.01633102", "q": "4.70443515", "f": 27781, "l": 27781, "T": 1498793709153,
+                 "m": True, "M": True}
+
+
+def test_agg_trades_document_example() -> None:
+    (agg,) = parse_agg_trades([DOC_AGG_TRADE], "LTCBTC")
+    assert (agg.symbol, agg.agg_trade_id, agg.first_trade_id, agg.last_trade_id) == ("LTCBTC", 26129, 27781, 27781)
+    assert (agg.price, agg.qty) == (Decimal("0.01633102"), Decimal("4.70443515"))
+    assert agg.time == utc_from_epoch(1498793709153)
+    assert agg.is_buyer_maker is True
+
+
+def test_agg_trades_in_microseconds_parse_to_the_same_times() -> None:
+    (micro,) = parse_agg_trades([{**DOC_AGG_TRADE, "T": 1498793709153_123}], "LTCBTC")
+    assert micro.time == utc_from_epoch(1498793709153)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"a": "26129"}, "'a' must be an integer"),
+        ({"p": 0.01633102}, "'p' is the JSON number"),
+        ({"m": "true"}, "'m' must be a boolean"),
+        ({"T": None}, "'T' must be an integer"),
+    ],
+)
+def test_malformed_agg_trades_are_rejected(change: dict, problem: str) -> None:
+    with pytest.raises(BinanceResponseError, match=problem) as err:
+        parse_agg_trades([{**DOC_AGG_TRADE, **change}], "LTCBTC")
+    assert "/api/v3/aggTrades" in str(err.value) and "LTCBTC" in str(err.value)
+
+
+def test_agg_trades_missing_field_is_named() -> None:
+    with pytest.raises(BinanceResponseError, match="'l' missing"):
+        parse_agg_trades([{k: v for k, v in DOC_AGG_TRADE.items() if k != "l"}], "LTCBTC")
 
 
 # -- depth -------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from include.tables import BRIDGE_TABLES, BUCKET, CDC_COLUMNS, TABLES, Column, T
 
 # tables the migrations create that hold no market data, so include/tables.py does not define them
 NOT_DATA = {
-    SOURCE_SCHEMA: {HEARTBEAT_TABLE},
+    SOURCE_SCHEMA: {HEARTBEAT_TABLE, "archive_files"},
     BRIDGE_SCHEMA: {"bridge_watermarks"},
     "cql": {"dead_letters", "changed_rows", "stream_progress", "stream_offsets", "stream_position", "sink_retention"},
 }
