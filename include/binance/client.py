@@ -5,7 +5,9 @@ minutes to three days) that would stop every dataset of the pipeline. So the cli
 - keeps a ban-until time from every 429/418 `Retry-After` and refuses to send anything before it,
   sharing it with other processes through an optional JSON state file;
 - tracks `X-MBX-USED-WEIGHT-1M` and waits for the next minute rather than exceed its weight budget
-  (by default half of the 6000/minute limit, leaving room for other users of the IP);
+  (by default half of the 6000/minute limit, leaving room for other users of the IP); with a weight
+  state file, every process on the host reserves its weight in one file-locked record before it
+  calls, so concurrent tasks (backfill runs) keep to one budget together;
 - retries only what is safe to retry (5xx, connection errors, timeouts) with jittered backoff;
 - turns every other failure into an exception naming endpoint, parameters, status and body.
 """
@@ -13,6 +15,7 @@ minutes to three days) that would stop every dataset of the pipeline. So the cli
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -40,6 +43,7 @@ from include.binance.errors import (
 )
 from include.binance.intervals import KLINE_INTERVALS
 from include.binance.models import (
+    AggTrade,
     DailyTicker,
     Kline,
     LatestPrice,
@@ -49,6 +53,7 @@ from include.binance.models import (
     utc_from_epoch,
 )
 from include.binance.parse import (
+    AGG_TRADES,
     DEPTH,
     EXCHANGE_INFO,
     KLINES,
@@ -56,6 +61,7 @@ from include.binance.parse import (
     TICKER_PRICE,
     TRADES,
     parse_24hr,
+    parse_agg_trades,
     parse_depth,
     parse_exchange_info,
     parse_klines,
@@ -71,7 +77,13 @@ TIME = "/api/v3/time"
 DEFAULT_BASE_URL = "https://data-api.binance.vision"
 REQUEST_WEIGHT_LIMIT = 6000
 DEFAULT_WEIGHT_BUDGET = REQUEST_WEIGHT_LIMIT // 2
-MAX_LIMITS = {KLINES: 1000, TRADES: 1000, DEPTH: 5000}
+MAX_LIMITS = {KLINES: 1000, TRADES: 1000, DEPTH: 5000, AGG_TRADES: 1000}
+# aggTrades: startTime and endTime at most one hour apart (Binance answers -1127 beyond)
+AGG_TRADES_MAX_WINDOW_MS = 3_600_000
+# The shared facts (docs/binance-api.md of the project) give no weight for aggTrades; 2 as for klines.
+# Binance's newer documentation may charge more: the server's X-MBX-USED-WEIGHT-1M corrects the
+# count after every call, and the budget is half the limit.
+AGG_TRADES_WEIGHT = 2
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9\-_.]{1,20}$")
 
 # Used when a 429/418 comes without a readable Retry-After: the documented minimum ban is 2 minutes.
@@ -101,6 +113,8 @@ def request_weight(endpoint: str, params: Mapping[str, Any] | None = None) -> in
         return 2 if count <= 20 else 40 if count <= 100 else 80
     if endpoint == KLINES:
         return 2
+    if endpoint == AGG_TRADES:
+        return AGG_TRADES_WEIGHT
     if endpoint == TRADES:
         return 25
     if endpoint == DEPTH:
@@ -227,6 +241,74 @@ def write_ban_state(path: Path, ban: BanState) -> None:
         raise
 
 
+class SharedWeight:
+    """The weight used this minute by every client of the host, in one small file that each process
+    locks (flock) while it reads and writes it: `{"minute": <epoch minute>, "used": <weight>}`.
+
+    A client reserves a call's weight before sending it, and raises the record to what the server
+    reports afterwards (X-MBX-USED-WEIGHT-1M counts every user of the IP), so the reservations of
+    concurrent processes add up and none of them can push the IP past the budget by itself. An
+    unreadable record (a process died mid-write) counts as a full minute: the next minute starts clean.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Any:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield fd
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _read(self, fd: int, minute: int, budget: int) -> int:
+        raw = os.pread(fd, 4096, 0)
+        if not raw.strip():
+            return 0
+        try:
+            data = json.loads(raw)
+            recorded, used = int(data["minute"]), int(data["used"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("weight state file %s is unreadable (%r): counting this minute as full", self.path,
+                        excerpt(raw))
+            # recorded as a full minute, so the next minute starts clean
+            self._write(fd, minute, budget)
+            return budget
+        return used if recorded == minute else 0
+
+    @staticmethod
+    def _write(fd: int, minute: int, used: int) -> None:
+        body = json.dumps({"minute": minute, "used": used, "minute_iso": _iso(minute * 60)}).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, body, 0)
+
+    def reserve(self, minute: int, weight: int, budget: int) -> tuple[bool, int]:
+        """(True, used after adding `weight`) when it fits this minute's budget, or nothing is used
+        yet (a call heavier than the budget goes alone); else (False, used), nothing reserved."""
+        with self._locked() as fd:
+            used = self._read(fd, minute, budget)
+            if used and used + weight > budget:
+                return False, used
+            self._write(fd, minute, used + weight)
+            return True, used + weight
+
+    def observe(self, minute: int, used: int, budget: int) -> int:
+        """Raise the record to `used`, the server's count for `minute`; returns the record."""
+        with self._locked() as fd:
+            recorded = self._read(fd, minute, budget)
+            if used > recorded:
+                self._write(fd, minute, used)
+                return used
+            return recorded
+
+    def used(self, minute: int, budget: int) -> int:
+        with self._locked() as fd:
+            return self._read(fd, minute, budget)
+
+
 @dataclass(frozen=True)
 class _Reply:
     payload: Any
@@ -238,8 +320,9 @@ class BinanceClient:
     """Binance Spot market-data client: one method per endpoint, returning parsed records.
 
     `clock` returns epoch seconds and `sleep` waits; both are injectable so tests can drive time.
-    One instance per thread/task: the ban and weight bookkeeping is not locked. Processes share
-    bans only through `ban_state_path` (last writer wins if two record a ban at the same instant).
+    One instance per thread/task: its own ban and weight bookkeeping is not locked. Processes share
+    bans through `ban_state_path` (last writer wins if two record a ban at the same instant) and the
+    weight budget through `weight_state_path` (a locked record, see SharedWeight).
     """
 
     def __init__(
@@ -253,6 +336,7 @@ class BinanceClient:
         max_wait_s: float = 60.0,
         weight_budget: int = DEFAULT_WEIGHT_BUDGET,
         ban_state_path: str | os.PathLike[str] | None = None,
+        weight_state_path: str | os.PathLike[str] | None = None,
         symbol_cache_ttl_s: float = 3600.0,
         max_rate_limit_retries: int = 2,
         time_unit: str | None = None,
@@ -277,6 +361,7 @@ class BinanceClient:
         self.max_wait_s = max_wait_s
         self.weight_budget = weight_budget
         self.ban_state_path = Path(ban_state_path) if ban_state_path is not None else None
+        self.shared_weight = SharedWeight(weight_state_path) if weight_state_path is not None else None
         self.symbol_cache_ttl_s = symbol_cache_ttl_s
         self.max_rate_limit_retries = max_rate_limit_retries
         self._owns_session = session is None
@@ -385,6 +470,35 @@ class BinanceClient:
             params["endTime"] = _time_param(end_time, "end_time")
         reply = self._get(KLINES, params, symbol)
         return self._parsed(KLINES, symbol, reply, lambda: parse_klines(reply.payload, symbol, interval))
+
+    def agg_trades(
+        self,
+        symbol: str,
+        limit: int = 500,
+        start_time: datetime | int | None = None,
+        end_time: datetime | int | None = None,
+        from_id: int | None = None,
+    ) -> list[AggTrade]:
+        """Up to `limit` aggregate trades, oldest first: from `from_id` (inclusive), or with times in
+        [start_time, end_time] (both inclusive, at most one hour apart), or the most recent ones."""
+        _check_symbol(symbol)
+        params = {"symbol": symbol, "limit": str(_check_limit(AGG_TRADES, limit))}
+        if from_id is not None:
+            if isinstance(from_id, bool) or not isinstance(from_id, int) or from_id < 0:
+                raise ValueError(f"from_id must be an int >= 0, got {from_id!r}")
+            if start_time is not None or end_time is not None:
+                raise ValueError("aggTrades takes from_id or start_time/end_time, not both")
+            params["fromId"] = str(from_id)
+        if start_time is not None:
+            params["startTime"] = _time_param(start_time, "start_time")
+        if end_time is not None:
+            params["endTime"] = _time_param(end_time, "end_time")
+        if start_time is not None and end_time is not None:
+            span = int(params["endTime"]) - int(params["startTime"])
+            if not 0 <= span <= AGG_TRADES_MAX_WINDOW_MS:
+                raise ValueError(f"aggTrades start_time..end_time must span 0..1 h, got {span} ms ({symbol})")
+        reply = self._get(AGG_TRADES, params, symbol)
+        return self._parsed(AGG_TRADES, symbol, reply, lambda: parse_agg_trades(reply.payload, symbol))
 
     def trades(self, symbol: str, limit: int = 500) -> list[Trade]:
         """The `limit` most recent trades, oldest first (weight 25 whatever the limit)."""
@@ -559,6 +673,9 @@ class BinanceClient:
         )
 
     def _respect_weight_budget(self, endpoint: str, weight: int) -> None:
+        if self.shared_weight is not None:
+            self._reserve_shared_weight(endpoint, weight)
+            return
         now = self._clock()
         minute = int(now // 60)
         used = self._used_weight if self._used_minute == minute else 0
@@ -578,6 +695,30 @@ class BinanceClient:
         self._used_weight = 0
         self._used_minute = minute + 1
 
+    def _reserve_shared_weight(self, endpoint: str, weight: int) -> None:
+        """Reserve `weight` in the host's shared record, waiting for the next minute while the budget
+        holds no room for it (the record, not this client, knows what the others used)."""
+        assert self.shared_weight is not None
+        while True:
+            now = self._clock()
+            minute = int(now // 60)
+            fits, used = self.shared_weight.reserve(minute, weight, self.weight_budget)
+            if fits:
+                self._used_weight, self._used_minute = used, minute
+                return
+            wait = (minute + 1) * 60 + MINUTE_MARGIN_S - now
+            log.warning(
+                "waiting %.1f s before GET %s: weight used this minute by this host (%s, shared through %s) + %s "
+                "would exceed the budget of %s",
+                wait,
+                endpoint,
+                used,
+                self.shared_weight.path,
+                weight,
+                self.weight_budget,
+            )
+            self._sleep(wait)
+
     def _note_used_weight(self, response: requests.Response, weight: int, endpoint: str) -> int:
         header = response.headers.get("X-MBX-USED-WEIGHT-1M")
         if header is None:
@@ -587,8 +728,11 @@ class BinanceClient:
         except ValueError:
             log.warning("unreadable X-MBX-USED-WEIGHT-1M %r from %s; counting weight locally", header, endpoint)
             return self._count_weight_locally(weight)
+        minute = int(self._clock() // 60)
+        if self.shared_weight is not None:
+            used = self.shared_weight.observe(minute, used, self.weight_budget)
         self._used_weight = used
-        self._used_minute = int(self._clock() // 60)
+        self._used_minute = minute
         return used
 
     def _count_weight_locally(self, weight: int) -> int:

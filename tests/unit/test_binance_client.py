@@ -123,6 +123,8 @@ def test_bad_base_url_is_refused(bad: str) -> None:
         ("/api/v3/ticker/24hr", {}, 80),
         ("/api/v3/klines", {"symbol": "BTCUSDT", "interval": "1m"}, 2),
         ("/api/v3/trades", {"symbol": "BTCUSDT", "limit": "1000"}, 25),
+        # not in the project's shared facts: 2, as for klines (include/binance/client.AGG_TRADES_WEIGHT)
+        ("/api/v3/aggTrades", {"symbol": "BTCUSDT", "limit": "1000"}, 2),
         ("/api/v3/depth", {"symbol": "BTCUSDT"}, 5),
         ("/api/v3/depth", {"limit": "100"}, 5),
         ("/api/v3/depth", {"limit": "101"}, 25),
@@ -150,6 +152,11 @@ def test_symbols_param_is_a_json_array_without_spaces() -> None:
         (lambda c: c.klines("BTCUSDT", "1m", limit=1001), r"1\.\.1000"),
         (lambda c: c.trades("BTCUSDT", limit=0), "limit"),
         (lambda c: c.depth("BTCUSDT", limit=5001), r"1\.\.5000"),
+        (lambda c: c.agg_trades("BTCUSDT", limit=1001), r"1\.\.1000"),
+        (lambda c: c.agg_trades("BTCUSDT", from_id=5, start_time=0), "not both"),
+        (lambda c: c.agg_trades("BTCUSDT", from_id=-1), "from_id"),
+        (lambda c: c.agg_trades("BTCUSDT", start_time=0, end_time=3_600_001), r"0\.\.1 h"),
+        (lambda c: c.agg_trades("BTCUSDT", start_time=10, end_time=9), r"0\.\.1 h"),
     ],
 )
 def test_bad_arguments_fail_before_any_request(server: BinanceTestServer, call: Any, message: str) -> None:
@@ -188,6 +195,12 @@ def test_endpoints_return_typed_records(server: BinanceTestServer) -> None:
     assert [lv.side for lv in levels] == ["bid"] * 5 + ["ask"] * 5
     assert client.exchange_info(["BTCUSDT", "MATICUSDT"]) == {"BTCUSDT": "TRADING", "MATICUSDT": "BREAK"}
     assert abs(client.server_time() - datetime.now(UTC)).total_seconds() < 5
+    recent = client.agg_trades("BTCUSDT", limit=10)
+    assert len(recent) == 10 and [a.agg_trade_id for a in recent] == list(range(recent[0].agg_trade_id,
+                                                                              recent[0].agg_trade_id + 10))
+    assert client.agg_trades("BTCUSDT", limit=3, from_id=recent[0].agg_trade_id) == recent[:3]
+    window = client.agg_trades("BTCUSDT", limit=1000, start_time=recent[0].time, end_time=recent[-1].time)
+    assert set(recent) <= set(window) and all(recent[0].time <= a.time <= recent[-1].time for a in window)
 
 
 def test_klines_start_time_accepts_datetimes(server: BinanceTestServer) -> None:
