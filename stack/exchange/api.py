@@ -2,10 +2,14 @@
 Binance's parameter checks, error codes, request weights, `X-MBX-USED-WEIGHT-1M`, 429/418 bans, the
 injected faults (`stack.exchange.faults`) and the control endpoints tests drive it with.
 
+Besides the API it serves Binance's public archive layout (`stack.exchange.archive`) under /data/,
+without weights or bans (on Binance it is another host, data.binance.vision).
+
 Faults for tests can be injected through the Python API (`add_fault`) or over HTTP:
     POST /_control/faults    {"kind": "429", "count": 1, "path": "/api/v3/klines", "retry_after": 1}
                              (or a list of those); kinds: 429, 418, 5xx, html, truncated,
-                             missing_field, delay
+                             missing_field, delay; for archive zip files archive_corrupt and
+                             archive_truncated (path: one file's /data/... path, or none for any)
     POST /_control/settings  {"used_weight": 5990, "ban_retry_after": 120, "weight_limit": 6000,
                               "frozen": true}
     POST /_control/reset     {} or {"market": true}: clear faults, ban, weights and the call log
@@ -24,17 +28,19 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import islice
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from include.binance.client import REQUEST_WEIGHT_LIMIT, request_weight
+from include.binance.client import AGG_TRADES_MAX_WINDOW_MS, REQUEST_WEIGHT_LIMIT, request_weight
 from include.binance.intervals import KLINE_INTERVALS, period_next, period_open, period_prev
-from stack.exchange.faults import Answer, Fault, Faults, damage_answer, damage_payload
-from stack.exchange.market import E8, SPECS, Candle, Market, SymbolState
+from stack.exchange.archive import Archive, NotInArchive
+from stack.exchange.faults import ARCHIVE_PREFIX, Answer, Fault, Faults, damage_answer, damage_archive, damage_payload
+from stack.exchange.market import E8, SPECS, AggTrade, Candle, Market, SymbolState
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +187,7 @@ class BinanceTestServer:
         self.weight_limit = weight_limit
         self.ban_retry_after_s = ban_retry_after_s
         self.market = Market(seed)
+        self.archive = Archive(lambda: self.market)
         self._frozen_at: float | None = None
         self._lock = threading.RLock()
         self._calls: list[dict[str, Any]] = []
@@ -197,6 +204,7 @@ class BinanceTestServer:
             "/api/v3/ticker/24hr": self._ticker_24hr,
             "/api/v3/klines": self._klines,
             "/api/v3/trades": self._trades,
+            "/api/v3/aggTrades": self._agg_trades,
             "/api/v3/depth": self._depth,
         }
         self._faults = Faults(self._routes)
@@ -269,6 +277,7 @@ class BinanceTestServer:
             self._weight_used = 0
             if market:
                 self.market = Market(self.seed)
+                self.archive.clear()
 
     def freeze(self, frozen: bool = True) -> None:
         """Stop (or restart) the market: while frozen, data calls neither trade nor move the clock."""
@@ -303,6 +312,8 @@ class BinanceTestServer:
         parts = urlsplit(target)
         if parts.path.startswith("/_control/"):
             return self._control(method, parts.path, body)
+        if parts.path.startswith(ARCHIVE_PREFIX):
+            return self._archive_file(method, parts.path)
         arrival = self.clock()
         with self._lock:
             call: dict[str, Any] = {
@@ -321,6 +332,37 @@ class BinanceTestServer:
             answer = self._api(method, parts.path, parts.query, headers, call)
             call["status"] = answer.status
             call["banned_until"] = self._banned_until
+            return answer
+
+    def archive_file(self, path: str) -> bytes:
+        """The bytes the archive serves at `path` (a zip or its .CHECKSUM), made now if not yet kept;
+        raises stack.exchange.archive.NotInArchive. For benchmarks that warm the files up."""
+        with self._lock:
+            return self.archive.get(path, self._frozen_at or self.clock())[0]
+
+    def _archive_file(self, method: str, path: str) -> Answer:
+        """A file of the archive layout: no weight, no ban; archive faults apply to zip files."""
+        arrival = self.clock()
+        with self._lock:
+            call: dict[str, Any] = {"time": arrival, "method": method, "path": path, "query": "", "params": {},
+                                    "time_unit": None, "status": None, "weight": 0, "fault": None,
+                                    "banned_until": None}
+            self._calls.append(call)
+            try:
+                if method != "GET":
+                    raise NotInArchive(f"method {method} not allowed")
+                body, content_type = self.archive.get(path, self._frozen_at or arrival)
+                answer = Answer(200, body, {"Content-Type": content_type})
+                if path.endswith(".zip"):
+                    fault = self._faults.take(path)
+                    call["fault"] = fault.kind if fault else None
+                    damage_archive(fault, answer)
+            except NotInArchive as exc:
+                # S3 answers a missing key with an XML error document
+                xml = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NoSuchKey</Code>"
+                       f"<Message>{exc}</Message><Key>{path}</Key></Error>").encode()
+                answer = Answer(404, xml, {"Content-Type": "application/xml"})
+            call["status"] = answer.status
             return answer
 
     def _api(self, method: str, path: str, query: str, headers: dict[str, str], call: dict[str, Any]) -> Answer:
@@ -633,6 +675,33 @@ class BinanceTestServer:
             for t in state.trades[-limit:]
         ]
 
+    def _agg_trades(self, params: dict[str, str], ctx: _Ctx) -> Any:
+        """The aggregate trade tape up to now: from fromId, or in [startTime, endTime] (inclusive, at most
+        an hour apart), from startTime, up to endTime (the newest before it), or the most recent."""
+        _read_params(params, ("symbol", "fromId", "startTime", "endTime", "limit"))
+        symbol = _one_symbol(params)
+        limit = _int_param(params, "limit", 500, 1000) or 500
+        from_id = _int_param(params, "fromId", None)
+        start, end = _time_ms(params, "startTime"), _time_ms(params, "endTime")
+        if from_id is not None and (start is not None or end is not None):
+            raise ApiError(-1128, "Combination of optional parameters invalid.")
+        if start is not None and end is not None and end - start > AGG_TRADES_MAX_WINDOW_MS:
+            raise ApiError(-1127, "More than 1 hours between startTime and endTime.")
+        tape, now_us = self.market.tape(symbol), ctx.now_us
+        rows: Iterable[AggTrade]
+        if from_id is not None:
+            rows = islice(tape.from_id(from_id, now_us), limit)
+        elif start is not None:
+            last = now_us if end is None else min(end * 1000 + 999, now_us)
+            rows = islice(tape.between(start * 1000, last), limit)
+        else:
+            rows = tape.before(now_us if end is None else min(end * 1000 + 999, now_us), limit)
+        return [
+            {"a": a.id, "p": fmt(a.price), "q": fmt(a.qty), "f": a.first_trade_id, "l": a.last_trade_id,
+             "T": ctx.us(a.time_us), "m": a.is_buyer_maker, "M": True}
+            for a in rows
+        ]
+
     def _depth(self, params: dict[str, str], ctx: _Ctx) -> Any:
         _read_params(params, ("symbol", "limit"))
         symbol = _one_symbol(params)
@@ -693,7 +762,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(answer.status)
             for name, value in answer.headers.items():
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(answer.body)))
+            length = answer.content_length if answer.content_length is not None else len(answer.body)
+            self.send_header("Content-Length", str(length))
             self.end_headers()
             self.wfile.write(answer.body)
         except (BrokenPipeError, ConnectionResetError) as exc:

@@ -11,6 +11,12 @@ Kinds:
   parsers read for that path).
 - delay: the right answer, `delay_s` seconds late.
 Rate limits and weights are not faults: the API layer applies them to every call.
+
+Archive faults answer the next `count` downloads of archive zip files (`path`: one file's path, or
+any file), never an API call; the `.CHECKSUM` files stay right:
+- archive_corrupt: the zip with some bytes changed, its length kept (the checksum no longer matches);
+- archive_truncated: the first half of the zip, while Content-Length announces the whole file (the
+  connection ends early, as a dropped download does).
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-FAULT_KINDS = ("429", "418", "5xx", "html", "truncated", "missing_field", "delay")
+FAULT_KINDS = ("429", "418", "5xx", "html", "truncated", "missing_field", "delay", "archive_corrupt",
+               "archive_truncated")
+ARCHIVE_FAULTS = ("archive_corrupt", "archive_truncated")
+ARCHIVE_PREFIX = "/data/"
 # The field a missing_field fault drops by default: one the project's parsers read.
 DEFAULT_MISSING_FIELD = {
     "/api/v3/time": "serverTime",
@@ -27,6 +36,7 @@ DEFAULT_MISSING_FIELD = {
     "/api/v3/ticker/price": "price",
     "/api/v3/ticker/24hr": "lastPrice",
     "/api/v3/trades": "price",
+    "/api/v3/aggTrades": "p",
     "/api/v3/depth": "lastUpdateId",
 }
 HTML_PAGE = b"<!DOCTYPE html><html><head><title>Bad gateway</title></head><body><h1>502</h1></body></html>"
@@ -34,12 +44,14 @@ HTML_PAGE = b"<!DOCTYPE html><html><head><title>Bad gateway</title></head><body>
 
 @dataclass
 class Answer:
-    """One HTTP answer; `delay_s` holds it back before sending (a delay fault)."""
+    """One HTTP answer; `delay_s` holds it back before sending (a delay fault); `content_length`, when
+    set, is announced instead of the body's length (a download cut short)."""
 
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    content_length: int | None = None
 
 
 @dataclass
@@ -78,7 +90,10 @@ class Faults:
             raise ValueError(f"unknown fault kind {kind!r}; known: {FAULT_KINDS}")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"fault count must be an int >= 1, got {count!r}")
-        if path is not None and path not in self.paths:
+        if kind in ARCHIVE_FAULTS:
+            if path is not None and not (path.startswith(ARCHIVE_PREFIX) and path.endswith(".zip")):
+                raise ValueError(f"an archive fault's path is a zip file's ({ARCHIVE_PREFIX}...zip), got {path!r}")
+        elif path is not None and path not in self.paths:
             raise ValueError(f"fault path {path!r} is not an API path; known: {sorted(self.paths)}")
         if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
             raise ValueError(f"retry_after must be whole seconds >= 0, got {retry_after!r}")
@@ -91,8 +106,12 @@ class Faults:
         return fault
 
     def take(self, path: str) -> Fault | None:
-        """The first fault for a call to `path`, used once (and dropped when used up)."""
+        """The first fault for a call to `path`, used once (and dropped when used up): an archive
+        fault for an archive zip file, another kind for an API path."""
+        archive = path.startswith(ARCHIVE_PREFIX)
         for fault in self._waiting:
+            if (fault.kind in ARCHIVE_FAULTS) != archive:
+                continue
             if fault.path is None or fault.path == path:
                 fault.remaining -= 1
                 if fault.remaining <= 0:
@@ -125,6 +144,21 @@ def damage_answer(fault: Fault | None, answer: Answer) -> None:
         answer.headers["Content-Type"] = "text/html; charset=utf-8"
     elif fault.kind == "delay":
         answer.delay_s = fault.delay_s
+
+
+def damage_archive(fault: Fault | None, answer: Answer) -> None:
+    """An archive fault's damage to a zip file's answer."""
+    if fault is None or not answer.body:
+        return
+    if fault.kind == "archive_corrupt":
+        body = bytearray(answer.body)
+        # bytes in the middle of the compressed data: the zip keeps its length and structure
+        for i in range(len(body) // 3, len(body) // 3 + 16):
+            body[i] ^= 0xFF
+        answer.body = bytes(body)
+    elif fault.kind == "archive_truncated":
+        answer.content_length = len(answer.body)
+        answer.body = answer.body[: len(answer.body) // 2]
 
 
 def _drop_field(payload: Any, name: str | None) -> None:

@@ -1,14 +1,22 @@
 """The simulated market behind the test exchange: listed symbols, a seeded random walk of trades per
-symbol, the klines built from them (and fixed synthetic ones before the live data), and the order book.
+symbol, the klines built from them (and fixed synthetic ones before the live data), the order book,
+and a tape of aggregate trades.
 
 No HTTP here: the API layer (`stack.exchange.api`) asks a `Market` for a symbol's state at an
 instant and renders what it gets. Times are epoch microseconds (trades) and milliseconds (klines).
+
+Aggregate trades are a history of their own, fixed for every hour of every day by the seed alone
+(`AggTape`): the same hour is the same list whenever it is asked for, so the REST endpoint and the
+archive files agree, and a backfill can be compared with what the server serves afterwards. They
+are not derived from the live trade walk or the klines (a simplification: on Binance they are the
+same trades).
 """
 
 from __future__ import annotations
 
 import random
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -19,6 +27,9 @@ MAX_TRADES_KEPT = 5000
 MAX_CANDLES_KEPT = 1500
 INITIAL_TRADES = 1000
 INITIAL_TRADE_SPACING_US = 60_000
+HOUR_US = 3_600_000_000
+# fills per aggregate trade at most: trade ids advance by 1-4 per aggregate trade
+MAX_FILLS_PER_AGG = 4
 
 
 @dataclass(frozen=True)
@@ -223,12 +234,110 @@ class SymbolState:
         return series
 
 
+@dataclass(frozen=True)
+class AggTrade:
+    """One aggregate trade of the tape: id `a`, price, quantity, first and last trade id, time (µs)."""
+
+    id: int
+    price: Decimal
+    qty: Decimal
+    first_trade_id: int
+    last_trade_id: int
+    time_us: int
+    is_buyer_maker: bool
+
+
+class AggTape:
+    """The aggregate trades of one symbol: a fixed number per hour (300-900, by symbol), at seeded
+    times within the hour, priced along the synthetic hourly anchors. Ids follow each other across
+    hours (hour h holds ids h * per_hour .. h * per_hour + per_hour - 1), so an id names its hour."""
+
+    CACHED_HOURS = 256
+
+    def __init__(self, spec: SymbolSpec, seed: int, market: Market) -> None:
+        self.spec = spec
+        self.seed = seed
+        self.market = market
+        self.per_hour = random.Random(f"{seed}|{spec.symbol}|aggTrades").randint(300, 900)
+        self._hours: OrderedDict[int, list[AggTrade]] = OrderedDict()
+
+    def hour(self, index: int) -> list[AggTrade]:
+        """The aggregate trades of hour `index` (since the epoch), oldest first."""
+        cached = self._hours.get(index)
+        if cached is not None:
+            self._hours.move_to_end(index)
+            return cached
+        spec, n = self.spec, self.per_hour
+        rng = random.Random(f"{self.seed}|{spec.symbol}|aggTrades|{index}")
+        offsets = sorted(rng.randrange(HOUR_US) for _ in range(n))
+        start_ms = index * HOUR_US // 1000
+        p0 = self.market.anchor(spec, "1h", start_ms)
+        p1 = self.market.anchor(spec, "1h", start_ms + HOUR_US // 1000)
+        first_trade = index * n * MAX_FILLS_PER_AGG
+        out = []
+        for i, offset in enumerate(offsets):
+            drift = (p1 - p0) * Decimal(offset) / Decimal(HOUR_US)
+            price = max(_to_tick(p0 + drift + spec.tick * rng.randint(-5, 5), spec.tick), spec.tick)
+            most = max(2, int(Decimal(5000) / (price * spec.step)))
+            fills = rng.randint(1, MAX_FILLS_PER_AGG)
+            out.append(AggTrade(
+                id=index * n + i,
+                price=price,
+                qty=spec.step * rng.randint(max(1, most // 1000), most),
+                first_trade_id=first_trade,
+                last_trade_id=first_trade + fills - 1,
+                time_us=index * HOUR_US + offset,
+                is_buyer_maker=rng.random() < 0.5,
+            ))
+            first_trade += fills
+        self._hours[index] = out
+        while len(self._hours) > self.CACHED_HOURS:
+            self._hours.popitem(last=False)
+        return out
+
+    def between(self, start_us: int, end_us: int) -> Iterator[AggTrade]:
+        """Aggregate trades with start_us <= time <= end_us, oldest first."""
+        for index in range(start_us // HOUR_US, end_us // HOUR_US + 1):
+            for agg in self.hour(index):
+                if start_us <= agg.time_us <= end_us:
+                    yield agg
+
+    def from_id(self, first_id: int, end_us: int) -> Iterator[AggTrade]:
+        """Aggregate trades with id >= first_id and time <= end_us, oldest first."""
+        index = max(first_id, 0) // self.per_hour
+        while index * HOUR_US <= end_us:
+            for agg in self.hour(index):
+                if agg.id >= first_id and agg.time_us <= end_us:
+                    yield agg
+            index += 1
+
+    def before(self, end_us: int, count: int) -> list[AggTrade]:
+        """The `count` newest aggregate trades with time <= end_us, oldest first."""
+        out: list[AggTrade] = []
+        index = end_us // HOUR_US
+        while len(out) < count and index >= 0:
+            out[:0] = [agg for agg in self.hour(index) if agg.time_us <= end_us]
+            index -= 1
+        return out[-count:] if count else []
+
+
 class Market:
     """Seeded market for every symbol: live states on first use, synthetic history before that."""
+
+    ANCHORS_CACHED = 200_000
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
         self._states: dict[str, SymbolState] = {}
+        self._tapes: dict[str, AggTape] = {}
+        self._anchors: dict[tuple[str, str, int], Decimal] = {}
+
+    def tape(self, symbol: str) -> AggTape:
+        """The aggregate trade tape of `symbol` (the same for any instant: it depends on the seed only)."""
+        tape = self._tapes.get(symbol)
+        if tape is None:
+            tape = self._tapes[symbol] = AggTape(SPECS[symbol], self.seed, self)
+        return tape
 
     def state(self, symbol: str, now_us: int) -> SymbolState:
         state = self._states.get(symbol)
@@ -238,8 +347,15 @@ class Market:
 
     def anchor(self, spec: SymbolSpec, interval: str, open_ms: int) -> Decimal:
         """Deterministic price at a kline boundary before live data: within 2% of the base price."""
-        rng = random.Random(f"{self.seed}|{spec.symbol}|{interval}|{open_ms}")
-        return _to_tick(spec.base_price * (1 + Decimal(rng.randint(-200, 200)) / 10_000), spec.tick)
+        key = (spec.symbol, interval, open_ms)
+        price = self._anchors.get(key)
+        if price is None:
+            if len(self._anchors) >= self.ANCHORS_CACHED:
+                self._anchors.clear()
+            rng = random.Random(f"{self.seed}|{spec.symbol}|{interval}|{open_ms}")
+            price = self._anchors[key] = _to_tick(spec.base_price * (1 + Decimal(rng.randint(-200, 200)) / 10_000),
+                                                  spec.tick)
+        return price
 
     def synthetic(self, spec: SymbolSpec, interval: str, open_ms: int) -> Candle:
         """A fixed kline for a period without live data; consecutive ones join (close = next open)."""
