@@ -1,18 +1,36 @@
 """
 ### binance_extract
 
-Pulls five Binance market datasets into PostgreSQL schema `binance`, every minute:
-latest prices, 24 h ticker, klines, recent trades and the order book. Each load is one
-transaction of upserts, so re-running an interval adds nothing twice and the open kline is
-updated in place. Latest prices are stamped with the end of the run's data interval (one row per
-symbol and interval); an interval that ended more than 10 minutes ago skips them.
+Loads Binance market data into PostgreSQL schema `binance` for its **data interval**
+[`data_interval_start`, `data_interval_end`), every minute, one task per dataset:
+
+- historical datasets, for any interval (so a backfill fills the past): `load_klines` (every
+  candle of the configured interval overlapping the data interval: those opening in it and the one
+  open at its start, re-read so an open candle is updated in place; 1,000 a call) and
+  `load_agg_trades` (the aggregate trades of the interval, an hour window at a time);
+- "now" datasets, which Binance serves only as the current state: `load_latest_prices` (stamped with
+  the end of the interval), `load_daily_ticker`, `load_recent_trades` (the latest trades),
+  `load_order_book`. `choose_datasets` skips them, saying why in its log, when the interval ended
+  more than 10 minutes ago (a backfill): what is observed now cannot stand for the past.
+
+Each load is one transaction of upserts, so re-running an interval adds nothing twice; each task
+returns what it loaded (rows per dataset) or why it skipped. The timetable gives every run a real
+interval (CronDataIntervalTimetable: the run at 10:06 loads [10:05, 10:06)), which the UI shows.
+
+History: `airflow backfill create --dag-id binance_extract --from-date 2026-01-01T00:00 --to-date
+2026-01-01T05:59 --max-active-runs 4` runs one interval per minute in that range (logical date =
+interval start); backfill runs share the Binance weight budget and ban (files in `$AIRFLOW_HOME`)
+and the `binance_api` pool. Params `symbols` and `kline_interval` (e.g. `--dag-run-conf
+'{"symbols": ["BTCUSDT"], "kline_interval": "1m"}'`) replace the Variables for one run. Bulk
+history: the `binance_archive` DAG.
 
 Needs: connection `binance_postgres` (Postgres), connection `binance_api` (HTTP; host may carry
 the scheme; default `https://data-api.binance.vision`), pool `binance_api` (bounds concurrent
 Binance calls). Variables (all optional): `binance_symbols` (JSON list), `binance_kline_interval`
-(default `30m`), `binance_limits` (JSON, e.g. `{"klines": 100, "recent_trades": 500, "order_book": 100}`);
-the schedule is read at parse time from the environment variable `BINANCE_EXTRACT_SCHEDULE`
-(default every minute). Old rows are deleted by the `retention` DAG.
+(default `30m`), `binance_limits` (JSON, e.g. `{"klines": 1000, "agg_trades": 1000, "recent_trades": 500,
+"order_book": 100}`: page sizes for klines and agg_trades, rows for the others); the schedule is read
+at parse time from the environment variable `BINANCE_EXTRACT_SCHEDULE` (default every minute). Old
+rows are deleted by the `retention` DAG.
 """
 
 from __future__ import annotations
@@ -20,7 +38,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
 
 from include.names import BINANCE_POOL, SOURCE_SCHEMA
 from include.tables import TABLES
@@ -31,12 +49,21 @@ def table_asset(table: str) -> Asset:
 
 
 @dag(
-    schedule=os.environ.get("BINANCE_EXTRACT_SCHEDULE", "* * * * *"),
+    # data intervals, not Airflow 3's default CronTriggerTimetable (whose runs have an empty interval)
+    schedule=CronDataIntervalTimetable(os.environ.get("BINANCE_EXTRACT_SCHEDULE", "* * * * *"), timezone="UTC"),
     catchup=False,
+    # scheduled runs one at a time; a backfill has its own limit (`--max-active-runs`): Airflow 3
+    # counts backfill runs apart from the DAG's max_active_runs
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=10),
     tags=["binance", "extract"],
     default_args={"retries": 2, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": True},
+    params={
+        "symbols": Param(None, type=["null", "array"], items={"type": "string"},
+                         description="symbols for this run instead of the Variable binance_symbols"),
+        "kline_interval": Param(None, type=["null", "string"],
+                                description="kline interval for this run, instead of binance_kline_interval"),
+    },
     doc_md=__doc__,
 )
 def binance_extract():
@@ -47,22 +74,29 @@ def binance_extract():
         return tasks.apply_migrations()
 
     @task(pool=BINANCE_POOL)
-    def validate_symbols() -> list[str]:
+    def validate_symbols(params: dict | None = None) -> list[str]:
         from include.binance import tasks
 
-        return tasks.validate_symbols()
+        return tasks.validate_symbols(params)
 
-    ready = apply_migrations() >> validate_symbols()
+    @task.branch
+    def choose_datasets(data_interval_start=None, data_interval_end=None) -> list[str]:
+        from include.binance import tasks
+
+        return tasks.choose_datasets(data_interval_start, data_interval_end)
+
+    chosen = apply_migrations() >> validate_symbols() >> choose_datasets()
 
     for dataset in TABLES:
 
         @task(task_id=f"load_{dataset}", pool=BINANCE_POOL, outlets=[table_asset(dataset)])
-        def load(dataset: str = dataset, data_interval_start=None, data_interval_end=None) -> dict[str, int]:
+        def load(dataset: str = dataset, data_interval_start=None, data_interval_end=None,
+                 params: dict | None = None) -> dict:
             from include.binance import tasks
 
-            return tasks.run_dataset(dataset, data_interval_start, data_interval_end)
+            return tasks.run_dataset(dataset, data_interval_start, data_interval_end, params)
 
-        ready >> load()
+        chosen >> load()
 
 
 binance_extract()

@@ -9,13 +9,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from include import connections
 from include.binance.client import DEFAULT_BASE_URL, BinanceClient
-from include.binance.extract import DEFAULT_LIMITS, DEFAULT_SYMBOLS, ExtractSettings, SettingsError, extract
+from include.binance.extract import (
+    DEFAULT_LIMITS,
+    DEFAULT_SYMBOLS,
+    ExtractSettings,
+    SettingsError,
+    datasets_for_interval,
+    extract,
+    skip_reason,
+)
 from include.loader import LoadResult
 from include.names import BINANCE_CONN_ID, SOURCE_SCHEMA
 from include.schema.postgres import apply
@@ -35,19 +43,21 @@ def _json_variable(name: str, default: Any) -> Any:
         raise SettingsError(f"Variable {name} is not valid JSON ({exc}): {raw[:100]!r}") from exc
 
 
-def settings_from_variables() -> ExtractSettings:
-    """Read the tunables: binance_symbols, binance_kline_interval, binance_limits."""
+def settings_from_variables(params: dict[str, Any] | None = None) -> ExtractSettings:
+    """Read the tunables: binance_symbols, binance_kline_interval, binance_limits; a run's params
+    `symbols` and `kline_interval` (e.g. a backfill's --dag-run-conf) replace the Variables when set."""
     from airflow.sdk import Variable
 
-    symbols = _json_variable("binance_symbols", list(DEFAULT_SYMBOLS))
+    params = params or {}
+    symbols = params.get("symbols") or _json_variable("binance_symbols", list(DEFAULT_SYMBOLS))
     if not isinstance(symbols, list):
-        raise SettingsError(f"Variable binance_symbols must be a JSON list, got {symbols!r}")
+        raise SettingsError(f"binance_symbols (Variable or param) must be a JSON list, got {symbols!r}")
     limits = _json_variable("binance_limits", dict(DEFAULT_LIMITS))
     if not isinstance(limits, dict):
         raise SettingsError(f"Variable binance_limits must be a JSON object, got {limits!r}")
     return ExtractSettings(
         symbols=tuple(symbols),
-        kline_interval=Variable.get("binance_kline_interval", default="30m"),
+        kline_interval=params.get("kline_interval") or Variable.get("binance_kline_interval", default="30m"),
         limits={k: int(v) for k, v in limits.items()},
     )
 
@@ -72,11 +82,20 @@ def base_url_from_connection() -> str:
     return host
 
 
-def make_client() -> BinanceClient:
-    # one ban file for every task on this machine: after a 429 no dataset calls until Retry-After
+def state_files() -> tuple[Path, Path]:
+    """The ban file and the used-weight file every task of this machine shares: after a 429 no
+    dataset calls until Retry-After, and concurrent runs keep to one weight budget. The weight file
+    lies next to the ban file unless BINANCE_WEIGHT_STATE_FILE names another."""
     home = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow"))
-    ban_file = os.environ.get("BINANCE_BAN_STATE_FILE", str(home / "binance_ban_state.json"))
-    return BinanceClient(base_url_from_connection(), ban_state_path=ban_file)
+    ban_file = Path(os.environ.get("BINANCE_BAN_STATE_FILE", str(home / "binance_ban_state.json")))
+    weight_file = Path(os.environ.get("BINANCE_WEIGHT_STATE_FILE",
+                                      str(ban_file.with_name("binance_weight_state.json"))))
+    return ban_file, weight_file
+
+
+def make_client() -> BinanceClient:
+    ban_file, weight_file = state_files()
+    return BinanceClient(base_url_from_connection(), ban_state_path=ban_file, weight_state_path=weight_file)
 
 
 def apply_migrations() -> list[str]:
@@ -84,19 +103,44 @@ def apply_migrations() -> list[str]:
         return apply(conn, SOURCE_SCHEMA)
 
 
-def validate_symbols() -> list[str]:
+def validate_symbols(params: dict[str, Any] | None = None) -> list[str]:
     """Fail the run, before any load, if a symbol is unknown or not TRADING."""
-    settings = settings_from_variables()
+    settings = settings_from_variables(params)
     with make_client() as client:
         client.validate_symbols(settings.symbols)
     log.info("symbols valid and trading: %s", ", ".join(settings.symbols))
     return list(settings.symbols)
 
 
+def load_task_id(dataset: str) -> str:
+    return f"load_{dataset}"
+
+
+def choose_datasets(data_interval_start: datetime | None, data_interval_end: datetime | None) -> list[str]:
+    """The load tasks to run for this interval (the branch): every dataset of a recent interval, the
+    historical ones only for an interval long past, each skip logged with its reason."""
+    chosen = []
+    for dataset, reason in datasets_for_interval(data_interval_end).items():
+        if reason is None:
+            chosen.append(load_task_id(dataset))
+        else:
+            log.warning("skipping %s for [%s, %s): %s", load_task_id(dataset), data_interval_start,
+                        data_interval_end, reason)
+    log.info("loading for [%s, %s): %s", data_interval_start, data_interval_end, ", ".join(chosen))
+    return chosen
+
+
 def run_dataset(dataset: str, data_interval_start: datetime | None,
-                data_interval_end: datetime | None = None) -> dict[str, int]:
-    settings = settings_from_variables()
-    start = data_interval_start or datetime.now(UTC)
+                data_interval_end: datetime | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load one dataset for the run's data interval; the return value (the task's XCom, shown in the
+    UI) says what it loaded, or why it skipped."""
+    settings = settings_from_variables(params)
+    interval = [t.isoformat() if t else None for t in (data_interval_start, data_interval_end)]
+    reason = skip_reason(dataset, data_interval_end)
+    if reason is not None:
+        log.warning("%s skipped: %s", dataset, reason)
+        return {"dataset": dataset, "interval": interval, "skipped": reason}
     with connections.postgres() as conn, make_client() as client:
-        result: LoadResult = extract(dataset, client, conn, settings, start, data_interval_end)
-    return {"received": result.received, "inserted": result.inserted, "updated": result.updated}
+        result: LoadResult = extract(dataset, client, conn, settings, data_interval_start, data_interval_end)
+    return {"dataset": dataset, "interval": interval, "symbols": list(settings.symbols),
+            "received": result.received, "inserted": result.inserted, "updated": result.updated}

@@ -42,8 +42,10 @@ def airflow_env(monkeypatch, server, tmp_path):
     """Point the DAG's connection and Variables at the test server, as a user would."""
     monkeypatch.setenv("AIRFLOW_CONN_BINANCE_API", json.dumps({"conn_type": "http", "host": server.url}))
     monkeypatch.setenv("AIRFLOW_VAR_BINANCE_SYMBOLS", json.dumps(SYMBOLS))
-    monkeypatch.setenv("AIRFLOW_VAR_BINANCE_KLINE_INTERVAL", "1m")
-    monkeypatch.setenv("AIRFLOW_VAR_BINANCE_LIMITS", json.dumps({"klines": 5, "recent_trades": 50, "order_book": 10}))
+    # hourly candles: the run of the last minute re-reads the candle open across it (the open one)
+    monkeypatch.setenv("AIRFLOW_VAR_BINANCE_KLINE_INTERVAL", "1h")
+    monkeypatch.setenv("AIRFLOW_VAR_BINANCE_LIMITS", json.dumps({"klines": 5, "agg_trades": 1000, "recent_trades": 50,
+                                                                  "order_book": 10}))
     # a ban file of this test's own, so an injected 429 cannot block anything else
     monkeypatch.setenv("BINANCE_BAN_STATE_FILE", str(tmp_path / "ban.json"))
 
@@ -74,7 +76,17 @@ def _run(dag) -> None:
     assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
 
 
+def _inside_an_hour() -> None:
+    """Wait while the last complete minute and the next one fall in different hours (at :59 and :00):
+    both runs must re-read the same, open, hourly candle."""
+    import time
+
+    while datetime.now(UTC).minute in (59, 0):
+        time.sleep(5)
+
+
 def test_two_runs_add_no_duplicates_and_update_the_open_kline_in_place(dag, pg, server, clean_tables, airflow_env):
+    _inside_an_hour()
     _run(dag)
     first = _counts(pg)
     for name, (rows, distinct) in first.items():

@@ -178,17 +178,17 @@ def test_candle_open_moves_whole_candles() -> None:
 @pytest.mark.parametrize(
     ("interval_start", "interval", "first"),
     [
-        (utc(2026, 1, 9), "1w", utc(2025, 12, 29)),  # the candle open at the start is Monday 2026-01-05
-        (utc(2026, 1, 5), "1w", utc(2025, 12, 29)),
-        (utc(2026, 1, 9), "1M", utc(2025, 12, 1)),
-        (utc(2028, 3, 1), "1M", utc(2028, 2, 1)),
-        (utc(2026, 1, 9, 13, 30), "30m", utc(2026, 1, 9, 13)),
-        (utc(2026, 1, 9, 13, 47, 25), "30m", utc(2026, 1, 9, 13)),
-        (utc(2026, 1, 1), "1h", utc(2025, 12, 31, 23)),
-        (utc(2026, 1, 9), "3d", utc(2026, 1, 4)),
+        (utc(2026, 1, 9), "1w", utc(2026, 1, 5)),  # the candle open at the start: Monday 2026-01-05
+        (utc(2026, 1, 5), "1w", utc(2026, 1, 5)),
+        (utc(2026, 1, 9), "1M", utc(2026, 1, 1)),
+        (utc(2028, 3, 1), "1M", utc(2028, 3, 1)),
+        (utc(2026, 1, 9, 13, 30), "30m", utc(2026, 1, 9, 13, 30)),
+        (utc(2026, 1, 9, 13, 47, 25), "30m", utc(2026, 1, 9, 13, 30)),
+        (utc(2026, 1, 1), "1h", utc(2026, 1, 1)),
+        (utc(2026, 1, 9), "3d", utc(2026, 1, 7)),
     ],
 )
-def test_kline_start_is_the_candle_before_the_one_open_at_the_interval_start(
+def test_kline_start_is_the_candle_open_at_the_interval_start(
     interval_start: datetime, interval: str, first: datetime
 ) -> None:
     assert kline_start(interval_start, interval) == first
@@ -197,7 +197,7 @@ def test_kline_start_is_the_candle_before_the_one_open_at_the_interval_start(
 def test_kline_start_keeps_the_zone_of_the_interval_start() -> None:
     paris = timezone(timedelta(hours=1))
     start = kline_start(utc(2026, 1, 9).astimezone(paris), "1w")
-    assert start == utc(2025, 12, 29) and start.utcoffset() == timedelta(hours=1)
+    assert start == utc(2026, 1, 5) and start.utcoffset() == timedelta(hours=1)
     with pytest.raises(ValueError, match="naive"):
         kline_start(datetime(2026, 1, 9), "1w")
 
@@ -223,11 +223,11 @@ def expected_opens(interval: str, start_ms: int, end_ms: int) -> list[int]:
 
 @pytest.mark.parametrize("interval", KLINE_INTERVALS)
 def test_the_extraction_reads_the_candles_the_server_opens(server: BinanceTestServer, interval: str) -> None:
-    interval_start = NOW - timedelta(minutes=5)
+    interval_start, interval_end = NOW - timedelta(minutes=5), NOW - timedelta(minutes=4)
     settings = ExtractSettings(symbols=("BTCUSDT",), kline_interval=interval, limits={"klines": 1000})
-    klines = fetch("klines", BinanceClient(server.url), settings, interval_start)
+    klines = fetch("klines", BinanceClient(server.url), settings, interval_start, interval_end)
     first = to_epoch_ms(kline_start(interval_start, interval))
-    expected = expected_opens(interval, first, to_epoch_ms(NOW))
+    expected = expected_opens(interval, first, to_epoch_ms(interval_end) - 1)
     assert [to_epoch_ms(k.open_time) for k in klines] == expected
     assert [to_epoch_ms(k.close_time) for k in klines] == [period_next(interval, p) - 1 for p in expected]
 
