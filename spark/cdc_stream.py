@@ -58,7 +58,7 @@ from include.names import CDC_TOPIC_PREFIX, STREAM_QUERY_NAME
 from include.tables import Table
 from include.times import from_epoch_ms
 from spark import python_events
-from spark.envelope import batch_summary, collapse_last, known_tables, parse_envelope
+from spark.envelope import batch_summary, check_topics, collapse_last, known_tables, parse_envelope
 from spark.writer import BatchContext, CassandraWriter, Offset, write_partition
 
 log = logging.getLogger("cdc_stream")
@@ -114,6 +114,7 @@ class MicroBatches:
             # one job reads the batch (every Kafka partition at once: spark.sql.limit.initialNumPartitions)
             records = batch.limit(self.driver_max_events + 1).collect()
             if len(records) <= self.driver_max_events:
+                check_topics({r.topic for r in records}, self.tables)
                 self._apply_on_driver(records, batch_id, context)
                 self._record_progress(batch_id, python_events.summarize(records), time.monotonic() - started,
                                       context)
@@ -122,10 +123,11 @@ class MicroBatches:
         try:
             # one small job: which topics are in the batch, and what to report as progress
             parts = batch_summary(batch).collect()
+            check_topics({p.topic for p in parts}, self.tables)
             for topic in sorted({p.topic for p in parts}):
                 table = self.tables.get(topic)
                 if table is None:
-                    # the heartbeat table and anything else in the schema that the sink does not keep
+                    # the heartbeat table (check_topics refused tables the sink should keep)
                     continue
                 self._apply_on_executors(batch.where(F.col("topic") == topic), table, topic, batch_id, context)
         finally:

@@ -33,7 +33,7 @@ from include.cdc.events import (
     not_a_decimal,
     not_a_timestamp,
 )
-from include.names import topic_for
+from include.names import HEARTBEAT_TABLE, table_of_topic, topic_for
 from include.tables import BUCKET, TABLES, Table
 
 _MICROSECOND = timedelta(microseconds=1)
@@ -176,6 +176,22 @@ def collapse_last(df: DataFrame, table: Table) -> DataFrame:
 
 def known_tables() -> dict[str, Table]:
     return {topic_for(name): t for name, t in TABLES.items()}
+
+
+class UnknownTableError(RuntimeError):
+    """A change topic of a source table this code does not define (a table added to the capture while
+    a stream started before it runs)."""
+
+
+def check_topics(topics: set[str] | list[str], tables: dict[str, Table]) -> None:
+    """Fail the batch on a change topic of a table the stream does not know: skipping it would move
+    the offsets past changes never applied. The heartbeat's topic and topics of other prefixes are
+    only reported. Restarted with code that defines the table (Airflow restarts the stream), the
+    stream applies the batch again, whole."""
+    unknown = sorted(t for t in topics if t not in tables and table_of_topic(t) not in (None, HEARTBEAT_TABLE))
+    if unknown:
+        raise UnknownTableError(f"change topics of tables this stream does not define: {unknown}; run the stream "
+                                "with the code that defines them (include/tables.py): restart it")
 
 
 def batch_summary(df: DataFrame) -> DataFrame:

@@ -97,3 +97,23 @@ def test_a_new_stream_starts_from_its_clocks_minute():
     batches = MicroBatches(RecordingWriter(retention=RETENTION), "q")
     context = batches.start_batch()
     assert context.changelog_bucket == NOW_MINUTE and context.keep_seconds == RETENTION
+
+
+def test_a_change_topic_of_a_table_the_stream_does_not_define_fails_the_batch_before_any_write(spark, tmp_path):
+    """A table added to the capture while an older stream runs: skipping its topic would commit the
+    offsets past changes never applied. The batch fails on both paths, having written nothing."""
+    import pytest
+
+    from spark.envelope import UnknownTableError
+
+    rows = _batch(spark).union(spark.createDataFrame(
+        [("binance.binance.table_added_later", 0, 0, '{"op": "c", "source": {"lsn": 1, "ts_ms": 2}}')],
+        "topic string, partition int, offset long, value string"))
+    for driver_max_events in (1000, 0):
+        writer = RecordingWriter(retention=RETENTION)
+        path = tmp_path / f"tasks-{driver_max_events}.pickle"
+        batches = MicroBatches(writer, "q", driver_max_events=driver_max_events,
+                               task_writer=partial(RecordingWriter.to_file, str(path)))
+        with pytest.raises(UnknownTableError, match="table_added_later"):
+            batches.write_batch(rows, 8)
+        assert [r for r in writer.records if r[0] != "execute_async"] == [] and not path.exists()
