@@ -250,9 +250,10 @@ def _new_rows(cur: Any, table: Table, batch: list[Any], schema: str, group: str,
 
 
 def upsert(cur: Any, table: Table, records: Iterable[Any], schema: str = SOURCE_SCHEMA,
-           version_column: str | None = None) -> tuple[int, int, int]:
+           version_column: str | None = None, staging: str | None = None) -> tuple[int, int, int]:
     """Upsert into <schema>.<table> inside the caller's transaction: (received, inserted, updated).
-    `version_column`: never replace a stored row holding a higher value of it (see upsert_sql)."""
+    `version_column`: never replace a stored row holding a higher value of it (see upsert_sql);
+    `staging`: the staging table's name (default stage_<table>), for several batches in one transaction."""
     records = list(records)
     if not records:
         return 0, 0, 0
@@ -280,7 +281,7 @@ def upsert(cur: Any, table: Table, records: Iterable[Any], schema: str = SOURCE_
             cur.execute("RELEASE SAVEPOINT direct_copy")
             return len(batch), len(new), 0
     batch = records if version_column is not None else dedupe(table, records)
-    inserted, updated = upsert_staged(cur, table, stage(cur, table, batch), schema, version_column)
+    inserted, updated = upsert_staged(cur, table, stage(cur, table, batch, staging), schema, version_column)
     return len(batch), inserted, updated
 
 

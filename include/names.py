@@ -23,6 +23,12 @@ SPARK_CONN_ID = "spark_default"
 BINANCE_CONN_ID = "binance_api"
 # every task that calls Binance takes a slot of this pool (created by `make up`): Binance bans per IP
 BINANCE_POOL = "binance_api"
+# Binance's public archives (data.binance.vision): another host, without request weights; its own
+# pool bounds the concurrent downloads and loads of binance_archive
+ARCHIVE_CONN_ID = "binance_archive"
+ARCHIVE_POOL = "binance_archive"
+# the archive files binance_archive has loaded, with their checksums (schema binance, not captured)
+ARCHIVE_FILES_TABLE = "archive_files"
 
 # Change data capture: Debezium's publication and replication slot in Postgres, its connector on
 # Kafka Connect (connectors/<CONNECTOR>.json), the heartbeat table it updates

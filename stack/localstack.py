@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from include.names import BINANCE_POOL
+from include.names import ARCHIVE_POOL, BINANCE_POOL
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / ".run"
@@ -118,9 +118,12 @@ def load_env() -> dict[str, str]:
     settings["RUN_DIR"] = str(RUN)
     settings["REPO"] = str(REPO)
     if binance_mode() == "offline":
-        # `make demo OFFLINE=1`: the pipeline reads the bundled Binance-compatible server
-        settings["AIRFLOW_CONN_BINANCE_API"] = json.dumps(
+        # `make demo OFFLINE=1`: the pipeline reads the bundled Binance-compatible server, which
+        # serves the archive layout too
+        server = json.dumps(
             {"conn_type": "http", "host": f"http://127.0.0.1:{settings.get('BINANCE_TEST_SERVER_PORT', '8765')}"})
+        settings["AIRFLOW_CONN_BINANCE_API"] = server
+        settings["AIRFLOW_CONN_BINANCE_ARCHIVE"] = server
     return settings
 
 
@@ -624,17 +627,27 @@ def prepare_airflow(s: dict[str, str]) -> None:
         passwords.chmod(0o600)
     stamp = home / ".db-migrated"
     migrations = REPO / "requirements.txt"
-    if stamp.exists() and stamp.stat().st_mtime >= migrations.stat().st_mtime:
-        return
-    print("airflow: migrating the metadata database, creating pools")
-    _airflow_cli(s, "db", "migrate")
+    if not stamp.exists() or stamp.stat().st_mtime < migrations.stat().st_mtime:
+        print("airflow: migrating the metadata database")
+        _airflow_cli(s, "db", "migrate")
+        stamp.touch()
+    # pools are created once by name: a pool added later (binance_archive) is created on the next
+    # `make up`, one edited in the UI keeps its slots
+    pools_stamp = home / ".pools-created"
+    made = set(pools_stamp.read_text().split()) if pools_stamp.exists() else set()
     for name, slots, description in AIRFLOW_POOLS:
-        _airflow_cli(s, "pools", "set", name, str(slots), description)
-    stamp.touch()
+        if name not in made:
+            print(f"airflow: creating pool {name}")
+            _airflow_cli(s, "pools", "set", name, str(slots), description)
+            made.add(name)
+            pools_stamp.write_text("\n".join(sorted(made)) + "\n")
 
 
-# (name, slots, description): created once with the metadata database, editable in the UI after
-AIRFLOW_POOLS = [(BINANCE_POOL, 2, "Concurrent Binance REST calls (Binance bans per IP)")]
+# (name, slots, description): created once, editable in the UI after
+AIRFLOW_POOLS = [
+    (BINANCE_POOL, 2, "Concurrent Binance REST calls (Binance bans per IP)"),
+    (ARCHIVE_POOL, 2, "Concurrent downloads and loads of Binance archive files (binance_archive)"),
+]
 
 
 def _airflow_cli(s: dict[str, str], *args: str) -> None:

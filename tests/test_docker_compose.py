@@ -44,6 +44,7 @@ CONNECTION_VARS = (
     "AIRFLOW_CONN_KAFKA_CONNECT",
     "AIRFLOW_CONN_SPARK_DEFAULT",
     "AIRFLOW_CONN_BINANCE_API",
+    "AIRFLOW_CONN_BINANCE_ARCHIVE",
 )
 PROJECT_FOLDERS = ("dags", "plugins", "include", "spark", "connectors")
 
