@@ -30,7 +30,7 @@ _ENV_REF = re.compile(r"\$__env\{([A-Za-z_]\w*)\}|\$\{([A-Za-z_]\w*)\}|\$([A-Za-
 _RELATION = re.compile(r"\b(?:FROM|JOIN)\s+([A-Za-z_][\w.]*)\b(?!\s*\()", re.IGNORECASE)
 # FROM inside EXTRACT(field FROM source) names no relation
 _EXTRACT = re.compile(r"\bEXTRACT\s*\(\s*\w+\s+FROM\b", re.IGNORECASE)
-_CTE = re.compile(r"(?:\bWITH|,)\s*([A-Za-z_]\w*)\s+AS\s*\(", re.IGNORECASE)
+_CTE = re.compile(r"(?:\bWITH(?:\s+RECURSIVE)?|,)\s*([A-Za-z_]\w*)\s+AS\s*\(", re.IGNORECASE)
 # what each dashboard may read
 READABLE = {
     generate.MARKET_UID: {f"{BRIDGE_SCHEMA}.{name}" for name in BRIDGE_TABLES} | {f"{BRIDGE_SCHEMA}.bridge_watermarks"},
@@ -107,8 +107,30 @@ def test_the_market_dashboard_is_there_with_its_variables():
     variables = {v["name"]: v for v in board["templating"]["list"]}
     symbol = variables["symbol"]
     assert symbol["type"] == "query" and symbol["multi"] and symbol["includeAll"]
-    assert symbol["query"] == "SELECT DISTINCT symbol FROM cassandra.latest_prices ORDER BY 1"
-    assert variables["candle_symbol"]["query"] == "BTCUSDT"
+    # the candlestick follows a symbol and an interval the user picks, from what the bridge holds
+    candle, interval = variables["candle_symbol"], variables["kline_interval"]
+    assert candle["type"] == interval["type"] == "query" and not candle["multi"]
+    assert "FROM cassandra.klines" in candle["query"] and "$candle_symbol" in interval["query"]
+    for variable in (symbol, candle, interval):
+        # a loose index scan (one probe per value), never SELECT DISTINCT over the whole table
+        assert variable["query"].startswith("WITH RECURSIVE") and "DISTINCT" not in variable["query"]
+
+
+def test_the_candlesticks_read_only_the_time_range_by_the_bridge_key():
+    """(symbol, interval, open_time) is the bridge's primary key: equality on the first two and a range
+    on the third is one index range, whatever the table holds (30 days of 1-minute candles)."""
+    from include.tables import BRIDGE_TABLES
+
+    (candles,) = [p for p in generate.panels() if p.type == "candlestick"]
+    assert BRIDGE_TABLES["klines"].primary_key == ("symbol", "interval", "open_time")
+    assert "symbol = '$candle_symbol'" in candles.raw_sql and "interval = '$kline_interval'" in candles.raw_sql
+    assert "$__timeFilter(open_time)" in candles.raw_sql
+    assert "${candle_symbol}" in candles.title and "${kline_interval}" in candles.title
+
+
+def test_the_market_dashboard_charts_aggregate_trades():
+    panels = [p for p in generate.panels() if _relations(p.raw_sql) == {"cassandra.agg_trades"}]
+    assert len(panels) == 1 and "$__timeFilter(time)" in panels[0].raw_sql
 
 
 # --------------------------------------------------------------------------- panels and their SQL

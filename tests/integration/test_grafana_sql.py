@@ -124,6 +124,9 @@ def _rows(now: datetime) -> dict[str, list[dict[str, Any]]]:
     ]
     trades = [(SYMBOL, i, "0.5", "50.25", ago(5 - i * 0.5)) for i in range(1, 7)]
     trades += [(OTHER, i, "10", "1.23", ago(4 - i)) for i in range(1, 4)]
+    # (symbol, id, qty, buyer is maker, time): taker buys 0.5 + 0.25, taker sells 2.0 for SYMBOL
+    aggs = [(SYMBOL, 11, "0.5", False, ago(4)), (SYMBOL, 12, "2.0", True, ago(3)), (SYMBOL, 13, "0.25", False, ago(2)),
+            (OTHER, 21, "9", True, ago(2))]
     book = [  # (symbol, update_id, side, price, quantity, captured_at)
         (SYMBOL, 1, "bid", "100", "1.0", ago(10)), (SYMBOL, 1, "ask", "101", "2.0", ago(10)),
         (SYMBOL, 2, "bid", "100", "1.5", ago(1)), (SYMBOL, 2, "bid", "99.9", "0.5", ago(1)),
@@ -159,6 +162,11 @@ def _rows(now: datetime) -> dict[str, list[dict[str, Any]]]:
             {"update_id": u, "symbol": s, "side": side, "price": Decimal(p), "quantity": Decimal(q),
              "captured_at": t, **cdc(t, next(lsn))}
             for s, u, side, p, q, t in book
+        ],
+        "agg_trades": [
+            {"symbol": s, "agg_trade_id": i, "price": Decimal("100.5"), "qty": Decimal(q), "first_trade_id": i * 10,
+             "last_trade_id": i * 10 + 2, "time": t, "is_buyer_maker": maker, **cdc(t, next(lsn))}
+            for s, i, q, maker, t in aggs
         ],
     }
 
@@ -308,6 +316,14 @@ def _check_candles(rows: list[dict]) -> None:
     assert all(r["low"] <= min(r["open"], r["close"]) <= max(r["open"], r["close"]) <= r["high"] for r in rows)
 
 
+def _check_taker_volume(rows: list[dict]) -> None:
+    totals: dict[str, float] = {}
+    for r in rows:
+        totals[r["metric"]] = totals.get(r["metric"], 0.0) + r["volume"]
+    # $candle_symbol only: OTHER's sell is not there
+    assert totals == pytest.approx({"taker buys": 0.75, "taker sells": 2.0})
+
+
 def _check_order_book(rows: list[dict]) -> None:
     assert [(r["symbol"], r["bids"], r["asks"]) for r in rows] == [(OTHER, 10.0, 20.0), (SYMBOL, 2.0, 3.0)]
 
@@ -383,6 +399,7 @@ EXPECTED = {
     "Traded volume per symbol": _check_volume,
     "Most traded symbols": _check_most_traded,
     "${candle_symbol} candlesticks (${kline_interval})": _check_candles,
+    "${candle_symbol} taker volume (aggregate trades)": _check_taker_volume,
     "Order book quantity by side": _check_order_book,
     "Freshness by table": _check_freshness,
     "Commit to Cassandra latency": _check_latency,
@@ -436,7 +453,7 @@ def test_variable_query_runs_as_grafana(var, seeded, grafana_db):
     names, rows = _query(grafana_db, sql)
     assert len(names) == 1, f"${var.name} must return one column, got {names}"
     values = {row[0] for row in rows}
-    expected = {"symbol": set(SYMBOLS), "kline_interval": {KLINE_INTERVAL}}[var.name]
+    expected = {"symbol": set(SYMBOLS), "candle_symbol": {SYMBOL}, "kline_interval": {KLINE_INTERVAL}}[var.name]
     assert expected <= values, f"${var.name} lacks the fixture values {expected - values}"
 
 
