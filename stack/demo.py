@@ -18,7 +18,8 @@ from include.tables import TABLES
 from stack import localstack as ls
 from stack.status import Stage, print_health, print_stages, stages
 
-DEMO_DAGS = ("binance_extract", "cdc_stream", "cassandra_bridge", "pipeline_health", "retention")
+# binance_archive runs only when triggered; unpaused so a trigger (UI, `airflow dags trigger`) runs
+DEMO_DAGS = ("binance_extract", "cdc_stream", "cassandra_bridge", "pipeline_health", "retention", "binance_archive")
 
 
 # --------------------------------------------------------------------------- demo
