@@ -116,17 +116,26 @@ def load_task_id(dataset: str) -> str:
     return f"load_{dataset}"
 
 
+SKIPPED_XCOM_KEY = "skipped"
+
+
 def choose_datasets(data_interval_start: datetime | None, data_interval_end: datetime | None) -> list[str]:
     """The load tasks to run for this interval (the branch): every dataset of a recent interval, the
-    historical ones only for an interval long past, each skip logged with its reason."""
-    chosen = []
+    historical ones only for an interval long past. Each skip is logged with its reason and pushed
+    as the XCom `skipped` ({dataset: reason}, shown in the UI next to the branch's own record of the
+    tasks it followed), since a skipped task runs nothing that could say so itself."""
+    from airflow.sdk import get_current_context
+
+    chosen, skipped = [], {}
     for dataset, reason in datasets_for_interval(data_interval_end).items():
         if reason is None:
             chosen.append(load_task_id(dataset))
         else:
+            skipped[dataset] = reason
             log.warning("skipping %s for [%s, %s): %s", load_task_id(dataset), data_interval_start,
                         data_interval_end, reason)
     log.info("loading for [%s, %s): %s", data_interval_start, data_interval_end, ", ".join(chosen))
+    get_current_context()["ti"].xcom_push(key=SKIPPED_XCOM_KEY, value=skipped)
     return chosen
 
 

@@ -158,14 +158,34 @@ def test_a_skipped_dataset_calls_nothing_and_writes_nothing(server, dataset: str
     assert server.calls() == []
 
 
-def test_the_branch_runs_every_load_for_a_recent_interval_and_says_why_it_skips(caplog) -> None:
+def test_the_branch_runs_every_load_for_a_recent_interval_and_says_why_it_skips(monkeypatch) -> None:
+    import logging
+
+    import airflow.sdk
+
     from include.binance import tasks
 
+    pushed: dict[str, object] = {}
+    logged: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger(tasks.__name__).addHandler(handler)
+    monkeypatch.setattr(logging.getLogger(tasks.__name__), "level", logging.INFO)
+
+    class TaskInstance:
+        def xcom_push(self, key: str, value: object) -> None:
+            pushed[key] = value
+
+    monkeypatch.setattr(airflow.sdk, "get_current_context", lambda: {"ti": TaskInstance()})
     end = datetime.now(UTC).replace(second=0, microsecond=0)
     assert tasks.choose_datasets(end - minutes(1), end) == [f"load_{d}" for d in TABLES]
+    assert pushed == {"skipped": {}}
     old = end - timedelta(hours=5)
     assert tasks.choose_datasets(old - minutes(1), old) == [f"load_{d}" for d in TABLES if d in HISTORICAL]
-    assert "skipping load_order_book" in caplog.text and "exists only as the current state" in caplog.text
+    logging.getLogger(tasks.__name__).removeHandler(handler)
+    assert any("skipping load_order_book" in m and "exists only as the current state" in m for m in logged)
+    assert set(pushed["skipped"]) == set(NOW_ONLY)
+    assert "exists only as the current state" in pushed["skipped"]["latest_prices"]
 
 
 # -- the timetable ------------------------------------------------------------------------------------
