@@ -13,7 +13,10 @@ Loads Binance market data into PostgreSQL schema `binance` for its **data interv
   `load_order_book`. `choose_datasets` skips them, saying why in its log, when the interval ended
   more than 10 minutes ago (a backfill): what is observed now cannot stand for the past.
 
-Each load is one transaction of upserts, so re-running an interval adds nothing twice; each task
+Catchup is off, so Airflow skips the intervals that pass while a run is slow or the scheduler is
+down: a scheduled run loads the historical datasets from the end of the last successful run's
+interval (at most 6 hours back; a longer gap is logged with the range to backfill), so no minute is
+left out. Each load is one transaction of upserts, so re-running an interval adds nothing twice; each task
 returns what it loaded (rows per dataset) or why it skipped. The timetable gives every run a real
 interval (CronDataIntervalTimetable: the run at 10:06 loads [10:05, 10:06)), which the UI shows.
 
@@ -91,10 +94,11 @@ def binance_extract():
 
         @task(task_id=f"load_{dataset}", pool=BINANCE_POOL, outlets=[table_asset(dataset)])
         def load(dataset: str = dataset, data_interval_start=None, data_interval_end=None,
-                 params: dict | None = None) -> dict:
+                 params: dict | None = None, prev_data_interval_end_success=None, dag_run=None) -> dict:
             from include.binance import tasks
 
-            return tasks.run_dataset(dataset, data_interval_start, data_interval_end, params)
+            return tasks.run_dataset(dataset, data_interval_start, data_interval_end, params,
+                                     prev_data_interval_end_success, dag_run.run_type if dag_run else None)
 
         chosen >> load()
 

@@ -92,6 +92,29 @@ def datasets_for_interval(interval_end: datetime | None, now: datetime | None = 
     return {dataset: skip_reason(dataset, interval_end, now) for dataset in TABLES}
 
 
+# A scheduled run also loads the historical datasets for the intervals the runs before it did not
+# reach: catchup is off, so Airflow skips the intervals that pass while a run takes longer than its
+# period, waits for a pool slot or retries, or while the scheduler is down. Up to this far back; a
+# longer gap is logged, naming the range to backfill.
+MAX_CATCH_UP = timedelta(hours=6)
+
+
+def catch_up_start(interval_start: datetime | None, previous_end: datetime | None, scheduled: bool) -> datetime | None:
+    """Where a run's historical loads start: its own interval's start, or for a scheduled run the end of
+    the last successful run's interval when that is earlier (at most MAX_CATCH_UP before the start)."""
+    if not scheduled or interval_start is None or previous_end is None or previous_end >= interval_start:
+        return interval_start
+    start = max(previous_end, interval_start - MAX_CATCH_UP)
+    if previous_end < start:
+        log.warning("the last successful run ended its interval at %s, more than %s before this one: loading from "
+                    "%s; backfill [%s, %s) to fill the rest", previous_end.isoformat(), MAX_CATCH_UP,
+                    start.isoformat(), previous_end.isoformat(), start.isoformat())
+    else:
+        log.info("catching up the intervals no run loaded: historical datasets from %s instead of %s",
+                 start.isoformat(), interval_start.isoformat())
+    return start
+
+
 def kline_start(interval_start: datetime, interval: str) -> datetime:
     """First candle to (re-)read for a data interval: the one open at its start (it may have opened
     before it, and still be open); candles open on Binance's boundaries (Monday weeks, calendar months).

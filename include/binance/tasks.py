@@ -18,8 +18,10 @@ from include.binance.client import DEFAULT_BASE_URL, BinanceClient
 from include.binance.extract import (
     DEFAULT_LIMITS,
     DEFAULT_SYMBOLS,
+    HISTORICAL,
     ExtractSettings,
     SettingsError,
+    catch_up_start,
     datasets_for_interval,
     extract,
     skip_reason,
@@ -29,6 +31,9 @@ from include.names import BINANCE_CONN_ID, SOURCE_SCHEMA
 from include.schema.postgres import apply
 
 log = logging.getLogger(__name__)
+
+# the run types (DagRunType values) whose historical loads catch up the intervals runs before them missed
+SCHEDULED = ("scheduled",)
 
 
 def _json_variable(name: str, default: Any) -> Any:
@@ -65,11 +70,11 @@ def settings_from_variables(params: dict[str, Any] | None = None) -> ExtractSett
 def base_url_from_connection() -> str:
     """The `binance_api` connection's host (scheme allowed in it), or the public market-data host."""
     from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowRuntimeError
+    from airflow.sdk.exceptions import AirflowNotFoundException, AirflowRuntimeError
 
     try:
         conn = BaseHook.get_connection(BINANCE_CONN_ID)
-    except AirflowRuntimeError:
+    except (AirflowNotFoundException, AirflowRuntimeError):
         log.info("connection %s not defined: using %s", BINANCE_CONN_ID, DEFAULT_BASE_URL)
         return DEFAULT_BASE_URL
     host = (conn.host or "").rstrip("/")
@@ -140,15 +145,21 @@ def choose_datasets(data_interval_start: datetime | None, data_interval_end: dat
 
 
 def run_dataset(dataset: str, data_interval_start: datetime | None,
-                data_interval_end: datetime | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Load one dataset for the run's data interval; the return value (the task's XCom, shown in the
-    UI) says what it loaded, or why it skipped."""
+                data_interval_end: datetime | None = None, params: dict[str, Any] | None = None,
+                previous_end: datetime | None = None, run_type: str | None = None) -> dict[str, Any]:
+    """Load one dataset for the run's data interval (a scheduled run's historical datasets from the
+    end of the last successful run's interval: extract.catch_up_start); the return value (the task's
+    XCom, shown in the UI) says what it loaded, or why it skipped."""
     settings = settings_from_variables(params)
-    interval = [t.isoformat() if t else None for t in (data_interval_start, data_interval_end)]
     reason = skip_reason(dataset, data_interval_end)
     if reason is not None:
         log.warning("%s skipped: %s", dataset, reason)
+        interval = [t.isoformat() if t else None for t in (data_interval_start, data_interval_end)]
         return {"dataset": dataset, "interval": interval, "skipped": reason}
+    if dataset in HISTORICAL:
+        data_interval_start = catch_up_start(data_interval_start, previous_end,
+                                             getattr(run_type, "value", run_type) in SCHEDULED)
+    interval = [t.isoformat() if t else None for t in (data_interval_start, data_interval_end)]
     with connections.postgres() as conn, make_client() as client:
         result: LoadResult = extract(dataset, client, conn, settings, data_interval_start, data_interval_end)
     return {"dataset": dataset, "interval": interval, "symbols": list(settings.symbols),

@@ -13,6 +13,8 @@ import pytest
 
 from include.binance.client import BinanceClient
 from include.binance.extract import (
+    MAX_CATCH_UP,
+    catch_up_start,
     HISTORICAL,
     MAX_OBSERVATION_DELAY,
     NOW_ONLY,
@@ -226,3 +228,29 @@ def test_the_loads_follow_the_branch_and_share_the_binance_pool(extract_dag) -> 
     assert branch.downstream_task_ids == {f"load_{d}" for d in TABLES}
     assert {extract_dag.task_dict[f"load_{d}"].pool for d in TABLES} == {"binance_api"}
     assert set(extract_dag.params) == {"symbols", "kline_interval"}
+
+
+# -- catching up what scheduled runs skipped ----------------------------------------------------------
+
+
+def test_a_scheduled_run_loads_history_from_the_last_successful_runs_end() -> None:
+    start = datetime(2026, 11, 29, 10, 5, tzinfo=UTC)
+    # Airflow skipped [10:01, 10:05) while the run before was slow: this run loads it too
+    assert catch_up_start(start, start - minutes(4), scheduled=True) == start - minutes(4)
+    # the run before ended where this one starts, or no run succeeded yet: its own interval
+    assert catch_up_start(start, start, scheduled=True) == start
+    assert catch_up_start(start, None, scheduled=True) == start
+
+
+def test_a_backfill_or_manual_run_loads_exactly_its_interval() -> None:
+    start = datetime(2026, 11, 29, 10, 5, tzinfo=UTC)
+    assert catch_up_start(start, start - minutes(30), scheduled=False) == start
+
+
+def test_catching_up_stops_at_its_bound_and_names_the_range_to_backfill(caplog) -> None:
+    import logging
+
+    start = datetime(2026, 11, 29, 10, 5, tzinfo=UTC)
+    with caplog.at_level(logging.WARNING, logger="include.binance.extract"):
+        assert catch_up_start(start, start - timedelta(days=2), scheduled=True) == start - MAX_CATCH_UP
+    assert "backfill [2026-11-27T10:05:00+00:00, 2026-11-29T04:05:00+00:00)" in caplog.text
