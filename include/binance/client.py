@@ -78,12 +78,11 @@ DEFAULT_BASE_URL = "https://data-api.binance.vision"
 REQUEST_WEIGHT_LIMIT = 6000
 DEFAULT_WEIGHT_BUDGET = REQUEST_WEIGHT_LIMIT // 2
 MAX_LIMITS = {KLINES: 1000, TRADES: 1000, DEPTH: 5000, AGG_TRADES: 1000}
-# aggTrades: startTime and endTime at most one hour apart (Binance answers -1127 beyond)
+# aggTrades: startTime and endTime less than one hour apart (Binance answers -1127 otherwise)
 AGG_TRADES_MAX_WINDOW_MS = 3_600_000
-# The shared facts (docs/binance-api.md of the project) give no weight for aggTrades; 2 as for klines.
-# Binance's newer documentation may charge more: the server's X-MBX-USED-WEIGHT-1M corrects the
-# count after every call, and the budget is half the limit.
-AGG_TRADES_WEIGHT = 2
+# The project's shared facts give no weight for aggTrades; Binance's documentation charges 4, so the
+# budget reserves 4 (the server's X-MBX-USED-WEIGHT-1M corrects the count after every call anyway).
+AGG_TRADES_WEIGHT = 4
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9\-_.]{1,20}$")
 
 # Used when a 429/418 comes without a readable Retry-After: the documented minimum ban is 2 minutes.
@@ -495,8 +494,8 @@ class BinanceClient:
             params["endTime"] = _time_param(end_time, "end_time")
         if start_time is not None and end_time is not None:
             span = int(params["endTime"]) - int(params["startTime"])
-            if not 0 <= span <= AGG_TRADES_MAX_WINDOW_MS:
-                raise ValueError(f"aggTrades start_time..end_time must span 0..1 h, got {span} ms ({symbol})")
+            if not 0 <= span < AGG_TRADES_MAX_WINDOW_MS:
+                raise ValueError(f"aggTrades start_time..end_time must span less than 1 h, got {span} ms ({symbol})")
         reply = self._get(AGG_TRADES, params, symbol)
         return self._parsed(AGG_TRADES, symbol, reply, lambda: parse_agg_trades(reply.payload, symbol))
 

@@ -685,7 +685,7 @@ class BinanceTestServer:
         start, end = _time_ms(params, "startTime"), _time_ms(params, "endTime")
         if from_id is not None and (start is not None or end is not None):
             raise ApiError(-1128, "Combination of optional parameters invalid.")
-        if start is not None and end is not None and end - start > AGG_TRADES_MAX_WINDOW_MS:
+        if start is not None and end is not None and end - start >= AGG_TRADES_MAX_WINDOW_MS:
             raise ApiError(-1127, "More than 1 hours between startTime and endTime.")
         tape, now_us = self.market.tape(symbol), ctx.now_us
         rows: Iterable[AggTrade]

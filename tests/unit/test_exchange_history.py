@@ -126,11 +126,11 @@ def test_agg_trades_parameter_rules(server: BinanceTestServer, params: dict, sta
     assert (got_status, body["code"]) == (status, code), body
 
 
-def test_agg_trades_limit_is_cut_to_1000_and_weighs_2(server: BinanceTestServer) -> None:
+def test_agg_trades_limit_is_cut_to_1000_and_weighs_4(server: BinanceTestServer) -> None:
     response = requests.get(server.url + "/api/v3/aggTrades", params={"symbol": "BTCUSDT", "limit": 5000}, timeout=10)
     assert len(response.json()) == 1000
-    assert response.headers["X-MBX-USED-WEIGHT-1M"] == "2"
-    assert server.calls()[-1]["weight"] == 2
+    assert response.headers["X-MBX-USED-WEIGHT-1M"] == "4"
+    assert server.calls()[-1]["weight"] == 4
 
 
 # -- the archive ------------------------------------------------------------------------------------
