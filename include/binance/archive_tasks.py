@@ -30,11 +30,11 @@ log = logging.getLogger(__name__)
 def archive_url() -> str:
     """The `binance_archive` connection's host (scheme allowed in it), or data.binance.vision."""
     from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowRuntimeError
+    from airflow.sdk.exceptions import AirflowNotFoundException, AirflowRuntimeError
 
     try:
         conn = BaseHook.get_connection(ARCHIVE_CONN_ID)
-    except AirflowRuntimeError:
+    except (AirflowNotFoundException, AirflowRuntimeError):
         log.info("connection %s not defined: using %s", ARCHIVE_CONN_ID, DEFAULT_ARCHIVE_URL)
         return DEFAULT_ARCHIVE_URL
     host = (conn.host or "").rstrip("/")
