@@ -130,6 +130,12 @@ def load_env() -> dict[str, str]:
 MODE_FILE = RUN / "binance_api_mode"
 
 
+def set_binance_mode(offline: bool) -> None:
+    """Remember which Binance the pipeline reads: `up` starts (or restarts) Airflow with it."""
+    RUN.mkdir(parents=True, exist_ok=True)
+    MODE_FILE.write_text("offline\n" if offline else "online\n")
+
+
 def binance_mode() -> str:
     """online (the real API, the default) or offline (the bundled server), as `make demo` last set it."""
     try:
@@ -626,6 +632,8 @@ def prepare_airflow(s: dict[str, str]) -> None:
         passwords.write_text(json.dumps(wanted))
         passwords.chmod(0o600)
     stamp = home / ".db-migrated"
+    # a stack migrated before pools were recorded by name already has binance_api, maybe edited since
+    made_before = {BINANCE_POOL} if stamp.exists() else set()
     migrations = REPO / "requirements.txt"
     if not stamp.exists() or stamp.stat().st_mtime < migrations.stat().st_mtime:
         print("airflow: migrating the metadata database")
@@ -634,7 +642,7 @@ def prepare_airflow(s: dict[str, str]) -> None:
     # pools are created once by name: a pool added later (binance_archive) is created on the next
     # `make up`, one edited in the UI keeps its slots
     pools_stamp = home / ".pools-created"
-    made = set(pools_stamp.read_text().split()) if pools_stamp.exists() else set()
+    made = set(pools_stamp.read_text().split()) if pools_stamp.exists() else made_before
     for name, slots, description in AIRFLOW_POOLS:
         if name not in made:
             print(f"airflow: creating pool {name}")
