@@ -2,7 +2,7 @@
 
 Usage: python -m stack {up,down,status,env,clean,demo} [options]
 
-  up      write .env from .env.example if missing, start every service, wait for each health check
+  up      write .env from .env.example if missing, start every service, wait for each health check [--offline: the bundled Binance-compatible server]
   down    stop what `up` started (by PID file), keeping all data
   status  one line per service, the rows per stage, the health figures measured now (read-only)
   env     print the settings from .env, expanded (for scripts)
@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each health check")
+    up.add_argument("--offline", action="store_true",
+                    help="point binance_api and binance_archive at the bundled server (remembered, as by demo)")
     sub.add_parser("down")
     sub.add_parser("status")
     sub.add_parser("env")
@@ -39,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
+            if args.offline:
+                ls.set_binance_mode(True)
             ls.up(args.timeout)
         elif args.command == "down":
             ls.down()

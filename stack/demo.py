@@ -94,8 +94,7 @@ def wait_for_flow(s: dict[str, str], since: datetime, timeout: float) -> list[St
 
 
 def demo(offline: bool, timeout: float) -> None:
-    ls.RUN.mkdir(parents=True, exist_ok=True)
-    ls.MODE_FILE.write_text("offline\n" if offline else "online\n")
+    ls.set_binance_mode(offline)
     ls.up()
     s = ls.load_env()
     print(f"pipeline ({'offline: bundled Binance-compatible server' if offline else 'online: Binance API'})")
