@@ -2,7 +2,8 @@
 
 Usage: python -m stack {up,down,status,env,clean,demo} [options]
 
-  up      write .env from .env.example if missing, start every service, wait for each health check [--offline: the bundled Binance-compatible server]
+  up      write .env from .env.example if missing, start every service, wait for each health check
+          [--offline: the bundled Binance-compatible server as binance_api and binance_archive]
   down    stop what `up` started (by PID file), keeping all data
   status  one line per service, the rows per stage, the health figures measured now (read-only)
   env     print the settings from .env, expanded (for scripts)

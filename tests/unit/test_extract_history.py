@@ -13,12 +13,12 @@ import pytest
 
 from include.binance.client import BinanceClient
 from include.binance.extract import (
-    MAX_CATCH_UP,
-    catch_up_start,
     HISTORICAL,
+    MAX_CATCH_UP,
     MAX_OBSERVATION_DELAY,
     NOW_ONLY,
     ExtractSettings,
+    catch_up_start,
     datasets_for_interval,
     extract,
     fetch,
