@@ -14,7 +14,8 @@ transaction per file), then followed through the live pipeline of the local stac
 - the live pipeline's commit -> Cassandra latency while the burst flows: a probe row inserted into
   binance.latest_prices every second (a symbol of its own) carries its source commit time and the
   time the stream wrote it (cdc_source_ts, cdc_written_at in Cassandra): p50/p95/max per phase;
-- an exact comparison (every key and value, decimals digit for digit) of the three stores.
+- an exact comparison (every key and value, decimals digit for digit) of the three stores;
+- each market dashboard panel's query time over the 30 days, as the Grafana role.
 
 Needs the local stack running the pipeline: `make demo` (or `make demo OFFLINE=1`): the connector
 RUNNING, the cdc_stream and cassandra_bridge DAGs unpaused. The default days straddle 2025-01-01, so
@@ -240,6 +241,38 @@ def differences(a: dict, b: dict) -> str:
         f"{len(missing)} missing, {len(extra)} extra, {len(changed)} different"
 
 
+def panel_times(s: dict[str, str], symbols: list[str], start: datetime, end: datetime,
+                rounds: int = 3) -> list[tuple[str, int, list[float]]]:
+    """Each market dashboard panel's SQL over [start, end) as Grafana sends it (the Grafana role, its
+    macros and variables expanded as tests/integration/test_grafana_sql.py does), candles of the first
+    symbol at 1m: (title, rows, seconds per round)."""
+    import psycopg2
+
+    from grafana import market
+    from tests.integration.test_grafana_sql import expand
+
+    conn = psycopg2.connect(host=s["POSTGRES_HOST"], port=s["POSTGRES_PORT"], dbname=s["POSTGRES_DB"],
+                            user=s["GRAFANA_DB_USER"], password=s["GRAFANA_DB_PASSWORD"])
+    conn.autocommit = True
+    variables = {"symbol": symbols, "candle_symbol": symbols[0], "kline_interval": INTERVAL}
+    out = []
+    try:
+        for spec in market.PANELS:
+            # Grafana's $__interval for 30 days on a panel about 1,000 px wide
+            sql = expand(spec.raw_sql, start, end, variables, interval="1h")
+            times, rows = [], 0
+            for _ in range(rounds):
+                t = time.perf_counter()
+                with conn.cursor() as cur:
+                    cur.execute(sql)
+                    rows = len(cur.fetchall())
+                times.append(time.perf_counter() - t)
+            out.append((spec.title, rows, times))
+    finally:
+        conn.close()
+    return out
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))] if ordered else float("nan")
@@ -335,6 +368,12 @@ def main() -> None:
         print(f"  Cassandra vs Postgres binance: {differences(source, cassandra_rows(session, parts))}")
         bridge = source_rows(pg, "cassandra", symbols, start, end)
         print(f"  bridge vs Postgres binance:    {differences(source, bridge)}")
+
+        print(f"\nmarket dashboard panels over the {args.days} days ({symbols[0]} candles at {INTERVAL}), "
+              "as the Grafana role, 3 rounds:")
+        for title, rows, times in panel_times(s, symbols, start, end):
+            print(f"  {title:<34} {rows:>7,} rows  median {statistics.median(times) * 1000:8.1f} ms  "
+                  f"max {max(times) * 1000:8.1f} ms")
 
         latencies = probe_latencies(session, probe.sent)
         lost = [t for t, v in latencies.items() if v is None]
