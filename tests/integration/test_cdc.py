@@ -19,7 +19,7 @@ import pytest
 import requests
 from confluent_kafka import Consumer, TopicPartition
 
-from include.binance.models import DailyTicker, Kline, LatestPrice, OrderBookLevel, Trade
+from include.binance.models import AggTrade, DailyTicker, Kline, LatestPrice, OrderBookLevel, Trade
 from include.loader import load
 from include.tables import TABLES
 from include.times import as_utc, to_epoch_ms
@@ -63,6 +63,8 @@ def _records(version: int) -> dict[str, list]:
                                  for n in range(4)]
         out["order_book"] += [OrderBookLevel(7, sym, side, base + n, Decimal("3.25") + d, T0)
                               for side in ("bid", "ask") for n in range(2)]
+        out["agg_trades"] += [AggTrade(sym, 500 + n, base + n, Decimal("0.75"), 2000 + 2 * n, 2001 + 2 * n,
+                                       T0 + timedelta(seconds=n), n % 2 == 1) for n in range(3)]
     return out
 
 
@@ -98,18 +100,22 @@ def test_inserts_updates_and_deletes_of_every_table_reach_cassandra_exactly(dagb
         cur.execute("UPDATE binance.recent_trades SET qty = qty + 0.00000001 WHERE symbol = %s AND trade_id = 1001",
                     (SYMBOLS[0],))
         cur.execute("UPDATE binance.order_book SET quantity = quantity * 2 WHERE symbol = %s", (SYMBOLS[1],))
+        cur.execute("UPDATE binance.agg_trades SET qty = qty + 0.00000001 WHERE symbol = %s AND agg_trade_id = 501",
+                    (SYMBOLS[1],))
         # deletes in every table
         cur.execute("DELETE FROM binance.latest_prices WHERE symbol = %s AND time = %s", (SYMBOLS[0], T0))
         cur.execute("DELETE FROM binance.daily_ticker WHERE symbol = %s", (SYMBOLS[1],))
         cur.execute("DELETE FROM binance.klines WHERE symbol = %s AND open_time = %s", (SYMBOLS[0], T0))
         cur.execute("DELETE FROM binance.recent_trades WHERE symbol = %s AND trade_id = 1002", (SYMBOLS[1],))
         cur.execute("DELETE FROM binance.order_book WHERE symbol = %s AND side = 'ask'", (SYMBOLS[0],))
+        cur.execute("DELETE FROM binance.agg_trades WHERE symbol = %s AND agg_trade_id = 502", (SYMBOLS[0],))
     pg.commit()
     wait_for_debezium(pg)
     run_dag(dagbag, "cdc_stream", {"mode": "available_now"})
 
     counts = _assert_cassandra_equals_postgres(pg, cassandra)
-    assert counts == {"latest_prices": 5, "daily_ticker": 1, "klines": 5, "recent_trades": 7, "order_book": 6}
+    assert counts == {"latest_prices": 5, "daily_ticker": 1, "klines": 5, "recent_trades": 7, "order_book": 6,
+                      "agg_trades": 5}
     row = cassandra.execute("SELECT low_price, cdc_op, cdc_source_ts, writetime(low_price) AS wt FROM klines "
                             "WHERE symbol = %s AND interval = '1m' AND bucket = %s AND open_time = %s",
                             (SYMBOLS[0], TABLES["klines"].bucket_of(T0), T0 + timedelta(minutes=1))).one()
