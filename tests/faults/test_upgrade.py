@@ -3,11 +3,12 @@ symbol alone, CQL migrations up to V002) is brought to the bucketed schema by cd
 load, and loses nothing: Cassandra and the bridge end exactly equal to Postgres `binance`.
 
 cdc_setup applies V003, which creates the data tables again (Cassandra cannot change a primary key),
-sees its `-- rebuilds sink tables` marker and takes a new snapshot from Postgres.
+and V005 (agg_trades), sees their `-- rebuilds sink tables` marker and takes a new snapshot from Postgres.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -27,6 +28,10 @@ SYMBOLS = tuple(f"UPGRADE{i}USDT" for i in range(2))
 OLD_SCHEMA = Path(__file__).parent / "data" / "schema_before_buckets.cql"
 # what V003 created and the old schema did not have
 NEW_ONLY = ("sink_retention", "stream_position")
+# the data tables of the old schema (agg_trades came later, with V005)
+OLD_TABLES = tuple(t for t in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", OLD_SCHEMA.read_text()) if t in TABLES)
+# the CQL migrations that create sink tables again (`-- rebuilds sink tables`), which the old schema predates
+REBUILDING = ("V003__time_buckets.cql", "V005__agg_trades.cql")
 
 
 def _back_to_the_old_schema(pg, session) -> int:
@@ -36,10 +41,11 @@ def _back_to_the_old_schema(pg, session) -> int:
         session.execute(f"DROP TABLE IF EXISTS {name}", timeout=120)
     for stmt in statements(OLD_SCHEMA.read_text()):
         session.execute(stmt, timeout=120)
-    session.execute("DELETE FROM schema_migrations WHERE version = 3")
+    session.execute("DELETE FROM schema_migrations WHERE version IN (3, 5)")
     written = 0
     with pg.cursor() as cur:
-        for name, table in TABLES.items():
+        for name in OLD_TABLES:
+            table = TABLES[name]
             cols = [*table.column_names, "cdc_op", "cdc_source_ts", "cdc_lsn", "cdc_written_at"]
             insert = session.prepare(f"INSERT INTO {name} ({', '.join(cols)}) VALUES "
                                      f"({', '.join('?' * len(cols))}) USING TIMESTAMP ?")
@@ -67,7 +73,7 @@ def test_cdc_setup_upgrades_a_stack_holding_data_under_the_schema_before_buckets
         started = time.monotonic()
         run = run_dag(dagbag, "cdc_setup")
         setup = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in run.get_task_instances()}
-        assert setup["ensure_cassandra_schema"]["rebuilt_by"] == ["V003__time_buckets.cql"], setup
+        assert setup["ensure_cassandra_schema"]["rebuilt_by"] == list(REBUILDING), setup
         assert setup["resnapshot"]["resnapshot"] is True, setup
         wait_connector(KafkaConnectClient(settings["KAFKA_CONNECT_URL"]), "RUNNING")
         time.sleep(10)
