@@ -29,22 +29,9 @@ log = logging.getLogger(__name__)
 
 def archive_url() -> str:
     """The `binance_archive` connection's host (scheme allowed in it), or data.binance.vision."""
-    from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowNotFoundException, AirflowRuntimeError
+    from include.binance.tasks import base_url_from_connection
 
-    try:
-        conn = BaseHook.get_connection(ARCHIVE_CONN_ID)
-    except (AirflowNotFoundException, AirflowRuntimeError):
-        log.info("connection %s not defined: using %s", ARCHIVE_CONN_ID, DEFAULT_ARCHIVE_URL)
-        return DEFAULT_ARCHIVE_URL
-    host = (conn.host or "").rstrip("/")
-    if not host:
-        return DEFAULT_ARCHIVE_URL
-    if "://" not in host:
-        host = f"{conn.schema or 'https'}://{host}"
-    if conn.port:
-        host = f"{host}:{conn.port}"
-    return normalize_base_url(host)
+    return normalize_base_url(base_url_from_connection(ARCHIVE_CONN_ID, DEFAULT_ARCHIVE_URL))
 
 
 def _day(value: Any, name: str) -> date:

@@ -67,19 +67,20 @@ def settings_from_variables(params: dict[str, Any] | None = None) -> ExtractSett
     )
 
 
-def base_url_from_connection() -> str:
-    """The `binance_api` connection's host (scheme allowed in it), or the public market-data host."""
+def base_url_from_connection(conn_id: str = BINANCE_CONN_ID, default: str = DEFAULT_BASE_URL) -> str:
+    """An HTTP connection's host (scheme allowed in it, port added), or `default` when the
+    connection or its host is not defined (`binance_api`: the public market-data host)."""
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException, AirflowRuntimeError
 
     try:
-        conn = BaseHook.get_connection(BINANCE_CONN_ID)
+        conn = BaseHook.get_connection(conn_id)
     except (AirflowNotFoundException, AirflowRuntimeError):
-        log.info("connection %s not defined: using %s", BINANCE_CONN_ID, DEFAULT_BASE_URL)
-        return DEFAULT_BASE_URL
+        log.info("connection %s not defined: using %s", conn_id, default)
+        return default
     host = (conn.host or "").rstrip("/")
     if not host:
-        return DEFAULT_BASE_URL
+        return default
     if "://" not in host:
         host = f"{conn.schema or 'https'}://{host}"
     if conn.port:
