@@ -31,11 +31,14 @@ ARCHIVE_POOL = "binance_archive"
 ARCHIVE_FILES_TABLE = "archive_files"
 
 # Change data capture: Debezium's publication and replication slot in Postgres, its connector on
-# Kafka Connect (connectors/<CONNECTOR>.json), the heartbeat table it updates
+# Kafka Connect (connectors/<CONNECTOR>.json), the heartbeat table it updates, and the signal table
+# through which the pipeline asks it for incremental snapshots (and where Debezium writes the
+# markers of each snapshot window)
 PUBLICATION = "binance_cdc"
 SLOT = "binance_cdc"
 CONNECTOR = "binance-postgres"
 HEARTBEAT_TABLE = "debezium_heartbeat"
+SIGNAL_TABLE = "debezium_signal"
 
 # Debezium's topic.prefix: the change events of <schema>.<table> go to topic <prefix>.<schema>.<table>
 TOPIC_PREFIX = "binance"

@@ -1,8 +1,9 @@
-"""What the `cdc_setup` DAG does, free of Airflow: the source side (publication, heartbeat grant,
-replica identities), the connector's configuration, and the re-snapshot.
+"""What the `cdc_setup` DAG does, free of Airflow: the source side (publication, heartbeat and
+signal grants, replica identities), the connector's configuration, and the re-snapshot.
 
-The publication's table list and the connector's table.include.list are derived here from
-include/tables.py; connectors/<name>.json keeps the rest of the connector's configuration.
+The publication's table list, the connector's table.include.list and its signal table are derived
+here from include/tables.py and include/names.py; connectors/<name>.json keeps the rest of the
+connector's configuration.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from include.names import (
     BRIDGE_SCHEMA,
     HEARTBEAT_TABLE,
     PUBLICATION,
+    SIGNAL_TABLE,
     SLOT,
     SOURCE_SCHEMA,
     TOPIC_PREFIX,
@@ -31,9 +33,17 @@ log = logging.getLogger(__name__)
 
 
 def captured_tables() -> list[str]:
-    """Every table whose changes Debezium captures, schema-qualified: the source tables, then the
-    heartbeat table (its row changes every heartbeat, so the slot advances when nothing else does)."""
-    return [qualified(t) for t in (*TABLES, HEARTBEAT_TABLE)]
+    """Every table whose changes Debezium captures, schema-qualified: the source tables, the
+    heartbeat table (its row changes every heartbeat, so the slot advances when nothing else does)
+    and the signal table (Debezium reads its signals and snapshot-window markers from the change
+    stream; with publication.autocreate.mode disabled the publication must carry it)."""
+    return [qualified(t) for t in (*TABLES, HEARTBEAT_TABLE, SIGNAL_TABLE)]
+
+
+# what an incremental re-snapshot registers the connector with, once, after its offsets and slot
+# were dropped: a new slot and streaming at once, no initial snapshot (the rows come back through
+# an incremental snapshot instead, include/cdc/tasks.py)
+STREAM_ONLY = "no_data"
 
 
 def derived_connector_config() -> dict[str, str]:
@@ -47,18 +57,23 @@ def derived_connector_config() -> dict[str, str]:
         "slot.name": SLOT,
         "heartbeat.action.query": f"INSERT INTO {heartbeat} (id, beat_at) VALUES (1, now()) "
                                   "ON CONFLICT (id) DO UPDATE SET beat_at = EXCLUDED.beat_at",
+        "signal.data.collection": qualified(SIGNAL_TABLE),
     }
 
 
-def connector_config(name: str) -> dict[str, str]:
-    """connectors/<name>.json completed with the derived settings (which the file must not set)."""
+def connector_config(name: str, snapshot_mode: str | None = None) -> dict[str, str]:
+    """connectors/<name>.json completed with the derived settings (which the file must not set).
+    `snapshot_mode` replaces the file's snapshot.mode (the incremental re-snapshot's STREAM_ONLY)."""
     config = load_connector(name)
     derived = derived_connector_config()
     clash = sorted(set(config) & set(derived))
     if clash:
         raise ConnectError(f"connectors/{name}.json sets {clash}, which cdc_setup derives from include/tables.py "
                            "and include/names.py: remove them from the file")
-    return {**config, **derived}
+    out = {**config, **derived}
+    if snapshot_mode is not None:
+        out["snapshot.mode"] = snapshot_mode
+    return out
 
 
 def ensure_publication(cur: Any) -> dict[str, list[str]]:
@@ -86,12 +101,14 @@ def ensure_publication(cur: Any) -> dict[str, list[str]]:
 
 
 def ensure_postgres_side(conn: Any, debezium_role: str) -> dict[str, Any]:
-    """Tables and the heartbeat table from the migrations, then what follows from the definitions
-    and the configuration: the publication, the heartbeat grant for the Debezium role; checks the
-    replica identities Debezium's deletes depend on."""
+    """Tables, the heartbeat and signal tables from the migrations, then what follows from the
+    definitions and the configuration: the publication, the Debezium role's grants on the heartbeat
+    table (it writes a beat) and on the signal table (it inserts and deletes each snapshot window's
+    marker); checks the replica identities Debezium's deletes depend on."""
     applied = apply(conn, SOURCE_SCHEMA)
     with conn.cursor() as cur:
         cur.execute(f'GRANT SELECT, INSERT, UPDATE ON "{SOURCE_SCHEMA}"."{HEARTBEAT_TABLE}" TO "{debezium_role}"')
+        cur.execute(f'GRANT SELECT, INSERT, DELETE ON "{SOURCE_SCHEMA}"."{SIGNAL_TABLE}" TO "{debezium_role}"')
         publication = ensure_publication(cur)
         cur.execute("SELECT c.relname, c.relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE n.nspname = %s AND c.relname = ANY(%s)", (SOURCE_SCHEMA, list(TABLES)))

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from include.binance import models
-from include.names import ARCHIVE_FILES_TABLE, BRIDGE_SCHEMA, HEARTBEAT_TABLE, SOURCE_SCHEMA
+from include.names import ARCHIVE_FILES_TABLE, BRIDGE_SCHEMA, HEARTBEAT_TABLE, SIGNAL_TABLE, SOURCE_SCHEMA
 from include.schema import cassandra as cql_schema
 from include.schema import postgres as sql_schema
 from include.schema.versions import statements
@@ -27,7 +27,7 @@ from include.tables import BRIDGE_TABLES, BUCKET, CDC_COLUMNS, TABLES, Column, T
 
 # tables the migrations create that hold no market data, so include/tables.py does not define them
 NOT_DATA = {
-    SOURCE_SCHEMA: {HEARTBEAT_TABLE, ARCHIVE_FILES_TABLE},
+    SOURCE_SCHEMA: {HEARTBEAT_TABLE, ARCHIVE_FILES_TABLE, SIGNAL_TABLE},
     BRIDGE_SCHEMA: {"bridge_watermarks"},
     "cql": {"dead_letters", "changed_rows", "stream_progress", "stream_offsets", "stream_position", "sink_retention"},
 }
