@@ -16,10 +16,13 @@ One streaming query reads every `binance.binance.*` topic; each micro-batch is r
 snapshot reads, inserts and updates upsert `after`, deletes remove the key from `before`,
 tombstones are skipped, several events on one key collapse to the last in source order (LSN, then
 Kafka position). Rows are keyed in Cassandra by a time bucket of their time column too. Every
-Cassandra write carries the change's source commit time as its write timestamp (a snapshot's rows
-10 s below it; include.cdc.events.write_time), so replays after a restart can never make a row
-older than it is. Rows are written with a TTL that ends when the table's retention
-(`sink_retention`) has passed their time; changes to rows already past it are not written.
+Cassandra write carries the change's source commit time as its write timestamp (an initial
+snapshot's rows 10 s below it, an incremental snapshot's rows at their window's time;
+include.cdc.events.write_time), so replays after a restart can never make a row older than it is.
+The signal table's topic is not applied: its events (snapshot signals, window markers) are
+recorded in `snapshot_windows` first, and give each incremental snapshot read its window's time.
+Rows are written with a TTL that ends when the table's retention (`sink_retention`) has passed
+their time; changes to rows already past it are not written.
 Messages that cannot be applied go to `dead_letters`; the stream carries on. `--available-now`
 processes what is in Kafka and exits (catch-up runs, tests); otherwise the query runs until it
 fails, and fails loudly.
@@ -44,7 +47,8 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -52,16 +56,28 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from include.cdc.events import DELETE
+from include.cdc.events import DELETE, signal_marker
 from include.connections import CassandraSettings, ConnectionSettingsError
-from include.names import CDC_TOPIC_PREFIX, STREAM_QUERY_NAME
+from include.names import CDC_TOPIC_PREFIX, SIGNAL_TABLE, STREAM_QUERY_NAME, topic_for
 from include.tables import Table
 from include.times import from_epoch_ms
 from spark import python_events
-from spark.envelope import batch_summary, check_topics, collapse_last, known_tables, parse_envelope
+from spark.envelope import (
+    batch_summary,
+    check_topics,
+    collapse_last,
+    drop_unplaced_reads,
+    incremental_read_lsns,
+    known_tables,
+    parse_envelope,
+)
 from spark.writer import BatchContext, CassandraWriter, Offset, write_partition
 
 log = logging.getLogger("cdc_stream")
+
+# Debezium's signal table's topic: nothing of it is applied, its events only place incremental
+# snapshot windows in time (include.cdc.events.write_time)
+SIGNAL_TOPIC = topic_for(SIGNAL_TABLE)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -115,6 +131,7 @@ class MicroBatches:
             records = batch.limit(self.driver_max_events + 1).collect()
             if len(records) <= self.driver_max_events:
                 check_topics({r.topic for r in records}, self.tables)
+                self.record_windows([r.value for r in records if r.topic == SIGNAL_TOPIC])
                 self._apply_on_driver(records, batch_id, context)
                 self._record_progress(batch_id, python_events.summarize(records), time.monotonic() - started,
                                       context)
@@ -123,16 +140,35 @@ class MicroBatches:
         try:
             # one small job: which topics are in the batch, and what to report as progress
             parts = batch_summary(batch).collect()
-            check_topics({p.topic for p in parts}, self.tables)
-            for topic in sorted({p.topic for p in parts}):
+            topics = {p.topic for p in parts}
+            check_topics(topics, self.tables)
+            if SIGNAL_TOPIC in topics:
+                self.record_windows([r.value for r in batch.where(F.col("topic") == SIGNAL_TOPIC).collect()])
+            if topics & set(self.tables):
+                # another small job: the LSNs of the batch's incremental snapshot reads, placed in time
+                lsns = [r.lsn for r in incremental_read_lsns(batch).collect()]
+                context = replace(context, windows=self.writer.window_times(SIGNAL_TOPIC, lsns) if lsns else {})
+                if len(context.windows) < len(lsns):
+                    log.warning("batch %d: %d incremental snapshot window(s) not placed in time (no signal-table "
+                                "event at or below their LSN yet): their reads are not applied",
+                                batch_id, len(lsns) - len(context.windows))
+            for topic in sorted(topics):
                 table = self.tables.get(topic)
                 if table is None:
-                    # the heartbeat table (check_topics refused tables the sink should keep)
+                    # the heartbeat and signal tables (check_topics refused tables the sink should keep)
                     continue
                 self._apply_on_executors(batch.where(F.col("topic") == topic), table, topic, batch_id, context)
         finally:
             batch.unpersist()
         self._record_progress(batch_id, parts, time.monotonic() - started, context)
+
+    def record_windows(self, values: Sequence[str | None]) -> None:
+        """The signal table's events of the batch (LSN and commit time each) into snapshot_windows,
+        before anything of the batch is applied."""
+        markers = [m for v in values if (m := signal_marker(v)) is not None]
+        if markers:
+            self.writer.record_windows(SIGNAL_TOPIC, markers)
+            log.info("recorded %d signal-table event(s) for incremental snapshot windows", len(markers))
 
     def _apply_on_driver(self, records: list[Any], batch_id: int, context: BatchContext) -> None:
         """The batch decided in plain Python, per table collapsed to the last event per key, and
@@ -141,18 +177,26 @@ class MicroBatches:
         by_topic: dict[str, list[Any]] = {}
         for r in records:
             by_topic.setdefault(r.topic, []).append(r)
-        changes, dead, counts = [], [], []
+        parsed = {}
         for topic, rows in sorted(by_topic.items()):
             table = self.tables.get(topic)
-            if table is None:
-                continue
-            events = [e for r in rows if (e := python_events.parse_event(table, r.partition, r.offset, r.value))]
+            if table is not None:
+                parsed[topic] = [e for r in rows if (e := python_events.parse_event(table, r.partition, r.offset,
+                                                                                     r.value))]
+        lsns = {e.cdc_lsn for events in parsed.values() for e in events if e.incremental_read}
+        if lsns:
+            context = replace(context, windows=self.writer.window_times(SIGNAL_TOPIC, lsns))
+        changes, dead, counts = [], [], []
+        for topic, events in parsed.items():
+            table = self.tables[topic]
+            events, unplaced = python_events.drop_unplaced_reads(events, context.windows)
             winners, bad = python_events.collapse(table, events)
             dead += [e.dead_letter(topic) for e in bad]
-            changes += [e.change(table) for e in winners]
+            changes += [e.change(table, context.windows) for e in winners]
             n_deletes = sum(1 for w in winners if w.cdc_op == DELETE)
             dead_count = f" {len(bad)} dead" if bad else ""
-            counts.append(f"{table.name} {len(winners) - n_deletes}+{n_deletes}d{dead_count}")
+            unplaced_count = f" {unplaced} incremental read(s) not placed in time, not applied" if unplaced else ""
+            counts.append(f"{table.name} {len(winners) - n_deletes}+{n_deletes}d{dead_count}{unplaced_count}")
         t1 = time.monotonic()
         written = self.writer.write(context, changes, dead)
         log.info("batch %d on the driver: %d records; %s; %d skipped outside retention (parse+collapse %.3fs, "
@@ -163,11 +207,11 @@ class MicroBatches:
                             context: BatchContext) -> None:
         """One table's events in one Spark job: parsed and ranked by Spark, each task writing its
         partition's dead letters, rows and change log through a writer of its own, with the batch's
-        context (change-log minute, retention) from the driver."""
+        context (change-log minute, retention, incremental snapshot windows) from the driver."""
         t0 = time.monotonic()
         sc = rows.sparkSession.sparkContext
         counters = (sc.accumulator(0), sc.accumulator(0), sc.accumulator(0), sc.accumulator(0))
-        applied = collapse_last(parse_envelope(rows, table), table)
+        applied = collapse_last(drop_unplaced_reads(parse_envelope(rows, table), context.windows), table)
         applied.foreachPartition(partial(write_partition, self.writer.keyspace, table.name, topic, counters,
                                          context, open_writer=self.task_writer))
         upserts, deletes, dead, skipped = (c.value for c in counters)

@@ -12,6 +12,7 @@ them would depend on TZ. spark/writer.py makes the longs aware UTC datetimes.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import timedelta
 
 from pyspark.sql import Column, DataFrame, Window
@@ -22,18 +23,20 @@ from include.cdc.events import (
     DECIMAL_TEXT,
     DELETE,
     DELETE_WITHOUT_BEFORE,
+    INCREMENTAL,
     NO_AFTER,
     NO_LSN,
     NO_SOURCE_TS,
     NOT_AN_EVENT,
     OPS,
+    READ,
     UNKNOWN_OP_PREFIX,
     key_column_missing,
     key_sources,
     not_a_decimal,
     not_a_timestamp,
 )
-from include.names import HEARTBEAT_TABLE, table_of_topic, topic_for
+from include.names import HEARTBEAT_TABLE, SIGNAL_TABLE, table_of_topic, topic_for
 from include.tables import BUCKET, TABLES, Table
 
 _MICROSECOND = timedelta(microseconds=1)
@@ -138,6 +141,28 @@ def parse_envelope(df: DataFrame, table: Table) -> DataFrame:
     )
 
 
+def _incremental_read(op: Column, snapshot: Column) -> Column:
+    return F.coalesce((op == READ) & (snapshot == INCREMENTAL), F.lit(False))
+
+
+def drop_unplaced_reads(df: DataFrame, placed: Collection[int]) -> DataFrame:
+    """parse_envelope's rows without the incremental snapshot reads whose LSN is not in `placed`
+    (no window time is known for them: include.cdc.events.write_time). Dropped before the collapse,
+    so such a read never hides an earlier change of its key in the batch; the reconciliation finds
+    a row left behind and asks for it again."""
+    known = F.col("cdc_lsn").isin(*sorted(placed)) if placed else F.lit(False)
+    return df.where(~(_incremental_read(F.col("cdc_op"), F.col("source_snapshot")) & ~F.coalesce(known, F.lit(False))))
+
+
+def incremental_read_lsns(df: DataFrame) -> DataFrame:
+    """The distinct LSNs of the incremental snapshot reads in a raw Kafka batch (one column, `lsn`):
+    the driver looks up their window times before the tables are applied."""
+    op = F.get_json_object(F.col("value"), "$.op")
+    snapshot = F.get_json_object(F.col("value"), "$.source.snapshot")
+    lsn = F.get_json_object(F.col("value"), "$.source.lsn").cast("long")
+    return df.where(_incremental_read(op, snapshot) & lsn.isNotNull()).select(lsn.alias("lsn")).distinct()
+
+
 def _floor(micros: Column, step_us: int) -> Column:
     """Epoch microseconds floored to a multiple of `step_us` (pmod: right for times before 1970 too)."""
     return micros - F.pmod(micros, F.lit(step_us))
@@ -185,10 +210,11 @@ class UnknownTableError(RuntimeError):
 
 def check_topics(topics: set[str] | list[str], tables: dict[str, Table]) -> None:
     """Fail the batch on a change topic of a table the stream does not know: skipping it would move
-    the offsets past changes never applied. The heartbeat's topic and topics of other prefixes are
-    only reported. Restarted with code that defines the table (Airflow restarts the stream), the
+    the offsets past changes never applied. The heartbeat's and the signal table's topics and topics of
+    other prefixes are only reported. Restarted with code that defines the table (Airflow restarts the stream), the
     stream applies the batch again, whole."""
-    unknown = sorted(t for t in topics if t not in tables and table_of_topic(t) not in (None, HEARTBEAT_TABLE))
+    kept_out = (None, HEARTBEAT_TABLE, SIGNAL_TABLE)
+    unknown = sorted(t for t in topics if t not in tables and table_of_topic(t) not in kept_out)
     if unknown:
         raise UnknownTableError(f"change topics of tables this stream does not define: {unknown}; run the stream "
                                 "with the code that defines them (include/tables.py): restart it")

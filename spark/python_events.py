@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,7 @@ from include.cdc.events import (
     NOT_AN_EVENT,
     OPS,
     is_decimal_text,
+    is_incremental_read,
     key_column_missing,
     key_sources,
     missing_row,
@@ -128,10 +130,16 @@ class Event:
         """Source order: LSN (missing first), then Kafka position."""
         return (self.cdc_lsn is not None, self.cdc_lsn or 0, self.kafka_partition, self.kafka_offset)
 
-    def change(self, table: Table) -> Change:
+    @property
+    def incremental_read(self) -> bool:
+        return self.error is None and is_incremental_read(self.cdc_op, self.source)
+
+    def change(self, table: Table, windows: Mapping[int, int] | None = None) -> Change:
+        """The change to write; an incremental snapshot read at its window's time, `windows[lsn]`."""
         assert self.cdc_op is not None and self.cdc_lsn is not None, "only an applicable event is a change"
-        return Change(table, self.cdc_op, self.cdc_lsn, self.cdc_source_ts, write_time(self.cdc_op, self.source),
-                      self.row)
+        window = (windows or {}).get(self.cdc_lsn) if self.incremental_read else None
+        return Change(table, self.cdc_op, self.cdc_lsn, self.cdc_source_ts,
+                      write_time(self.cdc_op, self.source, window), self.row)
 
     def dead_letter(self, topic: str) -> DeadLetter:
         assert self.error is not None, "only an event that cannot be applied is a dead letter"
@@ -212,6 +220,13 @@ def _parse_event(table: Table, partition: int, offset: int, value: str, loads: A
         raw_value=value,
         error=error,
     )
+
+
+def drop_unplaced_reads(events: list[Event], placed: Mapping[int, int]) -> tuple[list[Event], int]:
+    """(the events without the incremental snapshot reads whose LSN has no window time in `placed`,
+    how many were dropped): spark/envelope.py's drop_unplaced_reads, before the collapse."""
+    kept = [e for e in events if not (e.incremental_read and e.cdc_lsn not in placed)]
+    return kept, len(events) - len(kept)
 
 
 def collapse(table: Table, events: list[Event]) -> tuple[list[Event], list[Event]]:

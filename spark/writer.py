@@ -4,9 +4,10 @@ The driver applies small micro-batches itself; a big one is applied by Spark tas
 own writer (`write_partition`). Either way a writer writes, in this order: dead letters, then the
 rows (upserts and deletes with the change's source commit time as write time, include.cdc.events.
 write_time, grouped into single-partition unlogged batches), then the change log `changed_rows` the
-bridge reads, so a logged key is always already applied. The driver's writer also reads what every
-writer of a batch shares (`BatchContext`: the change-log minute, each table's retention) and
-records the stream's progress.
+bridge reads, so a logged key is always already applied. The driver's writer also records the
+signal table's events (`snapshot_windows`) before anything else of a batch, reads what every writer
+of a batch shares (`BatchContext`: the change-log minute, each table's retention, the time of each
+incremental snapshot window) and records the stream's progress.
 
 Retention: each row is written with a TTL that ends `keep_seconds` (table `sink_retention`) after
 its time_column; a change (upsert or delete) whose row is already out of that window is not
@@ -25,13 +26,13 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import islice
 from typing import Any, NamedTuple
 
-from include.cdc.events import DELETE, encode_key, source_time_us, write_time
+from include.cdc.events import DELETE, encode_key, is_incremental_read, source_time_us, write_time
 from include.connections import CassandraSettings, open_cassandra
 from include.tables import BUCKET, TABLES, Table
 from include.times import EPOCH, as_utc
@@ -90,10 +91,13 @@ class Offset:
 class BatchContext:
     """What the driver fixes once per micro-batch, when it starts, for every writer of the batch (its
     own, or the Spark tasks' through their closure): the change-log minute every key of the batch is
-    logged under, and each table's retention in Cassandra (seconds; absent or None: kept for ever)."""
+    logged under, each table's retention in Cassandra (seconds; absent or None: kept for ever), and
+    the write time of the batch's incremental snapshot reads per LSN (their window's time,
+    include.cdc.events.window_time; reads of an LSN missing here were dropped before the collapse)."""
 
     changelog_bucket: datetime
     keep_seconds: Mapping[str, int | None]
+    windows: Mapping[int, int] = field(default_factory=dict)
 
 
 class Write(NamedTuple):
@@ -297,6 +301,30 @@ class CassandraWriter:
             self._retention_read_at = clock
         return self._retention
 
+    def record_windows(self, topic: str, markers: Sequence[tuple[int, int]]) -> None:
+        """The signal table's events of a batch, (LSN, commit µs) each, into `snapshot_windows`:
+        written before any row of the batch, so the batch's incremental reads find their window."""
+        if not markers:
+            return
+        stmt = self._prepare(f'INSERT INTO "{self.keyspace}".snapshot_windows (topic, lsn, commit_us, recorded_at) '
+                             "VALUES (?, ?, ?, ?)")
+        now = self.now()
+        for f in [self.session.execute_async(stmt, (topic, lsn, commit, now)) for lsn, commit in markers]:
+            f.result()
+
+    def window_times(self, topic: str, lsns: Iterable[int]) -> dict[int, int]:
+        """Per LSN of an incremental read, the commit time of the newest signal-table event at or
+        below it (include.cdc.events.window_time, read from `snapshot_windows`); LSNs with none
+        are left out."""
+        stmt = self._prepare(f'SELECT lsn, commit_us FROM "{self.keyspace}".snapshot_windows WHERE topic = ? '
+                             "AND lsn <= ? LIMIT 1")
+        out = {}
+        for lsn in sorted(set(lsns)):
+            row = next(iter(self.session.execute(stmt, (topic, lsn))), None)
+            if row is not None:
+                out[lsn] = row.commit_us
+        return out
+
     def last_changelog_bucket(self, query_name: str) -> datetime | None:
         """The change-log minute of the query's last finished micro-batch (`stream_position`), if any."""
         stmt = self._prepare(f'SELECT changelog_bucket FROM "{self.keyspace}".stream_position WHERE query_name = ?')
@@ -422,10 +450,13 @@ class CassandraWriter:
 # --------------------------------------------------------------------------- on Spark's executors
 
 
-def spark_rows(table: Table, topic: str, rows: Iterable[Any]) -> tuple[list[Change], list[DeadLetter]]:
+def spark_rows(table: Table, topic: str, rows: Iterable[Any],
+               windows: Mapping[int, int] | None = None) -> tuple[list[Change], list[DeadLetter]]:
     """Rows of spark/envelope.py's parse_envelope (each event that cannot be applied, and the last
     event per key) as the writer's changes and dead letters: times arrive as epoch microseconds and
-    become aware UTC datetimes here (PySpark's own datetimes are naive local times)."""
+    become aware UTC datetimes here (PySpark's own datetimes are naive local times). An incremental
+    snapshot read is written at its window's time, `windows[lsn]` (the batch's BatchContext)."""
+    windows = windows or {}
     times = [c.name for c in table.columns if c.type == "timestamptz"]
     changes, letters = [], []
     for r in rows:
@@ -438,8 +469,9 @@ def spark_rows(table: Table, topic: str, rows: Iterable[Any]) -> tuple[list[Chan
                 row[name] = from_epoch_us(row[name])
         source = {"ts_us": r.source_ts_us, "ts_ms": r.source_ts_ms, "snapshot": r.source_snapshot}
         commit = source_time_us(source)
+        window = windows.get(r.cdc_lsn) if is_incremental_read(r.cdc_op, source) else None
         changes.append(Change(table, r.cdc_op, r.cdc_lsn, None if commit is None else from_epoch_us(commit),
-                              write_time(r.cdc_op, source), row))
+                              write_time(r.cdc_op, source, window), row))
     return changes, letters
 
 
@@ -452,7 +484,7 @@ def write_partition(keyspace: str, table_name: str, topic: str, counters: Sequen
     table = TABLES[table_name]
     with open_writer(keyspace) as writer:
         while chunk := list(islice(rows, TASK_CHUNK)):
-            changes, letters = spark_rows(table, topic, chunk)
+            changes, letters = spark_rows(table, topic, chunk, batch.windows)
             written = writer.write(batch, changes, letters)
             if counters is not None:
                 for counter, n in zip(counters, (written.upserts, written.deletes, len(letters), written.skipped),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -84,8 +84,10 @@ def key_sources(table: Table) -> tuple[str, ...]:
 
 # how far below its own time a row of an initial or blocking snapshot is written (microseconds)
 SNAPSHOT_MARGIN_US = 10_000_000
+# source.snapshot of a read of an incremental snapshot (Debezium's signal-driven, chunked snapshot)
+INCREMENTAL = "incremental"
 # source.snapshot of a read that is not part of an initial or blocking snapshot
-_NOT_A_FULL_SNAPSHOT = ("incremental", "false")
+_NOT_A_FULL_SNAPSHOT = (INCREMENTAL, "false")
 
 
 def source_time_us(source: Mapping[str, Any]) -> int | None:
@@ -99,7 +101,12 @@ def source_time_us(source: Mapping[str, Any]) -> int | None:
     return None if ts_ms is None else int(ts_ms) * 1000
 
 
-def write_time(op: str, source: Mapping[str, Any]) -> int:
+def is_incremental_read(op: str | None, source: Mapping[str, Any]) -> bool:
+    """A read of an incremental snapshot: its write time is its window's (`write_time`)."""
+    return op == READ and source.get("snapshot") == INCREMENTAL
+
+
+def write_time(op: str, source: Mapping[str, Any], window_us: int | None = None) -> int:
     """The Cassandra write timestamp (microseconds) of a change: its source commit time.
 
     Not the LSN: TimeWindowCompactionStrategy groups SSTables by write timestamp, and a write made
@@ -114,8 +121,19 @@ def write_time(op: str, source: Mapping[str, Any]) -> int:
       "incremental" and "false"): that time minus SNAPSHOT_MARGIN_US (10 s), so a change committed
       after the snapshot's consistent point wins over the snapshot's copy of the row. cdc_setup
       starts a re-snapshot more than SNAPSHOT_MARGIN_US after the data it replaces was written.
-    - r of an incremental snapshot (`source.snapshot` "incremental"; Debezium reconciles its chunks
-      with the changes streamed meanwhile): `source.ts_us`, like a change.
+    - r of an incremental snapshot (`source.snapshot` "incremental"): `window_us`, the source commit
+      time of the newest signal-table event (a window marker, or the signal itself) at or below the
+      read's LSN (`window_time`), never the read's own `source.ts_us`. Debezium stamps a chunk's
+      reads with its worker's clock when it emits them, on reading the window's close marker
+      (verified in Debezium 3.7: AbstractIncrementalSnapshotChangeEventSource.sendEvent sets the
+      offset's time to clock.currentTimeAsInstant(); the LSN stays the close marker's). A change
+      committed after the window closed but before Debezium read the close marker (it lags, or
+      its clock runs ahead of the database's) would carry an earlier commit time than that stamp,
+      and lose to the chunk's older copy of the row for ever. The window's marker time is at most
+      the close marker's commit time, so every change committed after the window wins; and it is
+      after the signal that asked for the snapshot, so the read wins over what was in Cassandra
+      when the signal was written (a stale row, or a write made outside the pipeline before).
+      Raises ValueError when `window_us` is None: the caller drops such a read first.
     - r with `source.snapshot` "false" (not a snapshot): `source.ts_us`.
 
     `source` holds the fields as parsed (ts_us and ts_ms integers or None, snapshot text or None).
@@ -124,9 +142,41 @@ def write_time(op: str, source: Mapping[str, Any]) -> int:
     commit = source_time_us(source)
     if commit is None:
         raise ValueError(NO_SOURCE_TS)
+    if is_incremental_read(op, source):
+        if window_us is None:
+            raise ValueError("an incremental snapshot read needs its window's time (window_time)")
+        return window_us
     if op == READ and source.get("snapshot") not in _NOT_A_FULL_SNAPSHOT:
         return commit - SNAPSHOT_MARGIN_US
     return commit
+
+
+def signal_marker(value: str | None) -> tuple[int, int] | None:
+    """(LSN, source commit time in µs) of a change event of the signal table (an execute-snapshot
+    signal, a window's open marker or its deletion, which closes the window), from the raw Kafka
+    value; None for a tombstone or anything without both."""
+    if value is None:
+        return None
+    try:
+        env = json.loads(value)
+    except ValueError:
+        return None
+    source = env.get("source") if isinstance(env, dict) else None
+    if not isinstance(source, dict):
+        return None
+    lsn = source.get("lsn")
+    ts_us, ts_ms = source.get("ts_us"), source.get("ts_ms")
+    ok = [isinstance(v, int) and not isinstance(v, bool) for v in (lsn, ts_us, ts_ms)]
+    commit = ts_us if ok[1] else ts_ms * 1000 if ok[2] else None
+    return (lsn, commit) if ok[0] and commit is not None else None
+
+
+def window_time(markers: Iterable[tuple[int, int]], lsn: int) -> int | None:
+    """The commit time of the newest signal-table event (`signal_marker`) at or below `lsn`: the
+    write time of an incremental snapshot read carrying `lsn` (its window's close marker's LSN).
+    None when no such event is known."""
+    below = [m for m in markers if m[0] <= lsn]
+    return max(below)[1] if below else None
 
 
 # --------------------------------------------------------------------------- the change log's key

@@ -31,17 +31,20 @@ class Done:
 
 class FakeSession:
     """Records prepare/execute/execute_async calls as (kind, cql, values); SELECTs are recorded apart,
-    in `reads`, and answered from `retention` (sink_retention: table -> keep_seconds) and `position`
-    (stream_position: query -> changelog_bucket, naive UTC like the Cassandra driver's)."""
+    in `reads`, and answered from `retention` (sink_retention: table -> keep_seconds), `position`
+    (stream_position: query -> changelog_bucket, naive UTC like the Cassandra driver's) and
+    `windows` (snapshot_windows: LSN -> commit µs, which the writer's inserts add to)."""
 
     def __init__(self, calls: list[tuple[str, str, tuple]] | None = None,
                  retention: Mapping[str, int | None] | None = None,
-                 position: Mapping[str, datetime] | None = None) -> None:
+                 position: Mapping[str, datetime] | None = None,
+                 windows: Mapping[int, int] | None = None) -> None:
         self.prepared: list[str] = []
         self.calls = [] if calls is None else calls
         self.reads: list[tuple[str, tuple]] = []
         self.retention = dict(retention or {})
         self.position = dict(position or {})
+        self.windows = dict(windows or {})
 
     def prepare(self, cql: str) -> Prepared:
         self.prepared.append(cql)
@@ -56,12 +59,19 @@ class FakeSession:
                 [query] = values
                 bucket = self.position.get(query)
                 return [] if bucket is None else [SimpleNamespace(changelog_bucket=bucket)]
+            if ".snapshot_windows" in stmt.cql:
+                _, lsn = values
+                below = [k for k in self.windows if k <= lsn]
+                return [SimpleNamespace(lsn=max(below), commit_us=self.windows[max(below)])] if below else []
             raise AssertionError(f"unexpected read {stmt.cql}")
         self.calls.append(("execute", stmt.cql, tuple(values)))
         return None
 
     def execute_async(self, stmt: Prepared, values: tuple) -> Done:
         self.calls.append(("execute_async", stmt.cql, tuple(values)))
+        if ".snapshot_windows" in stmt.cql:
+            _, lsn, commit_us, _ = values
+            self.windows[lsn] = commit_us
         return Done()
 
 
@@ -73,9 +83,10 @@ class RecordingWriter(CassandraWriter):
 
     def __init__(self, keyspace: str = "ks", path: Path | None = None,
                  retention: Mapping[str, int | None] | None = None,
-                 position: Mapping[str, datetime] | None = None) -> None:
+                 position: Mapping[str, datetime] | None = None,
+                 windows: Mapping[int, int] | None = None) -> None:
         self.records: list[tuple[str, str, tuple]] = []
-        super().__init__(FakeSession(self.records, retention, position), keyspace)
+        super().__init__(FakeSession(self.records, retention, position, windows), keyspace)
         self.path = path
         self.closed = False
         self.clock = NOW
@@ -91,9 +102,9 @@ class RecordingWriter(CassandraWriter):
     def monotonic(self) -> float:
         return self.ticks
 
-    def context(self, bucket: datetime = NOW_MINUTE) -> BatchContext:
-        """A batch context with this writer's retention, as the driver builds one."""
-        return BatchContext(bucket, self.retention())
+    def context(self, bucket: datetime = NOW_MINUTE, windows: Mapping[int, int] | None = None) -> BatchContext:
+        """A batch context with this writer's retention (and `windows`), as the driver builds one."""
+        return BatchContext(bucket, self.retention(), dict(windows or {}))
 
     def _send(self, writes: list[Write], what: str, target: str) -> None:
         self.records += [(what, w.statement.cql, w.values) for w in writes]

@@ -7,6 +7,7 @@ context in its closure)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from decimal import Decimal
 from functools import partial
 
@@ -14,7 +15,7 @@ import pytest
 
 from include.tables import TABLES
 from spark import python_events
-from spark.envelope import batch_summary, collapse_last, parse_envelope, rank_events
+from spark.envelope import batch_summary, collapse_last, drop_unplaced_reads, parse_envelope, rank_events
 from spark.writer import change_key, cql_row, cql_value, spark_rows, write_partition
 from tests.spark.fakes import RecordingWriter, read_records
 from tests.spark.test_envelope import SOURCE_US, envelope, kline
@@ -43,6 +44,8 @@ def _no_key() -> dict:
 # Cassandra's retention in the comparisons (sink_retention): the fake clock is 2026-01-02T03:04:05.678Z,
 # so klines before 2025-12-03T03:04:05.678Z and trades and book levels more than an hour old are skipped
 RETENTION = {"klines": 30 * 86400, "recent_trades": 3600, "order_book": 3600}
+# the incremental reads' windows placed in time (LSN -> the window marker's commit, µs); LSN 185 is not
+WINDOWS = {180: SOURCE_US - 2_000_000, 25: SOURCE_US - 1_000_000}
 OLD = "2025-06-01T00:00:00Z"
 
 CORPUS = {
@@ -66,7 +69,11 @@ CORPUS = {
         json.dumps({"op": "c", "after": kline("2"), "source": {"ts_ms": 1}}),  # no LSN
         json.dumps({"op": "c", "after": {**kline("2"), "interval": "1h", "close_price": 2.25},
                     "source": {"lsn": 7, "ts_ms": 1767323044000}}),  # a number where text is expected
-        envelope("r", None, {**kline("8"), "interval": "3m"}, 180, snapshot="incremental"),  # at its own time
+        envelope("r", None, {**kline("8"), "interval": "3m"}, 180, snapshot="incremental"),  # at its window's time
+        # a change, then an incremental read of its key whose window is not placed in time: the read is
+        # dropped before the collapse, the change is applied
+        envelope("c", None, {**kline("11"), "interval": "6h"}, 184),
+        envelope("r", None, {**kline("12"), "interval": "6h"}, 185, snapshot="incremental"),
         envelope("r", None, {**kline("8"), "interval": "2h"}, 181, snapshot="last", ts_us=None),  # ts_ms * 1000
         envelope("c", None, {**kline("8"), "interval": "4h"}, 182, ts_us=None, ts_ms=None),  # no source time
         envelope("c", None, {**kline("9"), "open_time": OLD}, 190),  # outside retention: skipped
@@ -115,10 +122,10 @@ def _spark_side(spark, table, values):
     topic = f"binance.binance.{table.name}"
     rows = [(topic, 0, offset, value) for offset, value in enumerate(values)]
     df = spark.createDataFrame(rows, "topic string, partition int, offset long, value string")
-    ranked = rank_events(parse_envelope(df, table), table)
+    ranked = rank_events(drop_unplaced_reads(parse_envelope(df, table), WINDOWS), table)
     bad = {r.kafka_offset: r.error for r in ranked.where("error IS NOT NULL").collect()}
     winners = ranked.where("error IS NULL AND _rank = 1").collect()
-    changes, letters = spark_rows(table, topic, winners)
+    changes, letters = spark_rows(table, topic, winners, WINDOWS)
     assert not letters
     out = {w.kafka_offset: _decision(table, c) for w, c in zip(winners, changes, strict=True)}
     summary = [tuple(r) for r in batch_summary(df).orderBy("topic", "partition").collect()]
@@ -127,13 +134,14 @@ def _spark_side(spark, table, values):
 
 def _driver_events(table, values):
     events = [e for offset, value in enumerate(values) if (e := python_events.parse_event(table, 0, offset, value))]
+    events, _ = python_events.drop_unplaced_reads(events, WINDOWS)
     return python_events.collapse(table, events)
 
 
 def _driver_side(table, values):
     topic = f"binance.binance.{table.name}"
     winners, bad = _driver_events(table, values)
-    out = {w.kafka_offset: _decision(table, w.change(table)) for w in winners}
+    out = {w.kafka_offset: _decision(table, w.change(table, WINDOWS)) for w in winners}
 
     class Record:
         def __init__(self, offset, value):
@@ -169,19 +177,19 @@ def test_both_paths_write_the_same(spark, table, tmp_path):
     values = CORPUS[table]
     # the driver's writer reads retention and fixes the batch's context; the tasks get it in their closure
     writer = RecordingWriter(retention=RETENTION)
-    context = writer.context()
+    context = replace(writer.context(), windows=WINDOWS)
     df = spark.createDataFrame([(topic, 0, o, v) for o, v in enumerate(values)],
                                "topic string, partition int, offset long, value string")
     path = tmp_path / "written.pickle"
     sc = spark.sparkContext
     counters = (sc.accumulator(0), sc.accumulator(0), sc.accumulator(0), sc.accumulator(0))
-    collapse_last(parse_envelope(df, table), table).foreachPartition(
+    collapse_last(drop_unplaced_reads(parse_envelope(df, table), WINDOWS), table).foreachPartition(
         partial(write_partition, "ks", table.name, topic, counters, context,
                 open_writer=partial(RecordingWriter.to_file, str(path))))
     by_spark = read_records(path)
 
     winners, bad = _driver_events(table, values)
-    written = writer.write(context, [w.change(table) for w in winners], [e.dead_letter(topic) for e in bad])
+    written = writer.write(context, [w.change(table, WINDOWS) for w in winners], [e.dead_letter(topic) for e in bad])
     by_driver = writer.records
 
     assert sorted(map(repr, by_spark)) == sorted(map(repr, by_driver))
@@ -200,6 +208,10 @@ def test_the_corpus_covers_every_decision(spark):
     # write times: streamed changes at their commit time, both snapshot kinds, the ts_ms fallback
     write_times = {w[3] for w in winners.values()}
     assert {SOURCE_US, SOURCE_US - 10_000_000, SOURCE_US // 1000 * 1000 - 10_000_000} <= write_times
+    # an incremental read at its window's time; one whose window is unknown does not hide the change before it
+    assert [w[3] for w in winners.values() if w[4]["interval"] == "3m"] == [WINDOWS[180]]
+    assert [(w[1], w[4]["close_price"]) for w in winners.values() if w[4]["interval"] == "6h"] == [
+        (184, Decimal("11"))]
     assert "source.ts_ms missing" in bad.values()
     # sub-millisecond times and a trade moved within its hour collapse as Cassandra keys them
     _, book, _ = _driver_side(BOOK, CORPUS[BOOK])

@@ -102,10 +102,48 @@ def test_initial_and_blocking_snapshot_reads_are_written_a_margin_below_their_ti
     assert events.write_time("r", source) == 1_767_323_044_123_456 - 10_000_000
 
 
-@pytest.mark.parametrize("snapshot", ["incremental", "false"])
-def test_incremental_snapshot_reads_are_written_at_their_time(snapshot):
-    source = {"ts_us": 1_767_323_044_123_456, "ts_ms": 1_767_323_044_123, "snapshot": snapshot}
+def test_a_read_outside_any_snapshot_is_written_at_its_time():
+    source = {"ts_us": 1_767_323_044_123_456, "ts_ms": 1_767_323_044_123, "snapshot": "false"}
     assert events.write_time("r", source) == 1_767_323_044_123_456
+
+
+WINDOW_US = 1_767_323_040_000_000  # the window's marker committed 4.123456 s before the read was emitted
+
+
+def test_incremental_snapshot_reads_are_written_at_their_windows_time():
+    """Not at source.ts_us, which is when Debezium emitted the read (its worker's clock, on reading
+    the close marker): a change committed between the window's close and that moment must win."""
+    source = {"ts_us": 1_767_323_044_123_456, "ts_ms": 1_767_323_044_123, "snapshot": "incremental"}
+    assert events.is_incremental_read("r", source) and not events.is_incremental_read("c", source)
+    assert events.write_time("r", source, WINDOW_US) == WINDOW_US
+    # a change committed 1 ms after the window's marker, streamed after the read: it wins
+    assert events.write_time("u", {"ts_us": WINDOW_US + 1000, "snapshot": "false"}) > \
+        events.write_time("r", source, WINDOW_US)
+    with pytest.raises(ValueError, match="window"):
+        events.write_time("r", source)
+    # the window does not concern other events
+    assert events.write_time("c", source, WINDOW_US) == 1_767_323_044_123_456
+
+
+def test_a_window_is_the_newest_signal_table_event_at_or_below_the_reads_lsn():
+    markers = [(100, 1_000), (250, 2_000), (300, 3_000), (900, 9_000)]
+    assert events.window_time(markers, 250) == 2_000  # the window's closing event itself
+    assert events.window_time(markers, 299) == 2_000  # its opening marker
+    assert events.window_time(markers, 1_000) == 9_000
+    assert events.window_time(markers, 99) is None
+    assert events.window_time([], 5) is None
+
+
+def test_signal_markers_are_read_from_the_raw_event():
+    marker = json.dumps({"before": None, "after": {"id": "x-open", "type": "snapshot-window-open", "data": None},
+                         "op": "c", "source": {"lsn": 4242, "ts_us": WINDOW_US, "ts_ms": WINDOW_US // 1000}})
+    assert events.signal_marker(marker) == (4242, WINDOW_US)
+    closing = json.dumps({"before": {"id": "x-open"}, "after": None, "op": "d",
+                          "source": {"lsn": 4300, "ts_ms": 1_767_323_041_000}})
+    assert events.signal_marker(closing) == (4300, 1_767_323_041_000_000)
+    for bad in (None, "{oops", "[]", json.dumps({"op": "c"}), json.dumps({"source": {"lsn": 1}}),
+                json.dumps({"source": {"lsn": "1", "ts_us": 5}}), json.dumps({"source": {"lsn": True, "ts_us": 5}})):
+        assert events.signal_marker(bad) is None
 
 
 def test_write_time_falls_back_to_ts_ms_and_needs_one_of_them():
@@ -123,7 +161,7 @@ WRITE_TIMES = [  # (event, write time); both paths compute each through include.
     (envelope("r", None, kline("1"), 4, snapshot="true"), SOURCE_US - 10_000_000),
     (envelope("r", None, kline("1"), 5, snapshot="last_in_data_collection"), SOURCE_US - 10_000_000),
     (envelope("r", None, kline("1"), 6, snapshot=None, ts_us=None), SOURCE_US // 1000 * 1000 - 10_000_000),
-    (envelope("r", None, kline("1"), 7, snapshot="incremental"), SOURCE_US),
+    (envelope("r", None, kline("1"), 7, snapshot="incremental"), SOURCE_US - 3_000_000),  # its window's time
     (json.dumps({"op": "r", "after": kline("1"), "source": {"lsn": 8, "ts_us": SOURCE_US, "snapshot": True}}),
      SOURCE_US - 10_000_000),  # a JSON boolean reads as "true" on both paths
 ]
@@ -131,10 +169,11 @@ WRITE_TIMES = [  # (event, write time); both paths compute each through include.
 
 def test_both_paths_give_each_event_its_write_time(spark):
     values = [v for v, _ in WRITE_TIMES]
+    windows = {7: SOURCE_US - 3_000_000}
     rows = parse_envelope(frame(spark, values), KLINES).orderBy("kafka_offset").collect()
-    by_spark, letters = spark_rows(KLINES, "binance.binance.klines", rows)
+    by_spark, letters = spark_rows(KLINES, "binance.binance.klines", rows, windows)
     assert not letters
-    by_driver = [python_events.parse_event(KLINES, 0, o, v).change(KLINES) for o, v in enumerate(values)]
+    by_driver = [python_events.parse_event(KLINES, 0, o, v).change(KLINES, windows) for o, v in enumerate(values)]
     expected = [t for _, t in WRITE_TIMES]
     assert [c.write_time for c in by_spark] == [c.write_time for c in by_driver] == expected
     # the LSN stays the LSN; the source time is the commit time, at the microsecond the source gave

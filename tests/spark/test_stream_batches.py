@@ -1,28 +1,37 @@
 """spark/cdc_stream.py's foreachBatch on a recorded writer: a batch applied on the driver and the same
 batch applied by Spark tasks make the same writes under the same change-log minute, chosen by the
-driver when the batch starts, and the same progress rows."""
+driver when the batch starts, and the same progress rows; both record the signal table's events
+first and write each incremental snapshot read at its window's time."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from spark.cdc_stream import MicroBatches
 from tests.spark.fakes import NOW, NOW_MINUTE, RecordingWriter, read_records
 from tests.spark.test_both_paths import CORPUS, RETENTION
+from tests.spark.test_envelope import SOURCE_US
+
+# a window's open marker in the signal table, committed 2 s before the reads' emission stamp
+MARKER_LSN, MARKER_US = 170, SOURCE_US - 2_000_000
+MARKER = json.dumps({"before": None, "after": {"id": "w1-open", "type": "snapshot-window-open", "data": None},
+                     "op": "c", "source": {"lsn": MARKER_LSN, "ts_us": MARKER_US, "ts_ms": MARKER_US // 1000}})
 
 
 def _batch(spark):
     rows = [(f"binance.binance.{table.name}", p, offset, value)
             for p, table in enumerate(CORPUS) for offset, value in enumerate(CORPUS[table])]
-    # a topic the sink does not keep is only reported
+    # topics the sink does not keep are only reported; the signal table's events place windows in time
     rows.append(("binance.binance.debezium_heartbeat", 0, 5, '{"op": "u", "source": {"lsn": 1, "ts_ms": 2}}'))
+    rows.append(("binance.binance.debezium_signal", 0, 3, MARKER))
     return spark.createDataFrame(rows, "topic string, partition int, offset long, value string")
 
 
 def _progress(records):
     """The offsets rows in order, then the progress and position rows without processing_ms (a duration)."""
-    rows = [(cql, args) for what, cql, args in records if what == "execute_async"]
+    rows = [(cql, args) for what, cql, args in records if what == "execute_async" and "snapshot_windows" not in cql]
     *offsets, (progress_cql, progress), (position_cql, position) = rows
     assert "stream_progress" in progress_cql and "stream_position" in position_cql
     assert all("stream_offsets" in cql for cql, _ in offsets)
@@ -48,15 +57,41 @@ def test_driver_and_spark_tasks_write_a_batch_the_same(spark, tmp_path):
     assert len([w for w in writes if w[0] == "change log"]) < sum(len(v) for v in CORPUS.values()) - 10
     assert _progress(by_driver.records) == _progress(on_driver.records)
     progress = _progress(by_driver.records)
-    assert len(progress) == len(CORPUS) + 1 + 2
-    # the heartbeat's partition is reported without a source time
+    assert len(progress) == len(CORPUS) + 2 + 2
+    # the heartbeat's and the signal table's partitions are reported without a source time
     heartbeat = [args for _, args in progress if args[1] == "binance.binance.debezium_heartbeat"]
     assert heartbeat == [("q", "binance.binance.debezium_heartbeat", 0, 6, NOW, 6)]
-    rows = sum(len(v) for v in CORPUS.values()) + 1
+    assert [args for _, args in progress if args[1] == "binance.binance.debezium_signal"] == [
+        ("q", "binance.binance.debezium_signal", 0, 4, NOW, 4)]
+    rows = sum(len(v) for v in CORPUS.values()) + 2
     newest = datetime(2026, 1, 2, 3, 4, 4, 123000, tzinfo=UTC)
     hour = datetime(2026, 1, 2, 3, tzinfo=UTC)
     assert progress[-2][1] == ("q", hour, NOW, 7, rows, newest, NOW_MINUTE, progress[-2][1][7], progress[-2][1][8])
     assert progress[-1][1] == ("q", 7, NOW, NOW_MINUTE, rows, newest, progress[-1][1][6], progress[-1][1][7])
+
+
+def _window_writes(records) -> list[tuple]:
+    return [args for what, cql, args in records if "snapshot_windows" in cql]
+
+
+def test_both_ways_record_the_windows_first_and_write_incremental_reads_at_their_time(spark, tmp_path):
+    by_driver = RecordingWriter(retention=RETENTION)
+    MicroBatches(by_driver, "q", driver_max_events=1000).write_batch(_batch(spark), 7)
+    path = tmp_path / "tasks.pickle"
+    on_driver = RecordingWriter(retention=RETENTION)
+    MicroBatches(on_driver, "q", driver_max_events=0,
+                 task_writer=partial(RecordingWriter.to_file, str(path))).write_batch(_batch(spark), 7)
+    for writer in (by_driver, on_driver):
+        # the marker is recorded before anything of the batch is written
+        assert _window_writes(writer.records) == [("binance.binance.debezium_signal", MARKER_LSN, MARKER_US, NOW)]
+        assert writer.records.index(next(r for r in writer.records if "snapshot_windows" in r[1])) == 0
+    for records in (by_driver.records, read_records(path)):
+        upserts = [args for what, cql, args in records if what == "upsert/delete" and "INSERT" in cql]
+        # the klines read at LSN 180 (interval 3m) is written at the marker's time, not at its emission stamp
+        [read] = [args for args in upserts if args[1] == "3m"]
+        assert read[-2] == MARKER_US
+        # the trade read at LSN 25 has no marker at or below it: not applied
+        assert not [args for args in upserts if args[0] == "BTCUSDT" and args[1] == 4]
 
 
 def _logged_minutes(writer: RecordingWriter, since: int = 0) -> set[datetime]:

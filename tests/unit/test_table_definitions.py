@@ -29,7 +29,8 @@ from include.tables import BRIDGE_TABLES, BUCKET, CDC_COLUMNS, TABLES, Column, T
 NOT_DATA = {
     SOURCE_SCHEMA: {HEARTBEAT_TABLE, ARCHIVE_FILES_TABLE, SIGNAL_TABLE},
     BRIDGE_SCHEMA: {"bridge_watermarks"},
-    "cql": {"dead_letters", "changed_rows", "stream_progress", "stream_offsets", "stream_position", "sink_retention"},
+    "cql": {"dead_letters", "changed_rows", "stream_progress", "stream_offsets", "stream_position", "sink_retention",
+            "snapshot_windows"},
 }
 CQL_TYPES = {"text": "text", "numeric": "decimal", "timestamptz": "timestamp", "bigint": "bigint", "boolean": "boolean"}
 PY_TYPES = {str: "text", Decimal: "numeric", datetime: "timestamptz", int: "bigint", bool: "boolean"}
