@@ -10,6 +10,14 @@ Postgres schema `pipeline_health` (Grafana dashboard "Pipeline health", `make st
   invalidated slot is reported with the recovery path (re-snapshot through `cdc_setup`).
 - `check_stream_lag`: newest Kafka offsets (`kafka_default`) minus what the Spark stream applied.
 - `check_freshness`: age of the newest data in Postgres `binance`, Cassandra and Postgres `cassandra`.
+- `check_reconciliation`: per table, prefix (symbol, interval) and time bucket, the row count and a
+  checksum of every column in the three stores, compared minute by minute where nothing is still
+  on its way (the stream caught up, the minute unchanged in the source during the check, the
+  bridge's pending keys left out); the recent buckets every run, the whole history in a pass
+  spread over runs. A bucket that differs is repaired (Debezium re-emits its rows through an
+  incremental snapshot; rows the source does not hold are deleted downstream), bounded, and
+  recorded in `pipeline_health.reconciliation`; the task fails saying what differs and what was
+  done. Variable `reconciliation` (JSON; keys in include/health/reconcile.py `Settings`).
 - `check_bridge`: a table `cassandra_bridge` had to copy whole by itself (its watermark was older
   than the change log keeps) since the last check is reported once.
 - `record_stream_batches`: the stream's micro-batches (rows, time, latency), copied for Grafana.
@@ -76,6 +84,12 @@ def pipeline_health():
         return tasks.check_bridge()
 
     @task
+    def check_reconciliation() -> str:
+        from include.health import tasks
+
+        return tasks.check_reconciliation()
+
+    @task
     def record_stream_batches() -> int:
         from include.health import tasks
 
@@ -88,7 +102,7 @@ def pipeline_health():
         return tasks.prune_history()
 
     apply_migrations() >> [check_connector(), check_replication_slot(), check_stream_lag(), check_freshness(),
-                           check_bridge(), record_stream_batches(), prune_history()]
+                           check_bridge(), check_reconciliation(), record_stream_batches(), prune_history()]
 
 
 pipeline_health()

@@ -421,8 +421,11 @@ _COLUMNS = {
 }
 
 
-# every table of schema pipeline_health (include/sql/pipeline_health), for pruning and for Grafana
-HEALTH_TABLES = ("checks", *_COLUMNS)
+# every table of schema pipeline_health (include/sql/pipeline_health), for Grafana; and the time
+# column by which each table holding measurements is pruned (the reconciliation's cursor is state)
+HEALTH_TABLES = ("checks", *_COLUMNS, "reconciliation", "reconciliation_runs", "reconciliation_cursor")
+_PRUNED_BY = {**{t: "checked_at" for t in HEALTH_TABLES if t != "reconciliation_cursor"},
+              "stream_batches": "finished_at"}
 
 
 def _insert(cur: Any, table: str, rows: Iterable[dict[str, Any]]) -> int:
@@ -464,8 +467,7 @@ def prune(pg: Any, th: Thresholds) -> dict[str, int]:
     """Delete measurements older than `history_days`."""
     out = {}
     with pg.cursor() as cur:
-        for table in HEALTH_TABLES:
-            col = "finished_at" if table == "stream_batches" else "checked_at"
+        for table, col in _PRUNED_BY.items():
             cur.execute(f"DELETE FROM {HEALTH_SCHEMA}.{table} WHERE {col} < now() - %s * interval '1 day'",
                         (th.history_days,))
             out[table] = cur.rowcount

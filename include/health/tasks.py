@@ -3,17 +3,19 @@ include.health.checks out.
 
 Connections: binance_postgres, kafka_connect, kafka_default, cassandra_default. Variables:
 `pipeline_health_thresholds` (JSON, see checks.Thresholds), `pipeline_health_connector`
-(default binance-postgres), `pipeline_health_slot` (default binance_cdc).
+(default binance-postgres), `pipeline_health_slot` (default binance_cdc), `reconciliation` (JSON,
+see reconcile.Settings), `retention` (what each store keeps: the reconciliation compares within it).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from include import connections
-from include.cdc import kafka_connect
-from include.health import checks
+from include.cdc import kafka_connect, signals
+from include.health import checks, reconcile, reconcile_io
 from include.names import CONNECTOR, HEALTH_SCHEMA, SLOT
 from include.schema.postgres import apply
 
@@ -96,12 +98,33 @@ def check_bridge() -> str:
     return _run(measure)
 
 
+def check_reconciliation() -> str:
+    """The three stores compared bucket by bucket, differences repaired (include/health/reconcile.py)."""
+    from airflow.sdk import Variable
+
+    from include.retention.tasks import policy
+
+    settings = reconcile.Settings.from_json(Variable.get("reconciliation", default=None))
+    retention = policy()
+
+    def measure() -> checks.CheckResult:
+        with connections.postgres() as pg, connections.cassandra() as (session, keyspace), \
+                connections.kafka_admin() as admin:
+            return reconcile_io.run(pg, session, keyspace, admin, settings, retention)
+
+    return _run(measure)
+
+
 def record_stream_batches() -> int:
     with connections.postgres() as conn, connections.cassandra() as (session, keyspace):
         return checks.store_stream_batches(conn, session, keyspace)
 
 
 def prune_history() -> dict[str, int]:
+    """Measurements older than history_days, and the snapshot signals the reconciliation and
+    cdc_setup wrote before then."""
     th = thresholds()
     with connections.postgres() as conn:
-        return checks.prune(conn, th)
+        pruned = checks.prune(conn, th)
+        pruned["debezium_signal"] = signals.prune(conn, datetime.now(UTC) - timedelta(days=th.history_days))
+        return pruned
