@@ -10,6 +10,8 @@ Postgres schema `pipeline_health` (Grafana dashboard "Pipeline health", `make st
   invalidated slot is reported with the recovery path (re-snapshot through `cdc_setup`).
 - `check_stream_lag`: newest Kafka offsets (`kafka_default`) minus what the Spark stream applied.
 - `check_freshness`: age of the newest data in Postgres `binance`, Cassandra and Postgres `cassandra`.
+  Both pass as "warming up" while the pipeline has just started, or the stage before has just
+  begun holding data (`warmup_seconds`, 10 minutes), then judge as usual.
 - `check_reconciliation`: per table, prefix (symbol, interval) and time bucket, the row count and a
   checksum of every column in the three stores, compared minute by minute where nothing is still
   on its way (the stream caught up, the minute unchanged in the source during the check, the

@@ -29,6 +29,7 @@ from include.names import (
     table_of_topic,
 )
 from include.tables import BRIDGE_TABLES, TABLES
+from include.times import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class Thresholds:
     connector_restart_attempts: int = 3
     connector_restart_backoff_seconds: float = 5
     history_days: float = 7
+    # after the pipeline (re)starts, or a stage first receives data, the stages after it may be empty
+    # or behind this long: the freshness and lag checks pass as "warming up" meanwhile (WarmUp)
+    warmup_seconds: float = 600
 
     @classmethod
     def from_json(cls, raw: str | dict | None) -> Thresholds:
@@ -220,6 +224,81 @@ def check_slot(pg: Any, th: Thresholds, slot: str = SLOT) -> CheckResult:
     return CheckResult("replication_slot", True, desc, rows)
 
 
+# --------------------------------------------------------------------------- warming up
+
+# pipeline_health's own history with no check for this long: the pipeline (or its monitoring) was down
+RESTART_GAP = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    """When the pipeline last (re)started and when each stage began holding data, read from the
+    freshness checks' history: `started_at` is the first check after the newest gap of more than
+    RESTART_GAP between checks (now, with no history: a first run), `first_data[stage]` the first
+    check of the stage's current run of checks that found data in it (None: none now)."""
+
+    now: datetime
+    started_at: datetime
+    first_data: dict[str, datetime | None]
+    warmup_seconds: float
+
+    @property
+    def restarted(self) -> bool:
+        """The pipeline started less than warmup_seconds ago."""
+        return (self.now - self.started_at).total_seconds() < self.warmup_seconds
+
+    def fresh(self, stage: str) -> bool:
+        """`stage` began holding data less than warmup_seconds ago (the stage after it may still be empty)."""
+        since = self.first_data.get(stage)
+        return since is not None and (self.now - since).total_seconds() < self.warmup_seconds
+
+    def after(self, stage: str) -> bool:
+        """The stage after `stage` is still warming up: just (re)started, or `stage` just got data."""
+        return self.restarted or self.fresh(stage)
+
+
+def warm_up(history: Iterable[tuple[datetime, str, datetime | None]], current: dict[str, datetime | None],
+            th: Thresholds, now: datetime | None = None) -> WarmUp:
+    """WarmUp from the freshness rows of the last warmup_seconds + RESTART_GAP (checked_at, stage,
+    newest_source_ts) and the stages' newest data measured now (`current`)."""
+    now = now or _now()
+    rows = sorted(((as_utc(at), stage, ts) for at, stage, ts in history), reverse=True)
+    started = now
+    for at in sorted({at for at, _, _ in rows}, reverse=True):
+        if started - at > RESTART_GAP:
+            break
+        started = at
+    first: dict[str, datetime | None] = {}
+    for stage in STAGES:
+        if current.get(stage) is None:
+            first[stage] = None
+            continue
+        since = now
+        for at, name, ts in rows:
+            if name != stage:
+                continue
+            if ts is None or since - at > RESTART_GAP:
+                break
+            since = at
+        first[stage] = since
+    return WarmUp(now, started, first, th.warmup_seconds)
+
+
+def freshness_history(pg: Any, th: Thresholds) -> list[tuple[datetime, str, datetime | None]]:
+    """The freshness checks' rows of the last warmup_seconds + RESTART_GAP, for `warm_up`."""
+    window = timedelta(seconds=th.warmup_seconds) + RESTART_GAP
+    with pg.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (f"{HEALTH_SCHEMA}.freshness",))
+        if cur.fetchone()[0] is None:
+            pg.rollback()
+            return []
+        cur.execute(f"SELECT checked_at, stage, newest_source_ts FROM {HEALTH_SCHEMA}.freshness "
+                    "WHERE checked_at > %s", (_now() - window,))
+        rows = cur.fetchall()
+    pg.rollback()
+    return rows
+
+
 # --------------------------------------------------------------------------- stream lag
 
 
@@ -250,8 +329,11 @@ def last_batch(session: Any, keyspace: str, query_name: str = STREAM_QUERY_NAME)
 
 
 def check_stream_lag(end: dict[tuple[str, int], int], done: dict[tuple[str, int], Any], last: Any,
-                     th: Thresholds) -> CheckResult:
-    """Kafka end offsets minus the offsets the stream has applied, per topic partition."""
+                     th: Thresholds, warm: WarmUp | None = None) -> CheckResult:
+    """Kafka end offsets minus the offsets the stream has applied, per topic partition. While the
+    pipeline warms up (`warm`: just started, or Cassandra just began receiving data, as when an
+    initial snapshot streams through) lag above the threshold and a stream that has not reported a
+    batch yet pass as "warming up"; after warmup_seconds they fail as usual."""
     at = _now()
     rows = []
     per_topic: dict[str, int] = {}
@@ -271,23 +353,33 @@ def check_stream_lag(end: dict[tuple[str, int], int], done: dict[tuple[str, int]
     desc = f"stream lag {total} event(s) ({lags}); {where}"
     todo = ("is the cdc_stream DAG unpaused and its run_cdc_stream task running? Its log says why it stopped; "
             "Airflow restarts it (retries, @continuous)")
+    problem = None
     if total > th.max_stream_lag:
-        return CheckResult("stream_lag", False, f"{desc}, above the threshold of {th.max_stream_lag}: {todo}",
-                           {"stream_lag": rows})
-    if total > 0 and (idle is None or idle > th.max_stream_idle_seconds):
-        return CheckResult("stream_lag", False, f"{desc}: the stream is not making progress; {todo}",
-                           {"stream_lag": rows})
+        problem = f"{desc}, above the threshold of {th.max_stream_lag}: {todo}"
+    elif total > 0 and (idle is None or idle > th.max_stream_idle_seconds):
+        problem = f"{desc}: the stream is not making progress; {todo}"
+    if problem is not None and warm is not None and (warm.after(STAGES[0]) or warm.fresh(STAGES[1])):
+        reason = _warm_reason(warm, STAGES[0] if warm.after(STAGES[0]) else STAGES[1])
+        return CheckResult("stream_lag", True, f"warming up: {desc} ({reason})", {"stream_lag": rows})
+    if problem is not None:
+        return CheckResult("stream_lag", False, problem, {"stream_lag": rows})
     return CheckResult("stream_lag", True, desc, {"stream_lag": rows})
 
 
 def measure_stream_lag(admin: Any, session: Any, keyspace: str, th: Thresholds,
-                       timeout: float = 15) -> tuple[CheckResult, Any]:
+                       timeout: float = 15, pg: Any | None = None) -> tuple[CheckResult, Any]:
     """check_stream_lag on the live figures: Kafka's end offsets (an AdminClient) against the offsets
-    the stream reported in Cassandra. Also returns the stream's last batch (None before the first)."""
+    the stream reported in Cassandra; with `pg`, judged with the pipeline's warm-up (its freshness
+    history). Also returns the stream's last batch (None before the first)."""
     end = kafka_end_offsets(admin, timeout=timeout)
     done = processed_offsets(session, keyspace)
     last = last_batch(session, keyspace)
-    return check_stream_lag(end, done, last, th), last
+    warm = None
+    if pg is not None:
+        current = dict(zip(STAGES, (newest_in_postgres(pg, SOURCE_SCHEMA), newest_in_cassandra(done),
+                                    newest_in_postgres(pg, BRIDGE_SCHEMA)), strict=True))
+        warm = warm_up(freshness_history(pg, th), current, th)
+    return check_stream_lag(end, done, last, th, warm), last
 
 
 def stream_batches_since(session: Any, keyspace: str, since: datetime | None, th: Thresholds | None = None,
@@ -341,9 +433,19 @@ def newest_in_cassandra(done: dict[tuple[str, int], Any]) -> datetime | None:
     return max(times, default=None)
 
 
-def check_freshness(newest: dict[str, datetime | None], th: Thresholds) -> CheckResult:
+def _warm_reason(warm: WarmUp, stage: str) -> str:
+    if warm.restarted:
+        return f"the pipeline started {(warm.now - warm.started_at).total_seconds():.0f}s ago"
+    since = warm.first_data.get(stage)
+    return f"{stage} has held data for {(warm.now - since).total_seconds():.0f}s" if since else "starting"
+
+
+def check_freshness(newest: dict[str, datetime | None], th: Thresholds, warm: WarmUp | None = None) -> CheckResult:
     """Per stage, now minus its newest source time; each stage is judged against the one before it,
-    so the message names the stage where data stops."""
+    so the message names the stage where data stops. While the pipeline warms up (`warm`), a stage
+    that is empty or behind passes as "warming up" when the pipeline started less than
+    warmup_seconds ago, or the stage before it began holding data less than that ago; after that
+    it fails as usual."""
     at = _now()
     rows = [{"checked_at": at, "stage": stage, "newest_source_ts": newest.get(stage),
              "age_seconds": (at - newest[stage]).total_seconds() if newest.get(stage) else None} for stage in STAGES]
@@ -351,28 +453,44 @@ def check_freshness(newest: dict[str, datetime | None], th: Thresholds) -> Check
                      for r in rows)
     desc = f"age of the newest data: {ages}"
     src, cas, bridge = (newest.get(s) for s in STAGES)
-    problems = []
+    # (problem, warming up): each stage's own grace is the stage before it having just begun
+    problems: list[tuple[str, str | None]] = []
+
+    def grace(condition: bool, stage: str) -> str | None:
+        return _warm_reason(warm, stage) if condition and warm is not None else None
+
     if src is None or (at - src).total_seconds() > th.max_source_age_seconds:
-        problems.append(f"no market data in Postgres {SOURCE_SCHEMA} for more than {th.max_source_age_seconds:.0f}s: "
-                        "is binance_extract unpaused and succeeding? (its task logs name the failing call)")
+        problems.append((f"no market data in Postgres {SOURCE_SCHEMA} for more than {th.max_source_age_seconds:.0f}s: "
+                         "is binance_extract unpaused and succeeding? (its task logs name the failing call)",
+                         grace(warm is not None and warm.restarted, STAGES[0])))
     if src is not None and (cas is None or (src - cas).total_seconds() > th.max_cassandra_delay_seconds):
         behind = "holds nothing" if cas is None else f"is {(src - cas).total_seconds():.0f}s behind Postgres"
-        problems.append(f"Cassandra {behind} (threshold {th.max_cassandra_delay_seconds:.0f}s): check the "
-                        "connector, replication_slot and stream_lag checks (paused/failed connector, stopped stream)")
+        problems.append((f"Cassandra {behind} (threshold {th.max_cassandra_delay_seconds:.0f}s): check the "
+                         "connector, replication_slot and stream_lag checks (paused/failed connector, stopped stream)",
+                         grace(warm is not None and warm.after(STAGES[0]), STAGES[0])))
     if cas is not None and (bridge is None or (cas - bridge).total_seconds() > th.max_bridge_delay_seconds):
         behind = "holds nothing" if bridge is None else f"is {(cas - bridge).total_seconds():.0f}s behind Cassandra"
-        problems.append(f"the bridge (Postgres {BRIDGE_SCHEMA}) {behind} (threshold "
-                        f"{th.max_bridge_delay_seconds:.0f}s): is cassandra_bridge unpaused and succeeding?")
-    if problems:
-        return CheckResult("freshness", False, f"{desc}. " + " ".join(problems), {"freshness": rows})
+        problems.append((f"the bridge (Postgres {BRIDGE_SCHEMA}) {behind} (threshold "
+                         f"{th.max_bridge_delay_seconds:.0f}s): is cassandra_bridge unpaused and succeeding?",
+                         grace(warm is not None and warm.after(STAGES[1]), STAGES[1])))
+    real = [p for p, warming in problems if warming is None]
+    warming = [f"{p.split(':')[0]} ({why})" for p, why in problems if why is not None]
+    if real:
+        also = f" Warming up: {'; '.join(warming)}." if warming else ""
+        return CheckResult("freshness", False, f"{desc}. " + " ".join(real) + also, {"freshness": rows})
+    if warming:
+        return CheckResult("freshness", True, f"warming up: {'; '.join(warming)}. {desc}", {"freshness": rows})
     return CheckResult("freshness", True, desc, {"freshness": rows})
 
 
-def measure_freshness(pg: Any, session: Any, keyspace: str, th: Thresholds) -> CheckResult:
-    """check_freshness on the live figures: the newest source time in each stage."""
-    newest = (newest_in_postgres(pg, SOURCE_SCHEMA), newest_in_cassandra(processed_offsets(session, keyspace)),
-              newest_in_postgres(pg, BRIDGE_SCHEMA))
-    return check_freshness(dict(zip(STAGES, newest, strict=True)), th)
+def measure_freshness(pg: Any, session: Any, keyspace: str, th: Thresholds, warming: bool = True) -> CheckResult:
+    """check_freshness on the live figures: the newest source time in each stage, judged with the
+    pipeline's warm-up (its freshness history) unless `warming` is False."""
+    newest = dict(zip(STAGES, (newest_in_postgres(pg, SOURCE_SCHEMA),
+                               newest_in_cassandra(processed_offsets(session, keyspace)),
+                               newest_in_postgres(pg, BRIDGE_SCHEMA)), strict=True))
+    warm = warm_up(freshness_history(pg, th), newest, th) if warming else None
+    return check_freshness(newest, th, warm)
 
 
 # --------------------------------------------------------------------------- the bridge

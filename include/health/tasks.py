@@ -72,8 +72,9 @@ def check_stream_lag() -> str:
     th = thresholds()
 
     def measure() -> checks.CheckResult:
-        with connections.kafka_admin() as admin, connections.cassandra() as (session, keyspace):
-            return checks.measure_stream_lag(admin, session, keyspace, th)[0]
+        with connections.kafka_admin() as admin, connections.cassandra() as (session, keyspace), \
+                connections.postgres() as pg:
+            return checks.measure_stream_lag(admin, session, keyspace, th, pg=pg)[0]
 
     return _run(measure)
 

@@ -240,3 +240,85 @@ def test_a_full_copy_the_bridge_forced_itself_into_is_reported_once():
 def test_first_runs_and_requested_copies_are_not_alerts():
     states = [_state("klines", "first run", NOW, "full"), _state("order_book", "requested", NOW, "full")]
     assert health.check_bridge(states, since=None).ok
+
+
+# --------------------------------------------------------------------------- warming up
+
+
+def _history(minutes_back: range, source: bool = True, cassandra: bool = True, bridge: bool = True) -> list:
+    """Freshness rows, one check a minute at each of `minutes_back` minutes ago, with data in the
+    stages asked for."""
+    rows = []
+    for m in minutes_back:
+        at = NOW - timedelta(minutes=m)
+        for stage, has in zip(health.STAGES, (source, cassandra, bridge), strict=True):
+            rows.append((at, stage, at - timedelta(seconds=5) if has else None))
+    return rows
+
+
+def _warm(history, source=10, cassandra=None, bridge=None):
+    current = _ages(source, cassandra, bridge)
+    return health.warm_up(history, current, health.Thresholds(), now=NOW), current
+
+
+def test_the_first_run_after_the_pipeline_starts_is_warming_up_not_failing():
+    # make demo on a fresh stack: no history, market data just arrived, nothing downstream yet
+    warm, current = _warm([], source=10)
+    assert warm.restarted and warm.started_at == NOW
+    result = health.check_freshness(current, health.Thresholds(), warm)
+    assert result.ok and result.message.startswith("warming up: Cassandra holds nothing")
+    assert "the pipeline started 0s ago" in result.message
+    # not even market data yet: binance_extract's first run is still going
+    warm, current = _warm([], source=None)
+    assert health.check_freshness(current, health.Thresholds(), warm).ok
+    lag = health.check_stream_lag({(TOPIC, 0): 50_000}, {}, None, health.Thresholds(), warm)
+    assert lag.ok and lag.message.startswith("warming up: stream lag 50000 event(s)")
+
+
+def test_a_real_stall_is_still_reported_after_the_warm_up():
+    # the pipeline has run for an hour (checks every minute, all stages with data); Cassandra empty now
+    warm, current = _warm(_history(range(1, 16)), source=10, cassandra=None)
+    assert not warm.restarted and not warm.fresh("postgres binance")
+    result = health.check_freshness(current, health.Thresholds(), warm)
+    assert not result.ok and "Cassandra holds nothing" in result.message and "warming" not in result.message
+    # a stream that stopped is not hidden either
+    lag = health.check_stream_lag({(TOPIC, 0): 15}, {(TOPIC, 0): _done(10)}, _batch(500), health.Thresholds(), warm)
+    assert not lag.ok and "not making progress" in lag.message
+
+
+def test_a_restart_after_a_gap_warms_up_for_warmup_seconds_then_judges_as_usual():
+    th = health.Thresholds(warmup_seconds=600)
+    # checks stopped 3 hours ago (make down), then resumed 4 minutes ago
+    history = _history(range(180, 200)) + _history(range(1, 5), cassandra=False, bridge=False)
+    warm = health.warm_up(history, _ages(10, None, None), th, now=NOW)
+    assert warm.restarted and warm.started_at == NOW - timedelta(minutes=4)
+    assert health.check_freshness(_ages(10, None, None), th, warm).ok
+    # eleven minutes after the restart the same state fails
+    later = NOW + timedelta(minutes=7)
+    history += _history(range(-6, 1), cassandra=False, bridge=False)
+    warm = health.warm_up(history, _ages(10, None, None), th, now=later)
+    assert not warm.restarted
+    result = health.check_freshness(_ages(10, None, None), th, warm)
+    assert not result.ok and "Cassandra holds nothing" in result.message
+
+
+def test_a_stage_after_one_that_just_got_data_is_warming_up():
+    # running for an hour: the source had data all along, Cassandra got its first data 2 minutes ago
+    history = _history(range(3, 16), cassandra=False, bridge=False) + _history(range(1, 3), bridge=False)
+    warm = health.warm_up(history, _ages(10, 12, None), health.Thresholds(), now=NOW)
+    assert not warm.restarted and warm.fresh("cassandra") and not warm.fresh("postgres binance")
+    result = health.check_freshness(_ages(10, 12, None), health.Thresholds(), warm)
+    assert result.ok and "the bridge (Postgres cassandra) holds nothing" in result.message
+    assert "cassandra has held data for 120s" in result.message
+    # but Cassandra itself, behind a source that has had data for an hour, is judged
+    warm = health.warm_up(history, _ages(10, 400, None), health.Thresholds(), now=NOW)
+    result = health.check_freshness(_ages(10, 400, None), health.Thresholds(max_cassandra_delay_seconds=60), warm)
+    assert not result.ok and "Cassandra is 390s behind Postgres" in result.message
+    assert "Warming up: the bridge (Postgres cassandra) holds nothing" in result.message
+
+
+def test_the_stream_catching_up_after_cassandra_first_got_data_is_warming_up():
+    history = _history(range(3, 16), cassandra=False, bridge=False) + _history(range(1, 3), bridge=False)
+    warm = health.warm_up(history, _ages(10, 12, None), health.Thresholds(), now=NOW)
+    lag = health.check_stream_lag({(TOPIC, 0): 90_000}, {(TOPIC, 0): _done(10)}, _batch(1), health.Thresholds(), warm)
+    assert lag.ok and "warming up" in lag.message and "cassandra has held data" in lag.message
