@@ -123,6 +123,22 @@ class KafkaConnectClient:
             self._sleep(poll)
         log.info("connector %s STOPPED", name)
 
+    def offsets(self, name: str) -> list[dict[str, Any]]:
+        """The source offsets Kafka Connect has committed for the connector (Kafka Connect 3.5+)."""
+        return self._request("GET", f"/connectors/{name}/offsets").json().get("offsets", [])
+
+    def wait_offsets(self, name: str, timeout: float = 120.0, poll: float = 2.0) -> list[dict[str, Any]]:
+        """Wait until the connector has committed offsets (every offset.flush.interval.ms while it
+        produces: its heartbeats are enough); a restart then resumes from them."""
+        deadline = time.monotonic() + timeout
+        while not (found := self.offsets(name)):
+            if time.monotonic() > deadline:
+                raise ConnectError(f"connector {name} committed no offsets within {timeout:.0f}s: is it running "
+                                   "and producing (heartbeat.interval.ms)? See the Kafka Connect log")
+            self._sleep(poll)
+        log.info("connector %s committed offsets: %s", name, str(found)[:300])
+        return found
+
     def reset_offsets(self, name: str) -> None:
         """Forget the source offsets of a STOPPED connector (Kafka Connect 3.6+): it starts over."""
         resp = self._request("DELETE", f"/connectors/{name}/offsets", ok=(200,))

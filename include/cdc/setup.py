@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from include.cdc import signals
 from include.cdc.events import SNAPSHOT_MARGIN_US
 from include.cdc.kafka_connect import ConnectError, load_connector
 from include.names import (
@@ -198,12 +199,67 @@ def reset_sink(session: Any, keyspace: str, pg: Any, bridge_schema: str = BRIDGE
     return below
 
 
-def resnapshot(client: Any, connector: str, replication_conn: Any, session: Any, keyspace: str, pg: Any) -> dict:
-    """Start the capture over: stop the connector, forget its offsets, drop its slot, empty the
-    sink; registering and resuming the connector afterwards takes a new snapshot of every table.
-    The recovery for an invalidated slot (changes were lost), see README, Guarantees."""
+# a re-snapshot: incremental (the sink kept and served, rows re-emitted through Debezium's
+# incremental snapshot) or from scratch (the sink emptied, a new initial snapshot)
+INCREMENTAL, FROM_SCRATCH = "incremental", "from_scratch"
+
+
+def restart_capture(client: Any, connector: str, replication_conn: Any) -> bool:
+    """Stop the connector, forget its offsets, drop its slot (what was in it is lost anyway);
+    returns whether there was a slot."""
     client.stop(connector)
     client.reset_offsets(connector)
-    dropped = drop_slot(replication_conn)
+    return drop_slot(replication_conn)
+
+
+def resnapshot(client: Any, connector: str, replication_conn: Any, session: Any, keyspace: str, pg: Any) -> dict:
+    """From scratch: stop the connector, forget its offsets, drop its slot, empty the sink;
+    registering and resuming the connector afterwards takes a new initial snapshot of every table.
+    For a source rebuilt from scratch, and a migration that creates the sink's tables again (README,
+    Guarantees and Upgrading)."""
+    dropped = restart_capture(client, connector, replication_conn)
     below = reset_sink(session, keyspace, pg)
-    return {"connector": connector, "slot_dropped": dropped, "sink_deleted_below_write_time": below}
+    return {"connector": connector, "mode": FROM_SCRATCH, "slot_dropped": dropped,
+            "sink_deleted_below_write_time": below}
+
+
+def resnapshot_incremental(client: Any, connector: str, replication_conn: Any,
+                           offsets_timeout: float = 180.0) -> dict:
+    """Incremental: stop the connector, forget its offsets, drop its slot, then run it once with
+    snapshot.mode STREAM_ONLY (no_data): a new slot, streaming at once, no initial snapshot, the
+    sink kept and served. Returns once the connector has committed offsets, so registering the
+    usual configuration (snapshot.mode initial) resumes streaming instead of snapshotting; then
+    `request_incremental_snapshot` asks Debezium for every table again. The recovery when changes
+    were lost (an invalidated slot, a Kafka outage past retention): rows the lost changes would
+    have updated or inserted come back with the incremental snapshot; rows they would have deleted
+    are found by the reconciliation (pipeline_health) and deleted downstream."""
+    dropped = restart_capture(client, connector, replication_conn)
+    client.ensure(connector, connector_config(connector, STREAM_ONLY))
+    client.resume(connector)
+    client.wait_running(connector)
+    client.wait_offsets(connector, timeout=offsets_timeout)
+    return {"connector": connector, "mode": INCREMENTAL, "slot_dropped": dropped}
+
+
+def request_incremental_snapshot(pg: Any, timeout: float = 120.0, sleep: Callable[[float], None] = time.sleep,
+                                 now: datetime | None = None) -> list[str]:
+    """Ask Debezium for an incremental snapshot of every table (one signal each), once its slot
+    exists: a signal written before it would never be read. Returns the signals' ids; their first
+    word (signals.RESNAPSHOT) tells the reconciliation to start a full pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with pg.cursor() as cur:
+            cur.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (SLOT,))
+            row = cur.fetchone()
+        pg.rollback()
+        if row is not None:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"replication slot {SLOT} does not exist {timeout:.0f}s after the connector started: "
+                               "an incremental snapshot signal would not be read; see the Kafka Connect log")
+        sleep(2)
+    ids = signals.insert(pg, signals.whole_table_signals(list(TABLES)), signals.RESNAPSHOT, now)
+    log.warning("incremental snapshot of every table requested from Debezium (signals %s): Cassandra is kept and "
+                "served meanwhile; the reconciliation's full pass deletes downstream what the source lost",
+                ", ".join(ids))
+    return ids

@@ -34,6 +34,8 @@ from include.times import as_utc
 MAX_DATA = 2048
 MAX_ID = 42
 EXECUTE_SNAPSHOT = "execute-snapshot"
+# who asks: the reconciliation's repairs, cdc_setup's incremental re-snapshot (the first word of an id)
+REPAIR, RESNAPSHOT = "repair", "resnapshot"
 # ids of the signals this project writes: a purpose, the UTC time it was asked, a random tail
 # (debezium's own window markers use UUIDs, which never take this form)
 _ID = re.compile(r"^([a-z]+)-(\d{8}T\d{6})-[0-9a-f]+$")

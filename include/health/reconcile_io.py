@@ -44,8 +44,6 @@ CHECK = "reconciliation"
 PENDING_CHUNK = 20_000
 # more pending keys than this for one table: its bridge copy is treated as behind altogether
 MAX_PENDING = 200_000
-REPAIR_PURPOSE = "repair"
-RESNAPSHOT_PURPOSE = "resnapshot"
 
 
 # --------------------------------------------------------------------------- sums per slice
@@ -330,7 +328,7 @@ def repair(pg: Any, session: Any, keyspace: str, reads: CassandraReads, repairs:
     for key, rows_range in ranges:
         by_table.setdefault(rows_range.table, []).append((key, rows_range))
     for table_name, items in by_table.items():
-        ids = signals.insert(pg, signals.snapshot_signals([rr for _, rr in items]), REPAIR_PURPOSE, now)
+        ids = signals.insert(pg, signals.snapshot_signals([rr for _, rr in items]), signals.REPAIR, now)
         for key, _ in items:
             done[key].snapshot = True
             done[key].signal_ids = ids
@@ -386,7 +384,7 @@ def last_resnapshot(pg: Any) -> datetime | None:
             pg.rollback()
             return None
         cur.execute(f'SELECT id FROM "{SOURCE_SCHEMA}"."{SIGNAL_TABLE}" WHERE id LIKE %s',
-                    (f"{RESNAPSHOT_PURPOSE}-%",))
+                    (f"{signals.RESNAPSHOT}-%",))
         times = [t for (sid,) in cur.fetchall() if (t := signals.signal_time(sid)) is not None]
     pg.rollback()
     return max(times, default=None)

@@ -74,7 +74,9 @@ def test_cdc_setup_upgrades_a_stack_holding_data_under_the_schema_before_buckets
         run = run_dag(dagbag, "cdc_setup")
         setup = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in run.get_task_instances()}
         assert setup["ensure_cassandra_schema"]["rebuilt_by"] == list(REBUILDING), setup
-        assert setup["resnapshot"]["resnapshot"] is True, setup
+        # the sink's tables are new and empty: a start from scratch, not an incremental re-snapshot
+        assert setup["resnapshot"]["resnapshot"] is True and setup["resnapshot"]["mode"] == "from_scratch", setup
+        assert setup["request_snapshot"] == [], setup
         wait_connector(KafkaConnectClient(settings["KAFKA_CONNECT_URL"]), "RUNNING")
         time.sleep(10)
         load.stop()
