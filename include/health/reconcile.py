@@ -217,7 +217,8 @@ class Comparison:
 def compare(table: Table, store: str, source: Sums, copy: Sums, partitions: Iterable[tuple[Prefix, datetime]],
             in_flight: Callable[[SliceKey], bool]) -> Comparison:
     """`copy` (one store's sums) against `source`, bucket by bucket of `partitions` (prefix,
-    bucket), slice by slice, leaving out the slices `in_flight` names."""
+    bucket), slice by slice, leaving out the slices `in_flight` names. A bucket is equal when every
+    slice compared is, and at least one was (or neither holds a row)."""
     wanted = set(partitions)
     by_bucket: dict[tuple[Prefix, datetime], set[int]] = {}
     for prefix, minute in set(source) | set(copy):
@@ -225,6 +226,8 @@ def compare(table: Table, store: str, source: Sums, copy: Sums, partitions: Iter
         if part in wanted:
             by_bucket.setdefault(part, set()).add(minute)
     out = Comparison()
+    # a partition without a row in either: equal (it may have differed before, and been emptied since)
+    out.equal |= wanted - set(by_bucket)
     for (prefix, bucket), minutes in sorted(by_bucket.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         totals = [0, 0, 0, 0]
         differing = []

@@ -44,6 +44,8 @@ CHECK = "reconciliation"
 PENDING_CHUNK = 20_000
 # more pending keys than this for one table: its bridge copy is treated as behind altogether
 MAX_PENDING = 200_000
+# open differences looked at again in one run, besides the buckets in scope
+MAX_OPEN_RECHECKS = 200
 
 
 # --------------------------------------------------------------------------- sums per slice
@@ -417,9 +419,10 @@ def last_repairs(pg: Any, since: datetime) -> dict[tuple[str, str, datetime], da
 
 
 def record(pg: Any, at: datetime, rows: Sequence[tuple[rc.Difference, str, str, str | None]],
-           resolved: Sequence[OpenKey], run_row: Mapping[str, Any], cursor: rc.Cursor | None) -> None:
-    """The run's differences (each with its status, action and signal ids), the buckets that compare
-    equal again, the run, and the full pass's cursor: one transaction."""
+           resolved: Sequence[tuple[OpenKey, str]], run_row: Mapping[str, Any], cursor: rc.Cursor | None) -> None:
+    """The run's differences (each with its status, action and signal ids), the earlier differences
+    closed (each with why: equal again, or past retention), the run, and the full pass's cursor: one
+    transaction."""
     with pg.cursor() as cur:
         for d, status, action, ids in rows:
             cur.execute(f"INSERT INTO {HEALTH_SCHEMA}.reconciliation (checked_at, table_name, prefix, bucket, store, "
@@ -429,14 +432,15 @@ def record(pg: Any, at: datetime, rows: Sequence[tuple[rc.Difference, str, str, 
                         (at, d.table, rc.prefix_text(d.prefix), d.bucket, d.store, d.source_count, d.store_count,
                          d.source_checksum, d.store_checksum,
                          " ".join(f"{rc.slice_start(m):%H:%M}" for m in d.slices), status, action, ids))
-        for table, prefix, bucket, store in resolved:
+        for (table, prefix, bucket, store), why in resolved:
             cur.execute(f"INSERT INTO {HEALTH_SCHEMA}.reconciliation (checked_at, table_name, prefix, bucket, store, "
                         "source_count, store_count, source_checksum, store_checksum, slices, status, action) "
                         "SELECT %s, table_name, prefix, bucket, store, source_count, source_count, source_checksum, "
-                        "source_checksum, NULL, 'resolved', 'equal again: repaired' "
+                        "source_checksum, NULL, 'resolved', %s "
                         f"FROM {HEALTH_SCHEMA}.reconciliation "
                         "WHERE table_name = %s AND prefix = %s AND bucket = %s AND store = %s "
-                        "ORDER BY checked_at DESC LIMIT 1 ON CONFLICT DO NOTHING", (at, table, prefix, bucket, store))
+                        "ORDER BY checked_at DESC LIMIT 1 ON CONFLICT DO NOTHING",
+                        (at, why, table, prefix, bucket, store))
         columns = list(run_row)
         cur.execute(f"INSERT INTO {HEALTH_SCHEMA}.reconciliation_runs ({', '.join(columns)}) VALUES "
                     f"({', '.join(['%s'] * len(columns))}) ON CONFLICT DO NOTHING", [run_row[c] for c in columns])
@@ -485,11 +489,12 @@ def run(pg: Any, session: Any, keyspace: str, admin: Any, settings: rc.Settings,
     first: dict[str, dict[rc.SliceKey, tuple[int, int]]] = {}
     prefixes: dict[str, dict[rc.Prefix, tuple[datetime, datetime]]] = {}
     full_ranges: dict[str, tuple[datetime, datetime] | None] = {}
+    limits: dict[str, datetime | None] = {}
     for name, table in TABLES.items():
         with pg.cursor() as cur:
             prefixes[name] = prefix_ranges(cur, table, (SOURCE_SCHEMA, BRIDGE_SCHEMA))
         pg.rollback()
-        limit = rc.first_comparable(table, _horizons(name, policy, reads.keep_seconds(name), now))
+        limit = limits[name] = rc.first_comparable(table, _horizons(name, policy, reads.keep_seconds(name), now))
         recent = [b for b in rc.recent_buckets(table, now, settings.recent_buckets) if limit is None or b >= limit]
         scope = scopes[name] = Scope()
         first[name] = {}
@@ -521,6 +526,21 @@ def run(pg: Any, session: Any, keyspace: str, admin: Any, settings: rc.Settings,
         full_note = (f"; full pass (started {as_utc(cursor.pass_started_at):%Y-%m-%d %H:%M}) "
                      + (f"now at {next_cursor.table} {as_utc(next_cursor.bucket):%Y-%m-%d %H:%M}"  # type: ignore[arg-type]
                         if next_cursor.running else "complete"))
+    # the differences still open are looked at again, wherever they are; those now past retention close
+    open_now = open_differences(pg)
+    closed: list[tuple[OpenKey, str]] = []
+    for key in sorted(open_now)[:MAX_OPEN_RECHECKS]:
+        name, text, bucket, _ = key
+        table = TABLES[name]
+        limit = limits.get(name)
+        if limit is not None and bucket < limit:
+            closed.append((key, "closed: past retention, no longer compared"))
+            continue
+        part = (tuple(text.split(" ")), bucket)
+        if part not in scopes[name].partitions:
+            scopes[name].partitions.append(part)
+            scopes[name].ranges.append((bucket, bucket + table.bucket_span))
+            source_sums(pg, table, SOURCE_SCHEMA, bucket, bucket + table.bucket_span, first[name])
     lsn = current_lsn(pg)
     rows_source = sum(c for sums in first.values() for c, _ in sums.values())
 
@@ -543,7 +563,8 @@ def run(pg: Any, session: Any, keyspace: str, admin: Any, settings: rc.Settings,
     behind = wait_for_stream(pg, admin, session, keyspace, lsn, TABLES, settings.fence_timeout_seconds, sleep)
     if behind:
         return finish(CheckResult(CHECK, True, f"not compared this run: {behind}. A stage that is behind is not a "
-                                  "divergence; the stream_lag and freshness checks watch it"), {}, False)
+                                  "divergence; the stream_lag and freshness checks watch it"),
+                      {"resolved": closed}, False)
 
     # 3. Cassandra, the bridge, its pending keys
     cassandra: dict[str, dict[rc.SliceKey, tuple[int, int]]] = {}
@@ -604,8 +625,7 @@ def run(pg: Any, session: Any, keyspace: str, admin: Any, settings: rc.Settings,
             in_flight += found.slices_in_flight
             equal |= {(name, rc.prefix_text(p), b, store) for p, b in found.equal}
 
-    open_now = open_differences(pg)
-    resolved = sorted(k for k in open_now if k in equal)
+    resolved = [(k, "equal again: repaired") for k in sorted(open_now) if k in equal] + closed
     last = last_repairs(pg, now - timedelta(seconds=settings.min_repair_interval_seconds + 3600))
     by_prefix = {(t, p, b): at for (t, p, b), at in last.items()}
     last_repaired = {d.key: by_prefix[(d.table, rc.prefix_text(d.prefix), d.bucket)] for d in differences
@@ -627,8 +647,10 @@ def run(pg: Any, session: Any, keyspace: str, admin: Any, settings: rc.Settings,
     skipped = f"; bridge not compared for {'; '.join(bridge_notes)}" if bridge_notes else ""
     scope_text = (f"{buckets} bucket(s), {compared} minute slice(s) compared, {in_flight} in flight (changing in "
                   f"the source, or not yet copied by the bridge){skipped}{full_note}")
-    if resolved:
-        scope_text += f"; {len(resolved)} earlier difference(s) now equal (repaired)"
+    if len(resolved) > len(closed):
+        scope_text += f"; {len(resolved) - len(closed)} earlier difference(s) now equal (repaired)"
+    if closed:
+        scope_text += f"; {len(closed)} earlier difference(s) past retention closed"
     if differences:
         what = "\n".join(lines[:20]) + (f"\n... and {len(lines) - 20} more" if len(lines) > 20 else "")
         return finish(CheckResult(CHECK, False, f"{len(differences)} bucket(s) differ from Postgres binance "

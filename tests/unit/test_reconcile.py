@@ -408,3 +408,12 @@ def test_a_row_whose_time_left_its_bucket_counts_in_the_buckets_first_minute():
     sums: dict = {}
     reconcile_io.cassandra_sums(_Reads(moved), TRADES, [(("BTCUSDT",), HOUR)], sums)
     assert list(sums) == [(("BTCUSDT",), rc.slice_of(HOUR))]
+
+
+def test_a_bucket_empty_everywhere_is_equal_so_an_old_difference_there_closes():
+    out = rc.compare(TRADES, rc.CASSANDRA, {}, {}, [(("GONE",), HOUR)], lambda key: False)
+    assert out.equal == {(("GONE",), HOUR)} and not out.differences
+    # but a bucket whose every minute is in flight is neither
+    first = _sums(("A", 0, 1, 1))
+    out = rc.compare(TRADES, rc.CASSANDRA, first, {}, [(("A",), HOUR)], lambda key: True)
+    assert not out.equal and not out.differences and out.slices_in_flight == 1
