@@ -1,6 +1,7 @@
 """The "Pipeline health" dashboard: what the pipeline_health DAG measures, read from Postgres schema
 HEALTH_SCHEMA (`{health}` in the SQL below): check verdicts, connector states, the replication slot,
-stream lag, freshness per stage and the stream's latency per micro-batch.
+stream lag, freshness per stage, the stream's latency per micro-batch, and the reconciliation of the
+three stores (open differences, and each run's cost).
 
 Each panel's SQL lives once, in `PANELS`; the tests run every query against the real database.
 """
@@ -72,6 +73,31 @@ def _style_age_series(p: timeseries.Panel) -> timeseries.Panel:
     )
 
 
+_RECONCILIATION_STATUS = {"open": "red", "repairing": "orange", "resolved": "green"}
+
+
+def _style_differences(p: table.Panel) -> table.Panel:
+    return p.override_by_name("status", coloured_cells(_RECONCILIATION_STATUS))
+
+
+def _style_reconciliation_runs(p: timeseries.Panel) -> timeseries.Panel:
+    # run and CPU seconds on the left, differences and minutes in flight on their own axis
+    return (
+        p.unit("s")
+        .legend(legend_bottom())
+        .tooltip(multi_tooltip())
+        .override_by_name("differences", [
+            dashboard_models.DynamicConfigValue(id_val="unit", value="short"),
+            dashboard_models.DynamicConfigValue(id_val="custom.drawStyle", value=common.GraphDrawStyle.BARS),
+            dashboard_models.DynamicConfigValue(id_val="custom.axisPlacement", value=common.AxisPlacement.RIGHT),
+        ])
+        .override_by_name("in_flight", [
+            dashboard_models.DynamicConfigValue(id_val="unit", value="short"),
+            dashboard_models.DynamicConfigValue(id_val="custom.axisPlacement", value=common.AxisPlacement.RIGHT),
+        ])
+    )
+
+
 def _style_batches(p: timeseries.Panel) -> timeseries.Panel:
     # rows per interval as bars on the left, processing time as a line on its own axis
     return (
@@ -96,8 +122,9 @@ DASHBOARD = DashboardSpec(
     title="Pipeline health",
     description=(
         "What the pipeline_health DAG checks every minute: the Debezium connector and its tasks, the "
-        "replication slot's retained WAL, the stream's lag per topic, freshness per stage and the stream's "
-        "commit -> Cassandra latency. A failed check says what is wrong and what to do."
+        "replication slot's retained WAL, the stream's lag per topic, freshness per stage, the stream's "
+        "commit -> Cassandra latency, and the reconciliation of Postgres binance, Cassandra and the bridge. A "
+        "failed check says what is wrong and what to do."
     ),
     tags=("binance", "cdc", "health"),
     time_from="now-3h",
@@ -224,5 +251,39 @@ PANELS: tuple[PanelSpec, ...] = (
         "time_series", ("time", "input_rows", "processing_s"),
         description="Change events the stream applied per interval, and its mean processing time per batch.",
         row="End to end", width=12, height=8, style=_style_batches,
+    ),
+    PanelSpec(
+        HEALTH_UID, "Reconciliation: open differences", "table",
+        sql("""
+            SELECT table_name, prefix, bucket, store, status, source_count, store_count, slices, action, checked_at
+            FROM (
+              SELECT DISTINCT ON (table_name, prefix, bucket, store) *
+              FROM {health}.reconciliation
+              WHERE checked_at <= $__timeTo()
+              ORDER BY table_name, prefix, bucket, store, checked_at DESC
+            ) newest
+            WHERE status <> 'resolved'
+            ORDER BY checked_at DESC, table_name, prefix, bucket
+        """, health=HEALTH_SCHEMA),
+        "table", ("table_name", "prefix", "bucket", "store", "status", "action"),
+        description="Buckets (table, symbol and interval, hour or day) where Cassandra or the bridge differs from "
+                    "Postgres binance at the newest check, and what the DAG did: repairing (Debezium re-emits the "
+                    "rows through an incremental snapshot; rows the source does not hold are deleted) or open "
+                    "(waiting for a repair on its way, or for the next run). Empty when the stores agree.",
+        row="Reconciliation", width=16, height=8, style=_style_differences,
+    ),
+    PanelSpec(
+        HEALTH_UID, "Reconciliation runs", "timeseries",
+        sql("""
+            SELECT checked_at AS "time", run_seconds, cpu_seconds, differences::float8 AS differences,
+                   slices_in_flight::float8 AS in_flight
+            FROM {health}.reconciliation_runs
+            WHERE $__timeFilter(checked_at)
+            ORDER BY 1
+        """, health=HEALTH_SCHEMA),
+        "time_series", ("time", "run_seconds", "cpu_seconds", "differences", "in_flight"),
+        description="Each run of check_reconciliation: its wall and CPU time, the buckets that differed, and the "
+                    "minutes left out because they were still changing or not yet copied by the bridge.",
+        row="Reconciliation", width=8, height=8, style=_style_reconciliation_runs,
     ),
 )

@@ -182,12 +182,15 @@ HEALTH_KEYS = {  # table -> (column naming the fixture, its value)
     "stream_lag": ("topic", TOPIC),
     "freshness": ("stage", STAGE),
     "stream_batches": ("query_name", HEALTH_MARK),
+    "reconciliation": ("table_name", f"{HEALTH_MARK}%"),
+    "reconciliation_runs": ("scope", f"{HEALTH_MARK}%"),
 }
 
 
 def _health_rows(now: datetime) -> dict[str, list[dict[str, Any]]]:
     """Two checks' worth of measurements: the older one unhealthy, the newer one healed but for the slot."""
     old, new = now - timedelta(minutes=5), now - timedelta(minutes=1)
+    hour, day = now.replace(minute=0, second=0, microsecond=0), now.replace(hour=0, minute=0, second=0, microsecond=0)
     return {
         "checks": [
             {"checked_at": old, "check_name": f"{HEALTH_MARK}_connector", "ok": False, "message": "task 0 FAILED"},
@@ -219,6 +222,27 @@ def _health_rows(now: datetime) -> dict[str, list[dict[str, Any]]]:
             {"query_name": HEALTH_MARK, "finished_at": now - timedelta(seconds=30 + i), "batch_id": 10_000 + i,
              "input_rows": 100 * i, "processing_ms": 400 + i, "latency_ms": 900 + 100 * i}
             for i in range(5)
+        ],
+        # two buckets that differed: the first repaired and confirmed equal since, the second still open
+        "reconciliation": [
+            {"checked_at": old, "table_name": f"{HEALTH_MARK}_trades", "prefix": "GRAFTESTUSDT", "bucket": hour,
+             "store": "cassandra", "source_count": 10, "store_count": 9, "source_checksum": Decimal(123),
+             "store_checksum": Decimal(100), "slices": "03:04", "status": "repairing",
+             "action": "incremental snapshot requested", "signal_ids": "repair-x"},
+            {"checked_at": new, "table_name": f"{HEALTH_MARK}_trades", "prefix": "GRAFTESTUSDT", "bucket": hour,
+             "store": "cassandra", "source_count": 10, "store_count": 10, "source_checksum": Decimal(123),
+             "store_checksum": Decimal(123), "slices": None, "status": "resolved", "action": "equal again: repaired",
+             "signal_ids": None},
+            {"checked_at": new, "table_name": f"{HEALTH_MARK}_klines", "prefix": "GRAFTESTUSDT 1m", "bucket": day,
+             "store": "bridge", "source_count": 48, "store_count": 49, "source_checksum": Decimal(7),
+             "store_checksum": Decimal(8), "slices": "00:30", "status": "open",
+             "action": "repair requested at 03:00:00 still on its way", "signal_ids": None},
+        ],
+        "reconciliation_runs": [
+            {"checked_at": t, "scope": f"{HEALTH_MARK} recent", "buckets": 100, "slices_compared": 4000,
+             "slices_in_flight": n, "rows_source": 50_000, "rows_cassandra": 50_000, "rows_bridge": 50_000,
+             "differences": d, "repairs": d, "run_seconds": 2.5, "cpu_seconds": 1.25, "ok": d == 0, "message": "x"}
+            for t, n, d in ((old, 7, 1), (new, 3, 0))
         ],
     }
 
@@ -384,6 +408,17 @@ def _check_batches(rows: list[dict]) -> None:
     assert sum(r["input_rows"] for r in rows) >= 1000 and all(r["processing_s"] > 0 for r in rows)
 
 
+def _check_open_differences(rows: list[dict]) -> None:
+    # the repaired bucket is resolved by its newest record: only the open one is listed
+    assert [(r["table_name"], r["store"], r["status"]) for r in _mine(rows, "table_name")] == [
+        (f"{HEALTH_MARK}_klines", "bridge", "open")]
+
+
+def _check_reconciliation_runs(rows: list[dict]) -> None:
+    # the fixture runs: 2.5 s and 1.25 s of CPU each (real runs may add theirs)
+    assert any(r["run_seconds"] == 2.5 and r["cpu_seconds"] == 1.25 and r["differences"] == 1.0 for r in rows)
+
+
 # what the fixture rows guarantee, beyond the columns and types every panel is checked for
 EXPECTED = {
     "Checks": _check_checks,
@@ -394,6 +429,8 @@ EXPECTED = {
     "Freshness per stage": _check_stage_age,
     "Commit to Cassandra latency per micro-batch": _check_batch_latency,
     "Micro-batches": _check_batches,
+    "Reconciliation: open differences": _check_open_differences,
+    "Reconciliation runs": _check_reconciliation_runs,
     "Latest prices": _check_latest_prices,
     "24h leaders": _check_leaders,
     "Traded volume per symbol": _check_volume,
@@ -407,7 +444,8 @@ EXPECTED = {
 }
 # columns a chart shows as labels or categories, not as numbers
 LABELS = {"time", "metric", "symbol", "table_name", "check_name", "status", "message", "connector", "part",
-          "state", "worker_id", "slot_name", "wal_status", "present", "active", "checked_at"}
+          "state", "worker_id", "slot_name", "wal_status", "present", "active", "checked_at", "prefix", "bucket",
+          "store", "slices", "action"}
 CHARTS = {"timeseries", "candlestick", "barchart", "stat", "bargauge"}
 
 
