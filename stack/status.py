@@ -3,7 +3,8 @@
 One line per service (up/down, port, PID, log); then per stage (Postgres `binance`, Kafka topics,
 Cassandra, Postgres `cassandra`) the row counts per table and the freshest source time; then what
 the pipeline_health DAG checks, measured now through the same functions (include.health.checks),
-without storing or restarting anything.
+without storing or restarting anything; and the reconciliation's last verdict and the differences
+still open (as the DAG recorded them: comparing the stores is the DAG's job, not a status probe's).
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def health_lines(s: dict[str, str]) -> list[str]:
 
         admin = AdminClient({"bootstrap.servers": s["KAFKA_BOOTSTRAP_SERVERS"], "log_level": 2})
         with cassandra(s) as (session, keyspace), postgres(s) as pg:
-            r, last = checks.measure_stream_lag(admin, session, keyspace, th, timeout=5)
+            r, last = checks.measure_stream_lag(admin, session, keyspace, th, timeout=5, pg=pg)
             f = checks.measure_freshness(pg, session, keyspace, th)
         out = [f"  {'stream lag':<17} {verdict(r)} {r.message[:200]}"]
         if last is not None:
@@ -210,6 +211,30 @@ def health_lines(s: dict[str, str]) -> list[str]:
                        f"{last.processing_ms} ms, {_ago(finished, now)}; newest commit -> Cassandra {latency}")
         out.append(f"  {'freshness':<17} {verdict(f)} {f.message[:300]}")
         return out
+
+    def reconciliation() -> list[str]:
+        from include.health.reconcile_io import open_differences
+
+        with postgres(s) as conn, conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s)", (f"{HEALTH_SCHEMA}.reconciliation_runs",))
+            if cur.fetchone()[0] is None:
+                return [f"  {'reconciliation':<17}        no run yet (pipeline_health's check_reconciliation)"]
+            cur.execute(f"SELECT checked_at, ok, differences, repairs, run_seconds, cpu_seconds, message "
+                        f"FROM {HEALTH_SCHEMA}.reconciliation_runs ORDER BY checked_at DESC LIMIT 1")
+            last = cur.fetchone()
+            conn.rollback()
+            still = open_differences(conn)
+        if last is None:
+            return [f"  {'reconciliation':<17}        no run yet (pipeline_health's check_reconciliation)"]
+        at, ok, diffs, repairs, run_s, cpu_s, message = last
+        verdict = "ok    " if ok else "FAILED"
+        compared = "not compared: " + message.split(": ", 1)[1].split(". ")[0] if message.startswith("not compared") \
+            else f"{diffs} bucket(s) differed, {repairs} repaired"
+        where = ", ".join(sorted({f"{t} {p} {b:%Y-%m-%d %H:%M} ({st})" for t, p, b, st in still})[:3])
+        opened = f"{len(still)} open difference(s)" + (f": {where}" + (" ..." if len(still) > 3 else "")
+                                                        if still else "")
+        return [f"  {'reconciliation':<17} {verdict} last run {_ago(at, now)}: {compared}; {opened} "
+                f"(run {run_s:.1f}s, CPU {cpu_s:.1f}s)"[:300]]
 
     def dag_verdicts() -> list[str]:
         with postgres(s) as conn, conn.cursor() as cur:
@@ -225,7 +250,7 @@ def health_lines(s: dict[str, str]) -> list[str]:
         return [f"  {'pipeline_health':<17}        last DAG verdicts: {verdicts}"]
 
     for name, fn in (("connector", connector), ("replication slot", slot), ("stream", stream),
-                     ("pipeline_health", dag_verdicts)):
+                     ("reconciliation", reconciliation), ("pipeline_health", dag_verdicts)):
         probe(name, fn)
     return lines
 
