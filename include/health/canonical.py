@@ -31,7 +31,7 @@ from decimal import Decimal
 from typing import Any
 
 from include.tables import Table
-from include.times import as_utc, to_epoch_ms
+from include.times import EPOCH
 
 SEP = "\x1f"
 NULL_TEXT = "\x1e"
@@ -42,9 +42,13 @@ def _numeric(value: Decimal) -> str:
     return format(value, "f")
 
 
+_EPOCH_NAIVE = EPOCH.replace(tzinfo=None)
+
+
 def _timestamp(value: datetime) -> str:
-    # the Cassandra driver hands back naive UTC datetimes, psycopg2 aware ones
-    return str(to_epoch_ms(as_utc(value)))
+    # the Cassandra driver hands back naive UTC datetimes, psycopg2 aware ones; floored like to_epoch_ms
+    delta = value - (_EPOCH_NAIVE if value.tzinfo is None else EPOCH)
+    return str((delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000)
 
 
 def _boolean(value: bool) -> str:

@@ -7,10 +7,11 @@ in Postgres `binance` (the source), in Cassandra and in Postgres `cassandra` (th
 bucket is summed per minute of its rows' time column, a *slice*: the unit that is compared.
 
 The lag rule: a slice is compared only when nothing about it can still be on its way.
-1. Stable in the source: the source is summed twice, before and after the other stores are read
-   (`stable`); a slice whose sums differ between the two changed meanwhile, and is *in flight*.
-   So changes committed after the first read cannot make a difference: in a stable slice there
-   were none (a change and its exact undo between the two reads aside).
+1. Stable in the source: the source is read twice, before and after the other stores are read,
+   the second time its row count and sum of xmin per slice only (any insert, update or delete
+   changes them; no hashing); a slice whose figures differ between the two changed meanwhile, and
+   is *in flight*. So changes committed after the first read cannot make a difference: in a
+   stable slice there were none.
 2. The stream caught up: before Cassandra is read, Debezium has confirmed a WAL position past the
    first read (the slot's confirmed_flush_lsn: every change committed before it is in Kafka), and
    the stream has applied every Kafka offset that existed once that was so (stream_offsets). If

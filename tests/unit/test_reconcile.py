@@ -98,7 +98,10 @@ def test_the_slice_sums_group_by_prefix_and_minute_in_one_range():
     assert sql.startswith('SELECT "symbol", "interval", floor(extract(epoch FROM "open_time") / 60)::bigint AS minute')
     assert 'FROM "binance"."klines" WHERE "open_time" >= %s AND "open_time" < %s' in sql
     assert sql.endswith('GROUP BY "symbol", "interval", minute')
-    assert f"sum({canonical.sql_row_hash(KLINES)})" in sql
+    assert f"count(*), sum({canonical.sql_row_hash(KLINES)}), sum(xmin::text::bigint) FROM" in sql
+    # the second read of the source: counts and xmin sums only, no hashing
+    changes = reconcile_io.sums_sql(KLINES, "binance", content=False)
+    assert "md5" not in changes and "count(*), sum(xmin::text::bigint) FROM" in changes
 
 
 # --------------------------------------------------------------------------- slices and buckets
