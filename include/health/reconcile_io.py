@@ -204,7 +204,8 @@ def bridge_pending(reads: CassandraReads, pg: Any, table: Table, since: datetime
             found = times.get(tuple(k[keyed.index(c)] for c in table.row_key))
             if found:
                 slices |= {(tuple(k[:prefix_n]), rc.slice_of(t)) for t in found}
-            buckets.add((tuple(k[:prefix_n]), as_utc(k[prefix_n])))
+            else:
+                buckets.add((tuple(k[:prefix_n]), as_utc(k[prefix_n])))
     return slices, buckets
 
 

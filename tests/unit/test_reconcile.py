@@ -420,3 +420,61 @@ def test_a_bucket_empty_everywhere_is_equal_so_an_old_difference_there_closes():
     first = _sums(("A", 0, 1, 1))
     out = rc.compare(TRADES, rc.CASSANDRA, first, {}, [(("A",), HOUR)], lambda key: True)
     assert not out.equal and not out.differences and out.slices_in_flight == 1
+
+
+class _LoggedKeys:
+    """CassandraReads.changed_keys over keys given by the test (as the stream logs them)."""
+
+    def __init__(self, keys):
+        self.keys, self.asked = keys, []
+
+    def changed_keys(self, table, minutes, chunk):
+        self.asked.append((table, list(minutes)))
+        yield set(self.keys)
+
+
+class _TimesPg:
+    """Answers _times_of's lookup with the times of the rows it knows (source, then bridge)."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def cursor(self):
+        pg = self
+
+        class Cursor:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def execute(self, sql, params=None):
+                self.found = [(*k, t) for k, t in pg.rows.items()
+                              if k in set(zip(*params, strict=True))] if "binance" in sql else []
+
+            def fetchall(self):
+                return self.found
+
+        return Cursor()
+
+    def rollback(self):
+        pass
+
+
+def test_the_bridges_pending_keys_mark_their_minutes_or_their_bucket_when_no_minute_is_known():
+    from include.cdc.events import encode_key
+
+    at = HOUR + timedelta(minutes=7, seconds=3)
+    known = encode_key(TRADES, {"symbol": "A", "bucket": HOUR, "trade_id": 1})
+    gone = encode_key(TRADES, {"symbol": "B", "bucket": HOUR, "trade_id": 2})
+    reads = _LoggedKeys([known, gone])
+    slices, buckets = reconcile_io.bridge_pending(reads, _TimesPg({("A", 1): at}), TRADES, HOUR,
+                                                  HOUR + timedelta(minutes=2))
+    # the trade still in Postgres: its minute; the one gone from both: its whole bucket
+    assert slices == {(("A",), rc.slice_of(at))} and buckets == {(("B",), HOUR)}
+    assert reads.asked == [("recent_trades", [HOUR, HOUR + timedelta(minutes=1), HOUR + timedelta(minutes=2)])]
+    # a table whose key holds the time: the minute comes from the key itself
+    price = encode_key(PRICES, {"symbol": "A", "bucket": datetime(2026, 1, 2, tzinfo=UTC), "time": at})
+    slices, buckets = reconcile_io.bridge_pending(_LoggedKeys([price]), None, PRICES, HOUR, HOUR)
+    assert slices == {(("A",), rc.slice_of(at))} and not buckets
