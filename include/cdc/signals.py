@@ -162,7 +162,9 @@ def insert(pg: Any, signals: Sequence[tuple[str, str]], purpose: str, at: dateti
 
 def prune(pg: Any, older_than: datetime) -> int:
     """Delete the signals this project wrote before `older_than` (Debezium deletes its own window
-    markers: insert_delete watermarking); returns how many."""
+    markers: insert_delete watermarking); returns how many. With insert_delete Debezium reads every
+    DELETE in the signal table as a request to close a window of that id; ours name no window, and
+    Debezium ignores them ("request ignored", AbstractIncrementalSnapshotContext.closeWindow)."""
     with pg.cursor() as cur:
         cur.execute(f'SELECT id FROM "{SOURCE_SCHEMA}"."{SIGNAL_TABLE}" WHERE type = %s', (EXECUTE_SNAPSHOT,))
         old = [sid for (sid,) in cur.fetchall() if (t := signal_time(sid)) is not None and t < older_than]
