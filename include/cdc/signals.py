@@ -100,25 +100,32 @@ def signal_data(table: str, condition: str | None) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
+def any_of(conditions: Sequence[str]) -> str:
+    """Conditions ORed, the whole in parentheses: Debezium appends a filter to its chunk query as
+    `WHERE <chunk bounds> AND <filter>` without parentheses (JdbcConnection.buildSelectWithRowLimits,
+    Debezium 3.7), so a bare `a OR b` would escape the chunk's bounds."""
+    return "(" + " OR ".join(f"({c})" for c in conditions) + ")"
+
+
 def snapshot_signals(ranges: Sequence[RowRange]) -> list[tuple[str, str]]:
     """(table, data) of the execute-snapshot signals that ask for `ranges`: one per table, its
-    ranges ORed, split into several where one would not fit MAX_DATA characters."""
+    ranges ORed (`any_of`), split into several where one would not fit MAX_DATA characters."""
     by_table: dict[str, list[str]] = {}
     for r in ranges:
-        by_table.setdefault(r.table, []).append(f"({range_filter(r)})")
+        by_table.setdefault(r.table, []).append(range_filter(r))
     out: list[tuple[str, str]] = []
     for table, conditions in by_table.items():
         group: list[str] = []
         for condition in conditions:
-            if len(signal_data(table, condition)) > MAX_DATA:
+            if len(signal_data(table, any_of([condition]))) > MAX_DATA:
                 raise SignalError(f"{table}: one range's condition alone exceeds {MAX_DATA} characters: "
                                   f"{condition[:200]}")
-            if group and len(signal_data(table, " OR ".join([*group, condition]))) > MAX_DATA:
-                out.append((table, signal_data(table, " OR ".join(group))))
+            if group and len(signal_data(table, any_of([*group, condition]))) > MAX_DATA:
+                out.append((table, signal_data(table, any_of(group))))
                 group = []
             group.append(condition)
         if group:
-            out.append((table, signal_data(table, " OR ".join(group))))
+            out.append((table, signal_data(table, any_of(group))))
     return out
 
 

@@ -63,7 +63,7 @@ def test_the_signal_is_debeziums_execute_snapshot_json_for_one_table():
         "data-collections": ["binance.latest_prices"],
         "type": "incremental",
         "additional-conditions": [{"data-collection": r"binance\.latest_prices",
-                                   "filter": f"({signals.range_filter(r)})"}],
+                                   "filter": f"(({signals.range_filter(r)}))"}],
     }
     # the filter survives the JSON layer as written: a quote doubled for SQL, nothing escaped twice
     assert "\"symbol\" = 'ETH''USDT'" in parsed["additional-conditions"][0]["filter"]
@@ -80,9 +80,26 @@ def test_ranges_of_one_table_are_ored_and_split_under_the_data_limit():
     assert {t for t, _ in out} == {"order_book", "klines"}
     book = [json.loads(d) for t, d in out if t == "order_book"]
     assert len(book) > 1 and all(len(d) <= signals.MAX_DATA for _, d in out)
-    filters = " OR ".join(b["additional-conditions"][0]["filter"] for b in book)
+    filters = [b["additional-conditions"][0]["filter"] for b in book]
+    # each filter is one parenthesised OR: Debezium appends it after `<chunk bounds> AND` as it is
+    assert all(f.startswith("((") and f.endswith("))") for f in filters)
     # every range is asked for, once
-    assert [f"({signals.range_filter(r)})" for r in ranges[:40]] == filters.split(" OR ")
+    ored = " OR ".join(f[1:-1] for f in filters)
+    assert [f"({signals.range_filter(r)})" for r in ranges[:40]] == ored.split(" OR ")
+
+
+def test_an_or_of_ranges_stays_inside_the_chunk_bounds_debezium_puts_before_it():
+    """Debezium builds `WHERE <bounds> AND <filter>`: with the filter parenthesised, AND binds the
+    bounds to every range (checked here by evaluating the SQL's boolean structure in Python)."""
+    two = [RowRange("latest_prices", ("A",), T0, T0 + timedelta(minutes=1)),
+           RowRange("latest_prices", ("B",), T0, T0 + timedelta(minutes=1))]
+    [(_, data)] = signals.snapshot_signals(two)
+    where = "bounds AND " + json.loads(data)["additional-conditions"][0]["filter"]
+    names = {"bounds": False, signals.range_filter(two[0]): True, signals.range_filter(two[1]): True}
+    expr = where
+    for text, value in sorted(names.items(), key=lambda kv: -len(kv[0])):
+        expr = expr.replace(text, str(value))
+    assert eval(expr.replace("AND", "and").replace("OR", "or")) is False  # noqa: S307 - booleans only
 
 
 def test_whole_tables_have_no_condition():
