@@ -266,6 +266,22 @@ def _start_stream(settings, checkpoint: Path) -> subprocess.Popen:
     return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _wait_first_batch(session, keyspace: str, after: datetime, stream: subprocess.Popen,
+                      timeout: float = 300) -> None:
+    """Wait until a micro-batch finished after `after` (the stream's offsets are then fixed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = checks.last_batch(session, keyspace)
+        if row is not None and row.finished_at.replace(tzinfo=UTC) > after:
+            return
+        if stream.poll() is not None:
+            raise AssertionError(f"the soak's stream exited with {stream.returncode} before its first batch "
+                                 "(.run/soak/stream.log)")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the soak's stream finished no batch within {timeout:.0f}s (.run/soak/stream.log)")
+        time.sleep(1)
+
+
 def test_soak(settings, cdc_ready, cassandra):
     from confluent_kafka.admin import AdminClient
 
@@ -278,7 +294,15 @@ def test_soak(settings, cdc_ready, cassandra):
     checkpoint = REPO / ".run" / "soak" / "checkpoint"
     shutil.rmtree(checkpoint.parent, ignore_errors=True)
     checkpoint.parent.mkdir(parents=True)
+    launched = datetime.now(UTC)
     stream = _start_stream(settings, checkpoint)
+    # the stream starts at the topics' latest offsets: rows an earlier, interrupted soak left are
+    # deleted only once it has finished a batch, so their deletes reach Cassandra through it
+    try:
+        _wait_first_batch(cassandra, keyspace, launched, stream)
+    except BaseException:
+        os.killpg(stream.pid, signal.SIGKILL)
+        raise
     with pg.cursor() as cur:
         for table in TABLES:
             cur.execute(f"DELETE FROM binance.{table} WHERE symbol = ANY(%s)", (list(SYMBOLS),))
@@ -292,7 +316,6 @@ def test_soak(settings, cdc_ready, cassandra):
     generated = dict.fromkeys(TABLES, 0)
     waited = 0.0
     try:
-        time.sleep(20)  # the stream's first batch starts from the topics' latest offsets
         for h in range(hours):
             hour = first_hour + timedelta(hours=h)
             batch: dict[str, list] = {t: [] for t in TABLES}
