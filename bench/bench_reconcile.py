@@ -1,20 +1,23 @@
 """Benchmark: what one run of pipeline_health's check_reconciliation costs, in time and CPU.
 
-Usage: python bench/bench_reconcile.py [--symbols 10] [--trades-per-minute 500] [--runs 3] [--keep]
+Usage: python bench/bench_reconcile.py [--symbols 10] [--trades-per-minute 500] [--agg-trades-per-minute 500]
+                                      [--runs 3] [--keep]
        python bench/bench_reconcile.py --live [--runs 3]
 
 Synthetic (default): scratch Postgres schemas `bench_reconcile_src` (copies of the binance tables)
-and `bench_reconcile_bridge` (copies of the bridge tables) and a scratch keyspace
-`bench_reconcile` (the sink's CQL), filled with what the recent scope of a run reads at the
-default settings (`recent_buckets` 2) and the default schedule, for N symbols: per symbol the two
-newest hours of trades (`--trades-per-minute`, default 500, the extraction's fetch limit: the
-worst case) and of the order book (100 levels a side a minute), the two newest days of latest
-prices and daily tickers (one a minute) and of 30m klines. Each run then does what the check does
-for those buckets, through the same functions: the source's sums per minute in SQL, Cassandra's
-partitions read one by one and hashed in Python, the bridge's sums in SQL, the source's counts and
-xmin sums again, the comparison. Printed per run: wall time, this process's CPU time (the Cassandra reads'
-decoding and hashing), the wall time of the SQL (Postgres's work), and the rows read per store.
-The fence (waiting for Debezium and the stream) is left out: it waits, it does not compute.
+and `bench_reconcile_bridge` (copies of the bridge tables) and a scratch keyspace `bench_reconcile`
+(the sink's CQL), filled with what the recent scope of a run reads at the default settings
+(`recent_buckets` 2) and the default schedule, for N symbols: per symbol the two newest hours of
+trades (`--trades-per-minute`, default 500, the extraction's fetch limit: the worst case), of
+aggregate trades (`--agg-trades-per-minute`, default 500: the extraction loads every one, so this is
+the market's rate, not a limit) and of the order book (100 levels a side a minute), the two newest
+days of latest prices and daily tickers (one a minute) and of 30m klines. Each run then does what
+the check does for those buckets, through the same functions: the source's sums per minute in SQL,
+Cassandra's partitions read one by one and hashed in Python, the bridge's sums in SQL, the source's
+counts and xmin sums again, the comparison. Printed per run: wall time, this process's CPU time (the
+Cassandra reads' decoding and hashing), the wall time of the SQL (Postgres's work), and the rows
+read per store. The fence (waiting for Debezium and the stream) is left out: it waits, it does not
+compute.
 
 --live runs the check itself (include/health/reconcile_io.run) against the stack's own stores,
 `--runs` times, with repairs off (max_repairs_per_run 0), and prints each run's verdict, wall and
@@ -47,9 +50,9 @@ KEYSPACE = "bench_reconcile"
 SOURCE, BRIDGE = "bench_reconcile_src", "bench_reconcile_bridge"
 
 # per table: how many rows a minute each symbol gets over the recent scope (2 buckets)
-def volumes(trades_per_minute: int) -> dict[str, float]:
+def volumes(trades_per_minute: int, agg_trades_per_minute: int) -> dict[str, float]:
     return {"latest_prices": 1, "daily_ticker": 1, "klines": 1 / 30, "recent_trades": trades_per_minute,
-            "order_book": 200}
+            "order_book": 200, "agg_trades": agg_trades_per_minute}
 
 
 def fill_sql(name: str, symbols: list[str], per_minute: float, start: datetime, minutes: int) -> tuple[str, tuple]:
@@ -69,6 +72,7 @@ def fill_sql(name: str, symbols: list[str], per_minute: float, start: datetime, 
         "recent_trades": f"SELECT {sym}, g, 100 + (g %% 997) / 1000.0, 0.00100000, 0.10000000, {at}, g %% 2 = 0",
         "order_book": f"SELECT g / 200, {sym}, CASE WHEN g %% 2 = 0 THEN 'bid' ELSE 'ask' END, "
                       f"100 + (g %% 200) / 100.0, 1.5, {at}",
+        "agg_trades": f"SELECT {sym}, g, 100 + (g %% 997) / 1000.0, 0.00300000, 3 * g, 3 * g + 2, {at}, g %% 2 = 1",
     }
     params = tuple(x for _ in range(exprs[name].count(at)) for x in (start, step))
     cols = ", ".join(table.column_names)
@@ -76,11 +80,12 @@ def fill_sql(name: str, symbols: list[str], per_minute: float, start: datetime, 
             "ON CONFLICT DO NOTHING", params)
 
 
-def fill(pg, session, symbols: list[str], trades_per_minute: int, now: datetime) -> dict[str, int]:
+def fill(pg, session, symbols: list[str], trades_per_minute: int, agg_trades_per_minute: int,
+         now: datetime) -> dict[str, int]:
     from cassandra.concurrent import execute_concurrent_with_args
 
     counts = {}
-    for name, per_minute in volumes(trades_per_minute).items():
+    for name, per_minute in volumes(trades_per_minute, agg_trades_per_minute).items():
         table = TABLES[name]
         start = rc.recent_buckets(table, now, 2)[-1]
         minutes = int((now - start).total_seconds() // 60)
@@ -156,8 +161,9 @@ def synthetic(args: argparse.Namespace, s: dict[str, str]) -> None:
             session.execute(f"TRUNCATE {KEYSPACE}.{name}", timeout=120)
         now = datetime.now(UTC)
         print(f"filling the recent scope of {len(symbols)} symbols (trades {args.trades_per_minute}/minute "
-              "per symbol, order book 200 levels a minute) in the three stores")
-        fill(pg, session, symbols, args.trades_per_minute, now)
+              f"per symbol, aggregate trades {args.agg_trades_per_minute}/minute, order book 200 levels a minute) "
+              "in the three stores")
+        fill(pg, session, symbols, args.trades_per_minute, args.agg_trades_per_minute, now)
         reads = CassandraReads.open(session, KEYSPACE)
         print(f"\n{'run':>4} {'wall s':>8} {'CPU s':>8} {'SQL s':>8} {'source rows':>12} {'Cassandra rows':>15} "
               f"{'bridge rows':>12} {'differences':>12}")
@@ -207,6 +213,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--symbols", type=int, default=10)
     parser.add_argument("--trades-per-minute", type=int, default=500)
+    parser.add_argument("--agg-trades-per-minute", type=int, default=500,
+                        help="aggregate trades a minute per symbol (no fetch limit: the market's own rate)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the scratch schemas and keyspace")
     parser.add_argument("--live", action="store_true", help="run the check itself on the stack's stores")
