@@ -62,6 +62,7 @@ def envelope_schema(table: Table) -> T.StructType:
         T.StructField("ts_us", T.LongType()),
         T.StructField("txId", T.LongType()),
         T.StructField("snapshot", T.StringType()),
+        T.StructField("sequence", T.StringType()),
         T.StructField("table", T.StringType()),
     ])
     return T.StructType([
@@ -93,7 +94,7 @@ def _problems(table: Table, env: Column, row: Column) -> Column:
     checks = [
         (env.isNull() | env["op"].isNull(), F.lit(NOT_AN_EVENT)),
         (~env["op"].isin(*OPS), F.concat(F.lit(UNKNOWN_OP_PREFIX), env["op"])),
-        (source["lsn"].isNull(), F.lit(NO_LSN)),
+        (_lsn(source["lsn"], source["snapshot"], source["sequence"]).isNull(), F.lit(NO_LSN)),
         (source["ts_us"].isNull() & source["ts_ms"].isNull(), F.lit(NO_SOURCE_TS)),
         (row.isNull(), F.when(env["op"] == DELETE, F.lit(DELETE_WITHOUT_BEFORE)).otherwise(F.lit(NO_AFTER))),
     ]
@@ -130,7 +131,7 @@ def parse_envelope(df: DataFrame, table: Table) -> DataFrame:
     return parsed.select(
         *_typed(table, row),
         F.col("env.op").alias("cdc_op"),
-        F.col("env.source.lsn").alias("cdc_lsn"),
+        _lsn(F.col("env.source.lsn"), F.col("env.source.snapshot"), F.col("env.source.sequence")).alias("cdc_lsn"),
         F.col("env.source.ts_us").alias("source_ts_us"),
         F.col("env.source.ts_ms").alias("source_ts_ms"),
         F.col("env.source.snapshot").alias("source_snapshot"),
@@ -139,6 +140,14 @@ def parse_envelope(df: DataFrame, table: Table) -> DataFrame:
         "raw_value",
         _problems(table, F.col("env"), row).alias("error"),
     )
+
+
+def _lsn(lsn: Column, snapshot: Column, sequence: Column) -> Column:
+    """include.cdc.events.event_lsn in Spark: `source.lsn`, or for an incremental snapshot read
+    without one the last LSN of its `source.sequence` (a JSON text of decimal strings)."""
+    last = F.element_at(F.from_json(sequence, T.ArrayType(T.StringType())), -1)
+    from_sequence = F.when(last.rlike("^[0-9]+$"), last.cast("long"))
+    return F.coalesce(lsn, F.when(snapshot == INCREMENTAL, from_sequence))
 
 
 def _incremental_read(op: Column, snapshot: Column) -> Column:
@@ -159,7 +168,8 @@ def incremental_read_lsns(df: DataFrame) -> DataFrame:
     the driver looks up their window times before the tables are applied."""
     op = F.get_json_object(F.col("value"), "$.op")
     snapshot = F.get_json_object(F.col("value"), "$.source.snapshot")
-    lsn = F.get_json_object(F.col("value"), "$.source.lsn").cast("long")
+    lsn = _lsn(F.get_json_object(F.col("value"), "$.source.lsn").cast("long"), snapshot,
+               F.get_json_object(F.col("value"), "$.source.sequence"))
     return df.where(_incremental_read(op, snapshot) & lsn.isNotNull()).select(lsn.alias("lsn")).distinct()
 
 

@@ -24,6 +24,7 @@ from include.cdc.events import (
     NO_SOURCE_TS,
     NOT_AN_EVENT,
     OPS,
+    event_lsn,
     is_decimal_text,
     is_incremental_read,
     key_column_missing,
@@ -58,6 +59,12 @@ def _as_long(value: Any) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value if -(2**63) <= value < 2**63 else None
     return None
+
+
+def _lsn(source: dict) -> int | None:
+    """include.cdc.events.event_lsn of a parsed `source` (spark/envelope.py's _lsn)."""
+    return event_lsn(_as_long(source.get("lsn")), _as_string(source.get("snapshot")),
+                     _as_string(source.get("sequence")))
 
 
 def _as_string(value: Any) -> str | None:
@@ -156,7 +163,7 @@ def _problem(table: Table, env: Any, row: dict[str, Any] | None) -> str | None:
         return unknown_op(op)
     source = env.get("source")
     source = source if isinstance(source, dict) else {}
-    if _as_long(source.get("lsn")) is None:
+    if _lsn(source) is None:
         return NO_LSN
     if _as_long(source.get("ts_us")) is None and _as_long(source.get("ts_ms")) is None:
         return NO_SOURCE_TS
@@ -212,7 +219,7 @@ def _parse_event(table: Table, partition: int, offset: int, value: str, loads: A
     return Event(
         row=_typed(table, row) if row is not None and error is None else (row or {}),
         cdc_op=op,
-        cdc_lsn=_as_long(source.get("lsn")),
+        cdc_lsn=_lsn(source),
         source={"ts_us": _as_long(source.get("ts_us")), "ts_ms": _as_long(source.get("ts_ms")),
                 "snapshot": _as_string(source.get("snapshot"))},
         kafka_partition=partition,

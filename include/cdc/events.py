@@ -101,6 +101,39 @@ def source_time_us(source: Mapping[str, Any]) -> int | None:
     return None if ts_ms is None else int(ts_ms) * 1000
 
 
+def sequence_lsn(sequence: str | None) -> int | None:
+    """The last LSN in Debezium's `source.sequence`, a JSON text of [last commit LSN, last
+    processed LSN] as decimal strings; None when there is none.
+
+    An incremental snapshot read carries no `source.lsn` (null in Debezium 3.7); its `sequence`
+    holds where the connector was in the WAL when it emitted the chunk, on reading the window's
+    close marker. That position is the read's LSN here (`event_lsn`): every change committed after
+    the window closed has a higher one, and the window's markers are at or below it."""
+    if sequence is None:
+        return None
+    try:
+        values = json.loads(sequence)
+    except ValueError:
+        return None
+    if not isinstance(values, list) or not values:
+        return None
+    last = values[-1]
+    if isinstance(last, int) and not isinstance(last, bool):
+        last = str(last)
+    if isinstance(last, str) and re.fullmatch(r"[0-9]+", last) and int(last) < 2**63:
+        return int(last)
+    return None
+
+
+def event_lsn(lsn: int | None, snapshot: str | None, sequence: str | None) -> int | None:
+    """The LSN an event is ordered and placed by: `source.lsn`, or for an incremental snapshot
+    read without one, `sequence_lsn` of its `source.sequence`. None makes the event a dead letter
+    (NO_LSN)."""
+    if lsn is None and snapshot == INCREMENTAL:
+        return sequence_lsn(sequence)
+    return lsn
+
+
 def is_incremental_read(op: str | None, source: Mapping[str, Any]) -> bool:
     """A read of an incremental snapshot: its write time is its window's (`write_time`)."""
     return op == READ and source.get("snapshot") == INCREMENTAL
@@ -126,7 +159,8 @@ def write_time(op: str, source: Mapping[str, Any], window_us: int | None = None)
       read's LSN (`window_time`), never the read's own `source.ts_us`. Debezium stamps a chunk's
       reads with its worker's clock when it emits them, on reading the window's close marker
       (verified in Debezium 3.7: AbstractIncrementalSnapshotChangeEventSource.sendEvent sets the
-      offset's time to clock.currentTimeAsInstant(); the LSN stays the close marker's). A change
+      offset's time to clock.currentTimeAsInstant(); `source.lsn` is null and `source.sequence`
+      holds the close marker's position, `event_lsn`). A change
       committed after the window closed but before Debezium read the close marker (it lags, or
       its clock runs ahead of the database's) would carry an earlier commit time than that stamp,
       and lose to the chunk's older copy of the row for ever. The window's marker time is at most

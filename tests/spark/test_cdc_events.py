@@ -13,7 +13,7 @@ import pytest
 from include.cdc import events
 from include.tables import TABLES, Column
 from spark import python_events
-from spark.envelope import parse_envelope
+from spark.envelope import incremental_read_lsns, parse_envelope
 from spark.writer import change_key, cql_value, spark_rows
 from tests.spark.test_envelope import SOURCE_US, envelope, frame, kline
 
@@ -146,6 +146,35 @@ def test_signal_markers_are_read_from_the_raw_event():
         assert events.signal_marker(bad) is None
 
 
+def test_an_incremental_read_is_placed_by_its_sequence_when_it_has_no_lsn():
+    assert events.sequence_lsn('["1556178648","1556180928"]') == 1556180928
+    assert events.sequence_lsn('[null,"42"]') == 42 and events.sequence_lsn("[7]") == 7
+    for bad in (None, "", "{oops", "[]", '["1",null]', '["x"]', '{"lsn": 1}', '["-5"]', f'["{2**63}"]'):
+        assert events.sequence_lsn(bad) is None, bad
+    assert events.event_lsn(None, "incremental", '["1","2"]') == 2
+    assert events.event_lsn(5, "incremental", '["1","2"]') == 5  # source.lsn when there is one
+    assert events.event_lsn(None, "false", '["1","2"]') is None  # only incremental reads go by the sequence
+    assert events.event_lsn(None, "true", '["1","2"]') is None
+
+
+def test_both_paths_find_an_incremental_reads_lsn_alike(spark):
+    def read(source):
+        return json.dumps({"op": "r", "after": kline("1"), "source": {"ts_us": SOURCE_US, **source}})
+
+    values = [read({"lsn": None, "snapshot": "incremental", "sequence": '["6","9"]'}),
+              read({"snapshot": "incremental", "sequence": '["6","11"]'}),
+              read({"lsn": 12, "snapshot": "incremental", "sequence": '["6","9"]'}),
+              read({"lsn": None, "snapshot": "incremental"}),
+              read({"lsn": None, "snapshot": "incremental", "sequence": "[]"}),
+              read({"lsn": None, "snapshot": "false", "sequence": '["6","9"]'})]
+    rows = parse_envelope(frame(spark, values), KLINES).orderBy("kafka_offset").collect()
+    by_driver = [python_events.parse_event(KLINES, 0, o, v) for o, v in enumerate(values)]
+    assert [r.cdc_lsn for r in rows] == [e.cdc_lsn for e in by_driver] == [9, 11, 12, None, None, None]
+    assert [r.error for r in rows] == [e.error for e in by_driver] == [None, None, None, *[events.NO_LSN] * 3]
+    lsns = sorted(r.lsn for r in incremental_read_lsns(frame(spark, values)).collect())
+    assert lsns == [9, 11, 12]
+
+
 def test_write_time_falls_back_to_ts_ms_and_needs_one_of_them():
     assert events.write_time("c", {"ts_ms": 1_767_323_044_123, "snapshot": "false"}) == 1_767_323_044_123_000
     assert events.write_time("r", {"ts_ms": 1_767_323_044_123, "snapshot": "last"}) == 1_767_323_034_123_000
@@ -164,12 +193,16 @@ WRITE_TIMES = [  # (event, write time); both paths compute each through include.
     (envelope("r", None, kline("1"), 7, snapshot="incremental"), SOURCE_US - 3_000_000),  # its window's time
     (json.dumps({"op": "r", "after": kline("1"), "source": {"lsn": 8, "ts_us": SOURCE_US, "snapshot": True}}),
      SOURCE_US - 10_000_000),  # a JSON boolean reads as "true" on both paths
+    # an incremental read as Debezium 3.7 emits it: no source.lsn, the close marker's position in
+    # source.sequence ([last commit LSN, last processed LSN])
+    (json.dumps({"op": "r", "after": kline("1"), "source": {"lsn": None, "sequence": '["6","9"]', "ts_us": SOURCE_US,
+                                                         "snapshot": "incremental"}}), SOURCE_US - 2_000_000),
 ]
 
 
 def test_both_paths_give_each_event_its_write_time(spark):
     values = [v for v, _ in WRITE_TIMES]
-    windows = {7: SOURCE_US - 3_000_000}
+    windows = {7: SOURCE_US - 3_000_000, 9: SOURCE_US - 2_000_000}
     rows = parse_envelope(frame(spark, values), KLINES).orderBy("kafka_offset").collect()
     by_spark, letters = spark_rows(KLINES, "binance.binance.klines", rows, windows)
     assert not letters
@@ -177,7 +210,7 @@ def test_both_paths_give_each_event_its_write_time(spark):
     expected = [t for _, t in WRITE_TIMES]
     assert [c.write_time for c in by_spark] == [c.write_time for c in by_driver] == expected
     # the LSN stays the LSN; the source time is the commit time, at the microsecond the source gave
-    assert [c.lsn for c in by_spark] == [c.lsn for c in by_driver] == list(range(1, 9))
+    assert [c.lsn for c in by_spark] == [c.lsn for c in by_driver] == list(range(1, 10))
     assert [c.source_ts for c in by_spark] == [c.source_ts for c in by_driver]
     assert by_spark[0].source_ts == datetime(2026, 1, 2, 3, 4, 4, 123456, tzinfo=UTC)
 
