@@ -36,7 +36,7 @@ from include.health import reconcile as rc
 from include.tables import TABLES
 from tests.faults.conftest import Load, differences, pg_connect, wait_equal
 from tests.integration.conftest import run_dag, wait_for_debezium
-from tests.integration.test_health import _api, _newest_batch, _stop_stream, _wait, health_run, wait_connector
+from tests.integration.test_health import _api, _lag, _newest_batch, _stop_stream, _wait, health_run, wait_connector
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +45,8 @@ HELD = "RECONHELDUSDT"
 FIRST = "RECONFIRSTUSDT"
 RACE, BACKLOG = "RECONRACEUSDT", "RECONLAGUSDT"
 ALL = (*SYMBOLS, HELD, FIRST, RACE, BACKLOG)
+# events the stream may have left to apply when the differences are injected (the load adds 5 ticks a second)
+MAX_LAG = 2_000
 # repairs retried soon in a test; every difference repaired in the run that finds it
 SETTINGS = {"recent_buckets": 2, "full_every_minutes": 100_000, "max_repairs_per_run": 50,
             "min_repair_interval_seconds": 30, "fence_timeout_seconds": 90}
@@ -222,6 +224,17 @@ def _pick(pg, table: str, symbol: str, newer: datetime, older: datetime, n: int 
     return rows
 
 
+def _settled(pg, picks) -> list[list[dict]] | None:
+    """_pick's rows 1.5 to 2.5 minutes old for each (table, symbol, n) of `picks`, or None while the
+    load has not made them yet."""
+    now = datetime.now(UTC)
+    newer, older = now - timedelta(minutes=1, seconds=30), now - timedelta(minutes=2, seconds=30)
+    try:
+        return [_pick(pg, table, symbol, newer, older, n) for table, symbol, n in picks]
+    except AssertionError:
+        return None
+
+
 def _in_cassandra(table: str, row: dict) -> tuple[str, tuple]:
     t = TABLES[table]
     where = " AND ".join(f"{k} = %s" for k in t.cassandra_key)
@@ -239,14 +252,14 @@ def test_every_difference_is_reported_within_two_runs_repaired_and_the_stores_en
     stream_control.start()
     load.start()
     try:
-        time.sleep(150)  # settled minutes behind the load
-        run_dag(dagbag, "cassandra_bridge")
-        now = datetime.now(UTC)
-        newer, older = now - timedelta(minutes=1, seconds=30), now - timedelta(minutes=2, seconds=30)
+        # the stream keeps up with the load (a backlog the stack built while it was stopped drained), and
+        # the load has rows 1.5 to 2.5 minutes old: settled minutes, behind it
+        _wait("the stream to catch up with the load", lambda: _lag(settings, cassandra) < MAX_LAG, 900)
         a, b = SYMBOLS
-        price_c, price_b = _pick(pg, "latest_prices", a, newer, older, 2)
-        trade_c, trade_b = _pick(pg, "recent_trades", b, newer, older, 2)
-        [ticker] = _pick(pg, "daily_ticker", a, newer, older)
+        picks = (("latest_prices", a, 2), ("recent_trades", b, 2), ("daily_ticker", a, 1))
+        (price_c, price_b), (trade_c, trade_b), [ticker] = _wait(
+            "settled rows of the load", lambda: _settled(pg, picks), 300)
+        run_dag(dagbag, "cassandra_bridge")
         injected_at = datetime.now(UTC)
 
         # Cassandra, as cqlsh writes: no USING TIMESTAMP, the client's clock
