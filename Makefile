@@ -17,7 +17,7 @@ help:
 	@echo "make demo     install what is missing, start the stack and the pipeline, print the Airflow login"
 	@echo "make test     install what is missing, start the stack, run the whole test suite"
 	@echo "make test-faults   kill -9 each service under load, bad input, WAL safety (run alone)"
-	@echo "make test-soak     30 days of default operation through the pipeline (SOAK_DAYS=0.125: three hours; run alone)"
+	@echo "make test-soak     30 days of default operation through the pipeline (SOAK_DAYS=0.0625: an hour and a half; run alone)"
 	@echo "make up|down|status|clean   start / stop (data kept) / show / wipe the local stack"
 
 # --- installs (idempotent: each stamp is rebuilt only when its inputs change)

@@ -16,7 +16,7 @@ panel's SQL); the largest partition is within the README's bound (nodetool table
 flush); Cassandra and the bridge are exact against Postgres over what each store keeps. Prints the
 figures: rows, largest partition, most tombstones read by one query (nodetool tablestats), duration.
 
-Run: `make test-soak` (full scale; README), or `make test-soak SOAK_DAYS=0.125` (CI: three hours).
+Run: `make test-soak` (full scale; README), or `make test-soak SOAK_DAYS=0.0625` (CI: an hour and a half).
 """
 
 from __future__ import annotations
