@@ -45,7 +45,7 @@ HELD = "RECONHELDUSDT"
 FIRST = "RECONFIRSTUSDT"
 RACE, BACKLOG = "RECONRACEUSDT", "RECONLAGUSDT"
 ALL = (*SYMBOLS, HELD, FIRST, RACE, BACKLOG)
-# the backlog that makes Debezium emit an incremental read after later updates (CI: 100,000)
+# the backlog that makes Debezium emit an incremental read after later updates (0: the test is skipped)
 BACKLOG_ROWS = int(os.environ.get("RECON_BACKLOG_ROWS", "300000"))
 # events the stream may have left to apply when the differences are injected (the load adds 5 ticks a second)
 MAX_LAG = 2_000
@@ -453,6 +453,8 @@ def test_a_read_emitted_after_a_later_change_does_not_shadow_it(dagbag, cdc_read
     RECON_BACKLOG_ROWS (300,000) changes committed with the snapshot's signal, which it streams after the window closed
     and before it reaches the window's markers), it emits the read of a row after later updates of
     the row were committed; the row must end with the last update, in Cassandra and in the bridge."""
+    if BACKLOG_ROWS <= 0:
+        pytest.skip("RECON_BACKLOG_ROWS=0: the race behind a backlog is left to the full suite (`make test`)")
     stream_control.start()
     _wait("the stream to catch up", lambda: _lag(settings, cassandra) < MAX_LAG, 900)
     row_time = (datetime.now(UTC) - timedelta(minutes=30)).replace(microsecond=0)
