@@ -101,7 +101,11 @@ MAX_CATCH_UP = timedelta(hours=6)
 
 def catch_up_start(interval_start: datetime | None, previous_end: datetime | None, scheduled: bool) -> datetime | None:
     """Where a run's historical loads start: its own interval's start, or for a scheduled run the end of
-    the last successful run's interval when that is earlier (at most MAX_CATCH_UP before the start)."""
+    the last successful run's interval when that is earlier (at most MAX_CATCH_UP before the start).
+    Airflow passes `prev_data_interval_end_success` as a lazy proxy, which `is None` does not see
+    through: anything that is not a datetime means no successful run yet."""
+    if not isinstance(previous_end, datetime):
+        previous_end = None
     if not scheduled or interval_start is None or previous_end is None or previous_end >= interval_start:
         return interval_start
     start = max(previous_end, interval_start - MAX_CATCH_UP)

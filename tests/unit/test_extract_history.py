@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import lazy_object_proxy
 import pytest
 
 from include.binance.client import BinanceClient
@@ -240,6 +241,10 @@ def test_a_scheduled_run_loads_history_from_the_last_successful_runs_end() -> No
     # the run before ended where this one starts, or no run succeeded yet: its own interval
     assert catch_up_start(start, start, scheduled=True) == start
     assert catch_up_start(start, None, scheduled=True) == start
+    # how Airflow hands over prev_data_interval_end_success on a stack's first scheduled run
+    assert catch_up_start(start, lazy_object_proxy.Proxy(lambda: None), scheduled=True) == start
+    assert catch_up_start(start, lazy_object_proxy.Proxy(lambda: start - minutes(4)), scheduled=True) == \
+        start - minutes(4)
 
 
 def test_a_backfill_or_manual_run_loads_exactly_its_interval() -> None:
