@@ -2,14 +2,17 @@
 
 Usage: python -m stack {up,down,status,env,clean,demo} [options]
 
-  up      write .env from .env.example if missing, start every service, wait for each health check
+  up      write .env from .env.example if missing, start supervisord and every service under it,
+          wait for each health check
           [--offline: the bundled Binance-compatible server as binance_api and binance_archive]
-  down    stop what `up` started (by PID file), keeping all data
+  down    stop every service and supervisord, keeping all data
   status  one line per service, the rows per stage, the health figures measured now (read-only)
   env     print the settings from .env, expanded (for scripts)
   clean   stop everything and delete the runtime folder (.run/)
   demo    `up`, then the pipeline: cdc_setup, the DAGs unpaused, data in every stage [--offline]
   nodetool ARGS  Cassandra's nodetool against the local node (e.g. tablestats binance_test)
+  exec SERVICE   replace this process with a service (supervisord's command for each program)
+  watchdog       restart stuck Airflow services and ones supervisord gave up on (a program too)
 
 Installs (venvs, jars, Debian packages) are the Makefile's job; this only runs services.
 """
@@ -20,6 +23,7 @@ import argparse
 import sys
 
 from stack import localstack as ls
+from stack.supervisor import SupervisorError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo")
     demo.add_argument("--offline", action="store_true", help="feed it from the bundled Binance-compatible server")
     demo.add_argument("--timeout", type=float, default=480, help="seconds to wait for data in every stage")
+    run = sub.add_parser("exec")
+    run.add_argument("service")
+    sub.add_parser("watchdog")
     tool = sub.add_parser("nodetool")
     tool.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -58,11 +65,17 @@ def main(argv: list[str] | None = None) -> int:
             ls.clean()
         elif args.command == "nodetool":
             print(ls.nodetool(ls.load_env(), *args.args), end="")
+        elif args.command == "exec":
+            ls.exec_service(args.service)
+        elif args.command == "watchdog":
+            from stack.watchdog import run
+
+            run()
         elif args.command == "demo":
             from stack.demo import demo as run_demo
 
             run_demo(args.offline, args.timeout)
-    except ls.StackError as exc:
+    except (ls.StackError, SupervisorError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
     return 0

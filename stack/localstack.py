@@ -1,17 +1,20 @@
 """Local stack: every service of the pipeline on one machine, from the project's own files.
 
-`up` writes .env from .env.example if missing, then starts PostgreSQL, Kafka (KRaft), Cassandra,
-Kafka Connect and Airflow in dependency order and waits for each health check; `down` stops what
-`up` started (by PID file), keeping all data; `clean` also deletes the runtime folder (.run/).
+`up` writes .env from .env.example if missing, starts supervisord (stack/supervisor.py), then has it
+start PostgreSQL, Kafka (KRaft), Cassandra, Kafka Connect and Airflow in dependency order, waiting
+for each health check, and last the watchdog (stack/watchdog.py); from then on a service that stops
+is started again without anyone running `up`. `down` stops them all and supervisord, keeping all
+data; `clean` also deletes the runtime folder (.run/).
 The command line is stack/__main__.py (`python -m stack up|down|status|env|clean|demo`).
 
 Installs (venvs, jars, Debian packages) are the Makefile's job; this script only runs services.
-Data, logs and PID files live under .run/ (git-ignored). Every socket binds 127.0.0.1.
+Data, logs and supervisord's socket live under .run/ (git-ignored). Every socket binds 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import pwd
@@ -30,11 +33,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from include.names import ARCHIVE_POOL, BINANCE_POOL
+from stack import supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / ".run"
 LOGS = RUN / "logs"
-PIDS = RUN / "pids"
+LEGACY_PIDS = RUN / "pids"
 CONF = REPO / "stack" / "conf"
 JARS = REPO / ".cache" / "jvm"
 ENV_FILE = REPO / ".env"
@@ -168,72 +172,46 @@ def service_env(settings: dict[str, str]) -> dict[str, str]:
 # --------------------------------------------------------------------------- processes
 
 
-def pid_file(name: str) -> Path:
-    return PIDS / f"{name}.pid"
-
-
 def log_file(name: str) -> Path:
     return LOGS / f"{name}.log"
 
 
 def read_pid(name: str) -> int | None:
-    path = pid_file(name)
-    try:
-        pid = int(path.read_text().split()[0])
-    except (FileNotFoundError, ValueError, IndexError):
-        return None
+    """The PID of a service supervisord runs now, else None."""
+    return supervisor.pid(name)
+
+
+def _stop_legacy() -> None:
+    """Stop the services of a stack started before supervisord ran them (PID files under .run/pids/),
+    so that supervisord can take over their ports; their data stays."""
+    for path in sorted(LEGACY_PIDS.glob("*.pid")) if LEGACY_PIDS.is_dir() else []:
+        try:
+            pid = int(path.read_text().split()[0])
+            os.kill(pid, 0)
+        except (ValueError, IndexError, ProcessLookupError):
+            path.unlink()
+            continue
+        print(f"{path.stem}: stopping PID {pid}, started before supervisord ran the stack")
+        if path.stem == "postgres":
+            subprocess.run(_as_postgres([str(_pg_bin() / "pg_ctl"), "-D", str(_pg_dirs()[0]), "-m", "fast", "-w",
+                                         "stop"]), check=False, stdout=subprocess.DEVNULL)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.3)
+            if _alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+        path.unlink()
+
+
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
-
-
-def spawn(name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> int:
-    """Start a service in its own session, stdout+stderr appended to its log, PID recorded."""
-    LOGS.mkdir(parents=True, exist_ok=True)
-    PIDS.mkdir(parents=True, exist_ok=True)
-    log = open(log_file(name), "ab")  # noqa: SIM115 - handed to the child
-    log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n".encode())
-    log.flush()
-    proc = subprocess.Popen(
-        argv,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        cwd=str(cwd or REPO),
-        start_new_session=True,
-    )
-    log.close()
-    pid_file(name).write_text(f"{proc.pid}\n")
-    return proc.pid
-
-
-def stop_pid(name: str, timeout: float = 30.0) -> None:
-    """SIGTERM the process group we started (its id is the PID we recorded), then SIGKILL."""
-    pid = read_pid(name)
-    if pid is None:
-        pid_file(name).unlink(missing_ok=True)
-        return
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and read_pid(name) is not None:
-        time.sleep(0.3)
-    if read_pid(name) is not None:
-        print(f"{name}: still running after {timeout:.0f}s, sending SIGKILL to PID {pid}")
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    pid_file(name).unlink(missing_ok=True)
+        return False
+    return True
 
 
 def port_open(host: str, port: int) -> bool:
@@ -260,16 +238,15 @@ def wait_for(name: str, check: Callable[[], bool], timeout: float, log: Path) ->
                 return
         except Exception as exc:  # noqa: BLE001 - any failure of a probe means "not yet"
             last_error = f"{type(exc).__name__}: {exc}"
-        if name in _SPAWNED and read_pid(name) is None:
-            raise StackError(f"{name} exited during start-up. Last lines of {log}:\n{tail(log)}")
+        record = supervisor.info(name)
+        if record and record["statename"] == "FATAL":
+            raise StackError(f"{name} failed to start {supervisor.START_RETRIES} times in a row. "
+                             f"Last lines of {log}:\n{tail(log)}")
         time.sleep(1.0)
     raise StackError(
         f"{name} not healthy after {timeout:.0f}s ({last_error or 'health check failing'}). "
         f"Last lines of {log}:\n{tail(log)}"
     )
-
-
-_SPAWNED: set[str] = set()
 
 
 def java() -> str:
@@ -324,12 +301,12 @@ def _pg_dirs() -> tuple[Path, Path]:
     return RUN / "postgres" / "data", RUN / "postgres" / "socket"
 
 
-def start_postgres(s: dict[str, str]) -> None:
+def prepare_postgres(s: dict[str, str]) -> None:
+    """initdb on first use, then this stack's settings into postgresql.conf and pg_hba.conf."""
     data, sock = _pg_dirs()
     binp = _pg_bin()
     owner = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
     sock.mkdir(parents=True, exist_ok=True)
-    LOGS.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         shutil.chown(sock, owner, owner)
         shutil.chown(RUN / "postgres", owner, owner)
@@ -352,26 +329,12 @@ def start_postgres(s: dict[str, str]) -> None:
     shutil.copy(CONF / "pg_hba.conf", data / "pg_hba.conf")
     if os.geteuid() == 0:
         shutil.chown(data / "pg_hba.conf", owner, owner)
-    if read_pid("postgres") is not None:
-        return
-    pg_log = log_file("postgres")
-    pg_log.touch()
-    if os.geteuid() == 0:
-        shutil.chown(pg_log, owner, owner)
-    if port_open(s["POSTGRES_HOST"], int(s["POSTGRES_PORT"])):
-        raise StackError(
-            f"port {s['POSTGRES_PORT']} is taken by another PostgreSQL (e.g. Debian's own cluster): "
-            "stop it or set POSTGRES_PORT in .env"
-        )
-    subprocess.run(
-        _as_postgres([str(binp / "pg_ctl"), "-D", str(data), "-l", str(pg_log), "-w", "-t", "60", "start"]),
-        check=False, stdout=subprocess.DEVNULL,
-    )
-    postmaster = data / "postmaster.pid"
-    if not postmaster.exists():
-        raise StackError(f"postgres did not start. Last lines of {pg_log}:\n{tail(pg_log)}")
-    PIDS.mkdir(parents=True, exist_ok=True)
-    pid_file("postgres").write_text(postmaster.read_text().splitlines()[0] + "\n")
+
+
+def postgres_command(s: dict[str, str]) -> Command:
+    # the postmaster in the foreground, logging to stderr (supervisord's log); as `postgres` under root
+    return Command([str(_pg_bin() / "postgres"), "-D", str(_pg_dirs()[0])], dict(os.environ),
+                   user="postgres" if os.geteuid() == 0 else None)
 
 
 def postgres_healthy(s: dict[str, str]) -> bool:
@@ -402,14 +365,6 @@ def bootstrap_postgres(s: dict[str, str]) -> None:
         raise StackError(f"postgres bootstrap (stack/postgres/bootstrap.sql) failed:\n{r.stderr.decode()}")
 
 
-def stop_postgres(s: dict[str, str]) -> None:
-    data, _ = _pg_dirs()
-    if (data / "postmaster.pid").exists():
-        subprocess.run(_as_postgres([str(_pg_bin() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                       check=False, stdout=subprocess.DEVNULL)
-    pid_file("postgres").unlink(missing_ok=True)
-
-
 # ---- Kafka broker and Kafka Connect
 
 
@@ -418,29 +373,33 @@ def _jvm_logging(name: str) -> list[str]:
             f"-Djava.io.tmpdir={RUN / 'tmp'}"]
 
 
-def start_kafka(s: dict[str, str]) -> None:
-    if read_pid("kafka") is not None:
-        return
+def _kafka_base(s: dict[str, str]) -> list[str]:
+    return [java(), f"-Xms{s['KAFKA_HEAP']}", f"-Xmx{s['KAFKA_HEAP']}", "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20", *_jvm_logging("kafka"), "-cp", classpath(JARS / "kafka")]
+
+
+def prepare_kafka(s: dict[str, str]) -> None:
+    """Format the KRaft log dir on first use."""
     props = render(CONF / "kafka-server.properties", RUN / "kafka" / "server.properties", s)
     (RUN / "tmp").mkdir(parents=True, exist_ok=True)
-    data = RUN / "kafka" / "data"
-    cp = classpath(JARS / "kafka")
-    base = [java(), f"-Xms{s['KAFKA_HEAP']}", f"-Xmx{s['KAFKA_HEAP']}", "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20", *_jvm_logging("kafka"), "-cp", cp]
-    if not (data / "meta.properties").exists():
-        print("kafka: formatting the KRaft log dir")
-        cluster_file = RUN / "kafka" / "cluster.id"
-        if not cluster_file.exists():
-            out = subprocess.run([*base, "kafka.tools.StorageTool", "random-uuid"], capture_output=True,
-                                 text=True, check=True)
-            cluster_file.write_text(out.stdout.strip().splitlines()[-1] + "\n")
-        r = subprocess.run([*base, "kafka.tools.StorageTool", "format", "-t", cluster_file.read_text().strip(),
-                            "-c", str(props), "--ignore-formatted"], capture_output=True, text=True, check=False)
-        if r.returncode != 0:
-            raise StackError(f"kafka storage format failed:\n{r.stdout}\n{r.stderr}")
-    _check_port_free("kafka", s["KAFKA_HOST"], int(s["KAFKA_PORT"]))
-    spawn("kafka", [*base, "kafka.Kafka", str(props)], service_env(s))
-    _SPAWNED.add("kafka")
+    if (RUN / "kafka" / "data" / "meta.properties").exists():
+        return
+    print("kafka: formatting the KRaft log dir")
+    base = _kafka_base(s)
+    cluster_file = RUN / "kafka" / "cluster.id"
+    if not cluster_file.exists():
+        out = subprocess.run([*base, "kafka.tools.StorageTool", "random-uuid"], capture_output=True,
+                             text=True, check=True)
+        cluster_file.write_text(out.stdout.strip().splitlines()[-1] + "\n")
+    r = subprocess.run([*base, "kafka.tools.StorageTool", "format", "-t", cluster_file.read_text().strip(),
+                        "-c", str(props), "--ignore-formatted"], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise StackError(f"kafka storage format failed:\n{r.stdout}\n{r.stderr}")
+
+
+def kafka_command(s: dict[str, str]) -> Command:
+    props = render(CONF / "kafka-server.properties", RUN / "kafka" / "server.properties", s)
+    return Command([*_kafka_base(s), "kafka.Kafka", str(props)], service_env(s))
 
 
 def kafka_healthy(s: dict[str, str]) -> bool:
@@ -454,16 +413,11 @@ def kafka_healthy(s: dict[str, str]) -> bool:
     return len(meta.brokers) >= 1
 
 
-def start_connect(s: dict[str, str]) -> None:
-    if read_pid("kafka-connect") is not None:
-        return
+def connect_command(s: dict[str, str]) -> Command:
     props = render(CONF / "kafka-connect.properties", RUN / "kafka-connect" / "worker.properties", s)
-    _check_port_free("kafka-connect", s["KAFKA_CONNECT_HOST"], int(s["KAFKA_CONNECT_PORT"]))
-    argv = [java(), f"-Xms{s['KAFKA_CONNECT_HEAP']}", f"-Xmx{s['KAFKA_CONNECT_HEAP']}", "-XX:+UseG1GC",
-            *_jvm_logging("kafka-connect"), "-cp", classpath(JARS / "kafka"),
-            "org.apache.kafka.connect.cli.ConnectDistributed", str(props)]
-    spawn("kafka-connect", argv, service_env(s))
-    _SPAWNED.add("kafka-connect")
+    return Command([java(), f"-Xms{s['KAFKA_CONNECT_HEAP']}", f"-Xmx{s['KAFKA_CONNECT_HEAP']}", "-XX:+UseG1GC",
+                    *_jvm_logging("kafka-connect"), "-cp", classpath(JARS / "kafka"),
+                    "org.apache.kafka.connect.cli.ConnectDistributed", str(props)], service_env(s))
 
 
 def _http_json(url: str, timeout: float = 5.0) -> object:
@@ -497,9 +451,7 @@ _CASSANDRA_JVM17 = [
 ]
 
 
-def start_cassandra(s: dict[str, str]) -> None:
-    if read_pid("cassandra") is not None:
-        return
+def cassandra_command(s: dict[str, str]) -> Command:
     yaml = render(CONF / "cassandra.yaml", RUN / "cassandra" / "cassandra.yaml", s)
     for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw"):
         (RUN / "cassandra" / sub).mkdir(parents=True, exist_ok=True)
@@ -507,7 +459,6 @@ def start_cassandra(s: dict[str, str]) -> None:
     jamm = next((JARS / "cassandra").glob("jamm-*.jar"), None)
     if jamm is None:
         raise StackError(f"jamm jar missing from {JARS / 'cassandra'}: run `make install`")
-    _check_port_free("cassandra", s["CASSANDRA_HOST"], int(s["CASSANDRA_PORT"]))
     heap = s["CASSANDRA_HEAP"]
     argv = [
         java(), f"-Xms{heap}", f"-Xmx{heap}", *_CASSANDRA_JVM17, f"-javaagent:{jamm}",
@@ -521,8 +472,7 @@ def start_cassandra(s: dict[str, str]) -> None:
         f"-Dcassandra.jmx.local.port={s.get('CASSANDRA_JMX_PORT', '7199')}",
         "-cp", classpath(JARS / "cassandra"), "org.apache.cassandra.service.CassandraDaemon",
     ]
-    spawn("cassandra", argv, service_env(s))
-    _SPAWNED.add("cassandra")
+    return Command(argv, service_env(s))
 
 
 _LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \[")
@@ -596,18 +546,9 @@ def cassandra_healthy(s: dict[str, str]) -> bool:
 # ---- the bundled Binance-compatible server (offline demo only)
 
 
-def start_binance_api(s: dict[str, str]) -> None:
-    if binance_mode() != "offline":
-        if read_pid("binance-api") is not None:
-            stop_pid("binance-api")
-        return
-    if read_pid("binance-api") is not None:
-        return
-    port = s.get("BINANCE_TEST_SERVER_PORT", "8765")
-    _check_port_free("binance-api", "127.0.0.1", int(port))
-    spawn("binance-api", [str(VENV_BIN / "python"), "-m", "stack.exchange", "--host", "127.0.0.1",
-                          "--port", port], service_env(s))
-    _SPAWNED.add("binance-api")
+def binance_api_command(s: dict[str, str]) -> Command:
+    return Command([str(VENV_BIN / "python"), "-m", "stack.exchange", "--host", "127.0.0.1",
+                    "--port", s.get("BINANCE_TEST_SERVER_PORT", "8765")], service_env(s))
 
 
 def binance_api_healthy(s: dict[str, str]) -> bool:
@@ -664,60 +605,73 @@ def _airflow_cli(s: dict[str, str], *args: str) -> None:
         raise StackError(f"`airflow {' '.join(args)}` failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
 
 
+def airflow_command(part: str, s: dict[str, str]) -> Command:
+    args = {
+        "airflow-api-server": ("api-server", "--host", s["AIRFLOW_HOST"], "--port", s["AIRFLOW_PORT"]),
+        # the log servers would bind every interface; with LocalExecutor the API server reads
+        # task logs from the shared AIRFLOW_HOME instead
+        "airflow-scheduler": ("scheduler", "--skip-serve-logs"),
+        "airflow-dag-processor": ("dag-processor",),
+        "airflow-triggerer": ("triggerer", "--skip-serve-logs"),
+    }[part]
+    return Command(_airflow(s, *args), service_env(s), cwd=Path(s["AIRFLOW_HOME"]))
+
+
 def start_airflow(s: dict[str, str]) -> None:
-    env = service_env(s)
     started_mode = Path(s["AIRFLOW_HOME"]) / ".binance_api_mode"
     running = [p for p in AIRFLOW_PARTS if read_pid(p) is not None]
     if running and started_mode.exists() and started_mode.read_text().strip() != binance_mode():
         # the binance_api connection lives in the processes' environment: restart them to switch it
         print(f"airflow: restarting to switch the binance_api connection to {binance_mode()}")
         for part in reversed(AIRFLOW_PARTS):
-            stop_pid(part)
+            supervisor.stop(part)
     started_mode.write_text(binance_mode() + "\n")
-    for part in _hung_airflow_parts(s):
-        # alive but no heartbeat while the database answers (seen after a Postgres restart): restart it
+    for part in hung_airflow_parts(airflow_health(s), datetime.now(UTC), running_since(AIRFLOW_PARTS)):
         print(f"{part}: running but its heartbeat stopped; restarting it")
-        stop_pid(part)
-    commands = {
-        "airflow-api-server": _airflow(s, "api-server", "--host", s["AIRFLOW_HOST"], "--port", s["AIRFLOW_PORT"]),
-        # the log servers would bind every interface; with LocalExecutor the API server reads
-        # task logs from the shared AIRFLOW_HOME instead
-        "airflow-scheduler": _airflow(s, "scheduler", "--skip-serve-logs"),
-        "airflow-dag-processor": _airflow(s, "dag-processor"),
-        "airflow-triggerer": _airflow(s, "triggerer", "--skip-serve-logs"),
-    }
-    for name, argv in commands.items():
-        if read_pid(name) is None:
-            if name == "airflow-api-server":
-                _check_port_free(name, s["AIRFLOW_HOST"], int(s["AIRFLOW_PORT"]))
-            spawn(name, argv, env, cwd=Path(s["AIRFLOW_HOME"]))
-            _SPAWNED.add(name)
+        supervisor.stop(part)
+    for part in AIRFLOW_PARTS:
+        _start(part, s, "AIRFLOW_HOST", "AIRFLOW_PORT" if part == "airflow-api-server" else None)
 
 
 # heartbeat components of /api/v2/monitor/health, by the service that sends it
 _HEARTBEATS = {"scheduler": "airflow-scheduler", "triggerer": "airflow-triggerer",
                "dag_processor": "airflow-dag-processor"}
-HUNG_AFTER_S = 90.0
+# a heartbeat is sent every few seconds; this old, with the database answering, the service is stuck
+HUNG_AFTER_S = 60.0
 
 
-def _hung_airflow_parts(s: dict[str, str]) -> list[str]:
-    """Airflow services whose process runs but whose heartbeat is older than HUNG_AFTER_S while the
-    metadata database is healthy (so the service itself is stuck, not waiting for the database)."""
+def airflow_health(s: dict[str, str]) -> dict | None:
+    """The API server's /api/v2/monitor/health, or None if it does not answer."""
     try:
-        health = _http_json(f"{s['AIRFLOW_URL']}/api/v2/monitor/health")
-    except Exception:  # noqa: BLE001 - no API server yet: nothing to judge
-        return []
-    if health.get("metadatabase", {}).get("status") != "healthy":  # type: ignore[union-attr]
+        return _http_json(f"{s['AIRFLOW_URL']}/api/v2/monitor/health", timeout=10)  # type: ignore[return-value]
+    except Exception:  # noqa: BLE001 - not answering, whatever the reason
+        return None
+
+
+def hung_airflow_parts(health: dict | None, now: datetime, started: dict[str, datetime]) -> list[str]:
+    """Airflow services that have run for over HUNG_AFTER_S (`started`: when each running one
+    started) but whose heartbeat is older than that while the metadata database is healthy: the
+    service itself is stuck (seen after a PostgreSQL restart), not waiting for its database."""
+    if not health or health.get("metadatabase", {}).get("status") != "healthy":
         return []
     hung = []
-    now = datetime.now(UTC)
     for component, part in _HEARTBEATS.items():
-        beat = health.get(component, {}).get(f"latest_{component}_heartbeat")  # type: ignore[union-attr]
-        if read_pid(part) is None or not beat:
+        beat = health.get(component, {}).get(f"latest_{component}_heartbeat")
+        if part not in started or not beat or (now - started[part]).total_seconds() <= HUNG_AFTER_S:
             continue
         if (now - datetime.fromisoformat(beat)).total_seconds() > HUNG_AFTER_S:
             hung.append(part)
     return hung
+
+
+def running_since(names: tuple[str, ...] | list[str]) -> dict[str, datetime]:
+    """When each of these services that runs now started (supervisord's record)."""
+    out = {}
+    for name in names:
+        record = supervisor.info(name)
+        if record and record["statename"] == "RUNNING":
+            out[name] = datetime.fromtimestamp(record["start"], UTC)
+    return out
 
 
 def airflow_healthy(s: dict[str, str]) -> bool:
@@ -747,7 +701,68 @@ SERVICES = [
     Service("airflow-scheduler", None),
     Service("airflow-dag-processor", None),
     Service("airflow-triggerer", None),
+    Service("watchdog", None),
 ]
+
+
+@dataclass
+class Command:
+    """What `python -m stack exec <service>` replaces itself with."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path = REPO
+    # drop to this OS user first (PostgreSQL refuses to run as root)
+    user: str | None = None
+
+
+def command(name: str, s: dict[str, str]) -> Command:
+    """The command line of a service, built from the settings as they are now (a restart re-reads .env)."""
+    builders: dict[str, Callable[[dict[str, str]], Command]] = {
+        "postgres": postgres_command, "kafka": kafka_command, "cassandra": cassandra_command,
+        "kafka-connect": connect_command, "binance-api": binance_api_command,
+        "watchdog": lambda s: Command([str(VENV_BIN / "python"), "-m", "stack", "watchdog"], service_env(s)),
+        **{part: (lambda s, part=part: airflow_command(part, s)) for part in AIRFLOW_PARTS},
+    }
+    if name not in builders:
+        raise StackError(f"no service named {name!r}; services: {', '.join(builders)}")
+    return builders[name](s)
+
+
+def exec_service(name: str) -> None:
+    """Replace this process with the service (supervisord's program command), so that the PID
+    supervisord watches, signals and reports is the service's own."""
+    cmd = command(name, load_env())
+    os.chdir(cmd.cwd)
+    if cmd.user:
+        user = pwd.getpwnam(cmd.user)
+        os.initgroups(cmd.user, user.pw_gid)
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+        cmd.env.update(HOME=user.pw_dir, USER=cmd.user, LOGNAME=cmd.user)
+    os.execvpe(cmd.argv[0], cmd.argv, cmd.env)
+
+
+def programs() -> list[supervisor.Program]:
+    """supervisord's programs: one per service."""
+    special = {
+        # SIGINT: PostgreSQL's fast shutdown; the postmaster stops its own children
+        "postgres": supervisor.Program("postgres", stop_wait=60, stop_signal="INT", as_group=False),
+        "kafka": supervisor.Program("kafka", stop_wait=60),
+        # draining and flushing memtables can take a while on a full node
+        "cassandra": supervisor.Program("cassandra", stop_wait=90),
+    }
+    return [special.get(svc.name, supervisor.Program(svc.name)) for svc in SERVICES]
+
+
+def _start(name: str, s: dict[str, str], host_key: str | None = None, port_key: str | None = None) -> None:
+    """Have supervisord start a service unless it runs; its port must be free first."""
+    record = supervisor.info(name)
+    if record and record["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
+        return
+    if host_key and port_key:
+        _check_port_free(name, s[host_key], int(s[port_key]))
+    supervisor.start(name)
 
 
 def _timed(label: str, fn: Callable[[], None], t0: float) -> None:
@@ -756,22 +771,34 @@ def _timed(label: str, fn: Callable[[], None], t0: float) -> None:
 
 
 def up(timeout: float = 180.0) -> None:
-    """Install-free part of `make up`: .env on first use, every service started and healthy."""
+    """Install-free part of `make up`: .env on first use, every service started under supervisord
+    and healthy."""
     write_env_if_missing()
     s = load_env()
     t0 = time.monotonic()
-    print(f"starting the local stack (data and logs in {RUN})")
+    print(f"starting the local stack under supervisord (data and logs in {RUN})")
+    _stop_legacy()
+    supervisor.ensure_running(programs(), REPO)
+    # the watchdog would start what `up` has not started yet: it runs once the rest is up
+    supervisor.stop("watchdog")
     # independent services first, started together; the rest once what they need is healthy
-    start_postgres(s)
-    start_kafka(s)
-    start_cassandra(s)
+    prepare_postgres(s)
+    _start("postgres", s, "POSTGRES_HOST", "POSTGRES_PORT")
+    prepare_kafka(s)
+    _start("kafka", s, "KAFKA_HOST", "KAFKA_PORT")
+    for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw"):
+        (RUN / "cassandra" / sub).mkdir(parents=True, exist_ok=True)
+    _start("cassandra", s, "CASSANDRA_HOST", "CASSANDRA_PORT")
     _timed("postgres", lambda: (wait_for("postgres", lambda: postgres_healthy(s), timeout, log_file("postgres")),
                                 bootstrap_postgres(s)), t0)
-    start_binance_api(s)
+    if binance_mode() == "offline":
+        _start("binance-api", s)
+    else:
+        supervisor.stop("binance-api")
     prepare_airflow(s)
     start_airflow(s)
     _timed("kafka", lambda: wait_for("kafka", lambda: kafka_healthy(s), timeout, log_file("kafka")), t0)
-    start_connect(s)
+    _start("kafka-connect", s, "KAFKA_CONNECT_HOST", "KAFKA_CONNECT_PORT")
     _timed("cassandra", lambda: (wait_for("cassandra", lambda: cassandra_port_open(s), timeout,
                                           log_file("cassandra")),
                                  _retry(lambda: secure_cassandra(s), 60, "cassandra role setup"),
@@ -784,7 +811,9 @@ def up(timeout: float = 180.0) -> None:
                                                log_file("binance-api")), t0)
     _timed("airflow", lambda: wait_for("airflow-scheduler", lambda: airflow_healthy(s), timeout,
                                        log_file("airflow-scheduler")), t0)
-    print(f"stack up in {time.monotonic() - t0:.1f}s")
+    supervisor.start("watchdog")
+    print(f"stack up in {time.monotonic() - t0:.1f}s; supervisord restarts any service that stops "
+          f"(logs: {LOGS}/<service>.log)")
     print(f"Airflow: {s['AIRFLOW_URL']}  login: {s['AIRFLOW_ADMIN_USER']} / {s['AIRFLOW_ADMIN_PASSWORD']}")
 
 
@@ -801,15 +830,16 @@ def _retry(fn: Callable[[], None], timeout: float, what: str) -> None:
 
 
 def down() -> None:
-    s = load_env() if ENV_FILE.exists() else {}
+    """Stop every service (the watchdog first, so nothing is started again), then supervisord."""
+    _stop_legacy()
+    if not supervisor.running():
+        print("stack down (data kept in .run/)")
+        return
     for name in reversed([svc.name for svc in SERVICES]):
-        if name == "postgres":
-            if s:
-                stop_postgres(s)
-            continue
         if read_pid(name) is not None:
             print(f"stopping {name} (PID {read_pid(name)})")
-        stop_pid(name, timeout=60 if name == "cassandra" else 30)
+        supervisor.stop(name)
+    supervisor.shutdown()
     print("stack down (data kept in .run/)")
 
 

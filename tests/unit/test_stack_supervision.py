@@ -1,0 +1,145 @@
+"""The local stack's supervision: supervisord's configuration, a real supervisord restarting a killed
+program, and the watchdog's decisions."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from stack import localstack as ls
+from stack import supervisor
+from stack.watchdog import API_SILENT_S, COOLDOWN_S, FATAL_RETRY_S, Watchdog
+
+
+def _config(tmp_path: Path, python: str) -> configparser.ConfigParser:
+    text = supervisor.render_config(ls.programs(), python, tmp_path, home=tmp_path, logs=tmp_path)
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
+    return parser
+
+
+def test_every_service_is_a_program_restarted_whatever_its_exit(tmp_path):
+    conf = _config(tmp_path, "/venv/bin/python")
+    names = {s[len("program:"):] for s in conf.sections() if s.startswith("program:")}
+    assert names == {svc.name for svc in ls.SERVICES}
+    for name in names:
+        program = conf[f"program:{name}"]
+        assert program["command"] == f"/venv/bin/python -m stack exec {name}"
+        assert program["autorestart"] == "true"
+        assert program["autostart"] == "false"  # `up` starts them in dependency order
+        assert int(program["startretries"]) >= 10
+        assert program["stdout_logfile_maxbytes"] == supervisor.LOG_MAX_BYTES
+    # the postmaster stops its own backends on SIGINT (fast shutdown); a group kill would not let it
+    assert conf["program:postgres"]["stopsignal"] == "INT"
+    assert conf["program:postgres"]["stopasgroup"] == "false"
+    assert conf["program:airflow-scheduler"]["killasgroup"] == "true"
+
+
+def test_exec_builds_each_service_from_the_settings():
+    s = ls.load_env() if ls.ENV_FILE.exists() else None
+    if s is None:
+        pytest.skip(".env is written by `make up`")
+    for svc in ls.SERVICES:
+        cmd = ls.command(svc.name, s)
+        assert cmd.argv and Path(cmd.argv[0]).is_absolute(), svc.name
+    assert ls.command("postgres", s).argv[-2:] == ["-D", str(ls.RUN / "postgres" / "data")]
+    with pytest.raises(ls.StackError, match="no service named 'kafak'"):
+        ls.command("kafak", s)
+
+
+def test_a_real_supervisord_restarts_a_killed_program(tmp_path):
+    # a stand-in "python" that ignores `-m stack exec <name>` and sleeps: supervisord itself is real
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexec sleep 600\n")
+    fake.chmod(0o755)
+    programs = [supervisor.Program("sleeper", stop_wait=5)]
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(supervisor.render_config(programs, str(fake), tmp_path, home=tmp_path, logs=tmp_path))
+    subprocess.run([str(Path(sys.executable).parent / "supervisord"), "-c", str(conf)], check=True)
+    server = supervisor.rpc(tmp_path / supervisor.SOCKET.name).supervisor
+    daemon = int((tmp_path / supervisor.PIDFILE.name).read_text())
+    try:
+        _until(lambda: server.getState()["statename"] == "RUNNING", 20)
+        server.startProcess("sleeper", True)
+        first = server.getProcessInfo("sleeper")["pid"]
+        os.kill(first, signal.SIGKILL)
+        _until(lambda: server.getProcessInfo("sleeper")["statename"] == "RUNNING"
+               and server.getProcessInfo("sleeper")["pid"] != first, 20)
+        second = server.getProcessInfo("sleeper")["pid"]
+        assert Path(f"/proc/{second}/cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", b"600"]
+    finally:
+        server.shutdown()
+        _until(lambda: not Path(f"/proc/{daemon}").exists(), 30)
+
+
+def _until(check, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+# ---- the watchdog's decisions
+
+
+def _health(age_s: dict[str, float], db: str = "healthy") -> dict:
+    now = datetime.now(UTC)
+    out: dict = {"metadatabase": {"status": db}}
+    for component, age in age_s.items():
+        beat = (now - timedelta(seconds=age)).isoformat()
+        out[component] = {"status": "healthy", f"latest_{component}_heartbeat": beat}
+    return out
+
+
+def test_a_stale_heartbeat_is_hung_only_with_the_database_up_and_the_process_old_enough():
+    now = datetime.now(UTC)
+    old = {p: now - timedelta(seconds=600) for p in ls.AIRFLOW_PARTS}
+    health = _health({"scheduler": 90, "triggerer": 5, "dag_processor": 90})
+    assert sorted(ls.hung_airflow_parts(health, now, old)) == ["airflow-dag-processor", "airflow-scheduler"]
+    # the database is down: the services wait for it, they are not stuck
+    assert ls.hung_airflow_parts(_health({"scheduler": 90}, db="unhealthy"), now, old) == []
+    # just (re)started: the heartbeat shown is the previous process's
+    young = {**old, "airflow-scheduler": now - timedelta(seconds=20)}
+    assert ls.hung_airflow_parts(_health({"scheduler": 90}), now, young) == []
+    # not running: supervisord's business
+    assert ls.hung_airflow_parts(_health({"scheduler": 90}), now, {}) == []
+    assert ls.hung_airflow_parts(None, now, old) == []
+
+
+def test_the_watchdog_restarts_a_hung_service_once_per_cooldown():
+    dog = Watchdog()
+    states = {"airflow-scheduler": "RUNNING"}
+    assert dog.decide(0, states, ["airflow-scheduler"], True, 600) == [
+        ("airflow-scheduler", "restart", "its heartbeat stopped while the metadata database answers")]
+    assert dog.decide(COOLDOWN_S - 1, states, ["airflow-scheduler"], True, 600) == []
+    assert [a[0] for a in dog.decide(COOLDOWN_S, states, ["airflow-scheduler"], True, 600)] == ["airflow-scheduler"]
+
+
+def test_the_watchdog_starts_fatal_services_again_at_most_once_per_retry_period():
+    dog = Watchdog()
+    states = {"kafka": "FATAL", "binance-api": "STOPPED", "cassandra": "RUNNING"}
+    assert dog.decide(0, states, [], True, 600) == [("kafka", "start", "supervisord gave up after its start retries")]
+    assert dog.decide(FATAL_RETRY_S / 2, states, [], True, 600) == []
+    assert [a[0] for a in dog.decide(FATAL_RETRY_S, states, [], True, 600)] == ["kafka"]
+
+
+def test_the_watchdog_restarts_an_api_server_silent_for_a_minute():
+    dog = Watchdog()
+    assert dog.decide(0, {}, [], False, 600) == []
+    assert dog.decide(API_SILENT_S - 10, {}, [], False, 600) == []
+    assert [a[:2] for a in dog.decide(API_SILENT_S, {}, [], False, 600)] == [("airflow-api-server", "restart")]
+    # answering again resets the count
+    dog2 = Watchdog()
+    dog2.decide(0, {}, [], False, 600)
+    dog2.decide(30, {}, [], True, 600)
+    assert dog2.decide(API_SILENT_S + 5, {}, [], False, 600) == []
+    # a process that has just started is given its minute
+    assert Watchdog().decide(0, {}, [], False, 10) == [] and Watchdog().decide(100, {}, [], False, 10) == []
