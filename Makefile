@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo     install what is missing, start the stack and the pipeline, print the Airflow login"
 	@echo "make test     install what is missing, start the stack, run the whole test suite"
-	@echo "make test-faults   kill -9 each service under load, bad input, WAL safety (run alone)"
+	@echo "make test-faults   kill -9 each service under load (supervisord restarts it), bad input, WAL safety (run alone)"
 	@echo "make test-soak     30 days of default operation through the pipeline (SOAK_DAYS=0.0625: an hour and a half; run alone)"
 	@echo "make up|down|status|clean   start / stop (data kept) / show / wipe the local stack"
 
@@ -83,8 +83,8 @@ test: install
 	set -a && . ./.env && set +a && $(VENV)/bin/python -m pytest --ignore=tests/spark --ignore=tests/faults --ignore=tests/soak $(PYTEST_ARGS)
 	TZ=UTC $(SPARK_VENV)/bin/python -m pytest tests/spark -p no:cacheprovider $(PYTEST_ARGS)
 
-# the fault-injection suite: SIGKILLs services of the local stack under load and restarts them
-# (`make up`), so it runs alone; -s prints the recovery times
+# the fault-injection suite: SIGKILLs services of the local stack under load and waits for
+# supervisord to restart them, so it runs alone; -s prints the recovery times
 test-faults: up
 	set -a && . ./.env && set +a && $(VENV)/bin/python -m pytest tests/faults -s -p no:logging $(PYTEST_ARGS)
 

@@ -1,6 +1,7 @@
-"""Each service SIGKILLed by its PID under a steady write load, then recovered the way an operator
-would (`make up`) while Airflow supervises the stream: Cassandra ends equal to Postgres row for row
-and value for value, and so does the bridge after its next run.
+"""Each service SIGKILLed by its PID under a steady write load, then recovered with nobody acting:
+supervisord starts the service again (the watchdog restarts Airflow services that hang meanwhile)
+and Airflow restarts the stream. Cassandra ends equal to Postgres row for row and value for value,
+within FAULT_RECOVERY_LIMIT_S of the kill, and so does the bridge after its next run.
 
 Recovery times are printed (`pytest -s`) and collected in bench/RESULTS.md.
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,23 +27,33 @@ from tests.integration.test_health import _alive, _api, _newest_batch, _stop_str
 
 pytestmark = pytest.mark.faults
 
-REPO = Path(__file__).resolve().parents[2]
 SYMBOLS = tuple(f"FAULT{i}USDT" for i in range(4))
 SERVICES = ("kafka-connect", "kafka", "cassandra", "spark-driver", "postgres")
-# seconds of load before the kill, and while the service is down
-BEFORE, DOWN = 8, 10
+# seconds of load before the kill, and after the service is back
+BEFORE = 8
 RESULTS: list[str] = []
 
 
-def _run_make_up(attempts: int = 4) -> None:
-    """`make up` until it reports every service healthy, as an operator would re-run it: a service
-    still going down from the fault (Airflow's scheduler after a Postgres restart) can fail one run."""
-    for attempt in range(1, attempts + 1):
-        r = subprocess.run(["make", "up"], cwd=REPO, capture_output=True, text=True, check=False, timeout=600)
-        if r.returncode == 0:
-            return
-        assert attempt < attempts, r.stdout[-2000:] + r.stderr[-2000:]
-        time.sleep(10)
+# from the kill to an exact Cassandra at this suite's load; the target is 60 s (bench/RESULTS.md
+# records the measured times): the bound here is the one a stack that does not heal itself fails
+RECOVERY_LIMIT_S = float(os.environ.get("FAULT_RECOVERY_LIMIT_S", "120"))
+
+
+def _wait_restarted(service: str, old_pid: int, settings) -> float:
+    """Seconds until supervisord runs the service again under a new PID and it answers its health
+    check; nobody but supervisord and the watchdog acts."""
+    started = time.monotonic()
+    healthy = {"postgres": ls.postgres_healthy, "kafka": ls.kafka_healthy, "cassandra": ls.cassandra_healthy,
+               "kafka-connect": ls.connect_healthy}[service]
+    while True:
+        pid = ls.read_pid(service)
+        try:
+            if pid not in (None, old_pid) and healthy(settings):
+                return time.monotonic() - started
+        except Exception:  # noqa: BLE001 - still starting
+            pass
+        assert time.monotonic() - started < RECOVERY_LIMIT_S, f"{service} not running again after the kill"
+        time.sleep(0.5)
 
 
 def _fresh_airflow_orm() -> None:
@@ -56,18 +66,6 @@ def _fresh_airflow_orm() -> None:
     except Exception:  # noqa: BLE001 - closing a dead connection may raise; it is dropped all the same
         pass
     airflow_settings.configure_orm()
-
-
-def _make_up() -> float:
-    """`make up`, timed; then, as an operator would, once more a little later: a service that lost
-    its database (Airflow's scheduler exits when Postgres goes away) may die after the first."""
-    started = time.monotonic()
-    _run_make_up()
-    took = time.monotonic() - started
-    time.sleep(15)
-    _run_make_up()
-    _fresh_airflow_orm()
-    return took
 
 
 def _spark_driver_pid(cassandra) -> int:
@@ -156,12 +154,12 @@ def test_sigkill_under_load_then_recovery_leaves_cassandra_exact(service, settin
     pid = _pid(service, cassandra)
     killed = time.monotonic()
     _kill(pid)
-    time.sleep(DOWN)
     if service == "spark-driver":
-        # nothing for an operator to do: Airflow starts the stream again
+        # Airflow starts the stream again
         up_s = None
     else:
-        up_s = _make_up()
+        up_s = _wait_restarted(service, pid, settings)
+        # what pipeline_health's check_connector does every minute (a task failed while Kafka was away)
         _heal_connector(settings)
     back = time.monotonic() - killed
     time.sleep(BEFORE)
@@ -172,13 +170,15 @@ def test_sigkill_under_load_then_recovery_leaves_cassandra_exact(service, settin
     finally:
         pg.close()
     total = time.monotonic() - killed
+    if service == "postgres":
+        _fresh_airflow_orm()
     line = (f"{service:<14} SIGKILL under {load.rate:.0f} rows/s: "
-            + (f"`make up` took {up_s:.0f}s, all up {back:.0f}s after the kill; " if up_s is not None
-               else "restarted by Airflow; ")
+            + (f"restarted by supervisord in {up_s:.1f}s; " if up_s is not None else "restarted by Airflow; ")
             + f"Cassandra exact {total:.0f}s after the kill ({total - back - BEFORE:.0f}s after the load stopped; "
             f"{load.committed_rows} rows written so far, {load.failed_ticks} load transactions refused)")
     RESULTS.append(line)
     print("\n" + line)
+    assert total <= RECOVERY_LIMIT_S, f"Cassandra exact only {total:.0f}s after {service} was killed"
 
 
 def test_the_bridge_is_exact_after_its_next_run(settings, cassandra, load, dagbag):
