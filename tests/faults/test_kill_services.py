@@ -48,7 +48,9 @@ def _wait_restarted(service: str, old_pid: int, settings) -> float:
     while True:
         pid = ls.read_pid(service)
         try:
-            if pid not in (None, old_pid) and healthy(settings):
+            # Cassandra's health check opens a session: not before its port answers (quieter logs)
+            if pid not in (None, old_pid) and (service != "cassandra" or ls.cassandra_port_open(settings)) \
+                    and healthy(settings):
                 return time.monotonic() - started
         except Exception:  # noqa: BLE001 - still starting
             pass
