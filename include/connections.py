@@ -10,7 +10,8 @@ this module stays importable without it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+import ssl
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,15 @@ class ConnectionSettingsError(ValueError):
     """A connection lacks something the pipeline needs (the message names the connection and the field)."""
 
 
+def _boolean(value: Any, name: str) -> bool:
+    """A JSON boolean, or the text true/false (any case: environment variables are text)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConnectionSettingsError(f"{name} must be true or false, got {value!r}")
+
+
 @dataclass(frozen=True)
 class CassandraSettings:
     hosts: tuple[str, ...]
@@ -31,16 +41,31 @@ class CassandraSettings:
     keyspace: str
     # the read consistency level the bridge uses (the connection's extra `consistency`); None: chosen by replication
     consistency: str | None = None
+    # TLS, on when a CA file is set: the CA that signed the nodes' certificates, and for mutual TLS
+    # the client's certificate (PEM; with its key unless `ssl_keyfile` holds it)
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    # whether each node's certificate must name the address the driver connects to
+    ssl_check_hostname: bool = True
 
     @classmethod
     def from_connection(cls, conn: Any) -> CassandraSettings:
         """From an Airflow Connection: host lists the contact points (comma-separated), schema is the keyspace,
-        the extra may hold `consistency`."""
+        the extra may hold `consistency` and the TLS settings (`ssl_ca_certs`, `ssl_certfile`,
+        `ssl_keyfile`, `ssl_check_hostname`), checked here: the files must load."""
         if not conn.schema:
             raise ConnectionSettingsError(f"connection {conn.conn_id} names no keyspace (its schema field)")
         hosts = tuple(h.strip() for h in (conn.host or "127.0.0.1").split(",") if h.strip())
-        consistency = (getattr(conn, "extra_dejson", None) or {}).get("consistency") or None
-        return cls(hosts, int(conn.port or 9042), conn.login, conn.password, conn.schema, consistency)
+        extra = getattr(conn, "extra_dejson", None) or {}
+
+        def name(field: str) -> str:
+            return f"extra field {field} of connection {conn.conn_id}"
+
+        settings = cls(hosts, int(conn.port or 9042), conn.login, conn.password, conn.schema,
+                       extra.get("consistency") or None, **cls._tls_fields(extra, name))
+        settings.ssl_context(name)
+        return settings
 
     # what the Spark job reads from its environment (plugins/cdc_stream_operator.py sets it):
     # secrets stay off the command line, which other users of the machine can read
@@ -48,27 +73,109 @@ class CassandraSettings:
     ENV_PORT = "CDC_CASSANDRA_PORT"
     ENV_USERNAME = "CDC_CASSANDRA_USERNAME"
     ENV_PASSWORD = "CDC_CASSANDRA_PASSWORD"
+    # the TLS fields, each from the variable of the connection's extra field of the same name
+    ENV_TLS = {"ssl_ca_certs": "CDC_CASSANDRA_SSL_CA_CERTS", "ssl_certfile": "CDC_CASSANDRA_SSL_CERTFILE",
+               "ssl_keyfile": "CDC_CASSANDRA_SSL_KEYFILE", "ssl_check_hostname": "CDC_CASSANDRA_SSL_CHECK_HOSTNAME"}
+
+    @classmethod
+    def env_names(cls) -> tuple[str, ...]:
+        """Every variable from_env reads (the Spark job passes them on to its executors)."""
+        return (cls.ENV_HOSTS, cls.ENV_PORT, cls.ENV_USERNAME, cls.ENV_PASSWORD, *cls.ENV_TLS.values())
 
     @classmethod
     def from_env(cls, keyspace: str, env: Mapping[str, str] = os.environ) -> CassandraSettings:
+        """From the CDC_CASSANDRA_* variables, checked like from_connection (TLS files must load)."""
         missing = [k for k in (cls.ENV_HOSTS, cls.ENV_USERNAME, cls.ENV_PASSWORD) if not env.get(k)]
         if missing:
             raise ConnectionSettingsError(f"environment variable(s) {', '.join(missing)} not set")
         hosts = tuple(h.strip() for h in env[cls.ENV_HOSTS].split(",") if h.strip())
-        return cls(hosts, int(env.get(cls.ENV_PORT) or 9042), env[cls.ENV_USERNAME], env[cls.ENV_PASSWORD], keyspace)
+        tls = {field: env[var] for field, var in cls.ENV_TLS.items() if env.get(var)}
+
+        def name(field: str) -> str:
+            return f"environment variable {cls.ENV_TLS[field]}"
+
+        settings = cls(hosts, int(env.get(cls.ENV_PORT) or 9042), env[cls.ENV_USERNAME], env[cls.ENV_PASSWORD],
+                       keyspace, **cls._tls_fields(tls, name))
+        settings.ssl_context(name)
+        return settings
+
+    @staticmethod
+    def _tls_fields(extra: Mapping[str, Any], name: Callable[[str], str]) -> dict[str, Any]:
+        """The TLS fields of a connection's extra (or of the environment, by field name), checked for
+        shape; `name(field)` says where a field was set, for the error."""
+        fields: dict[str, Any] = {f: extra[f] for f in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+                                  if extra.get(f) not in (None, "")}
+        for f, value in fields.items():
+            if not isinstance(value, str):
+                raise ConnectionSettingsError(f"{name(f)} must be a file path, got {value!r}")
+        if "ssl_check_hostname" in extra:
+            fields["ssl_check_hostname"] = _boolean(extra["ssl_check_hostname"], name("ssl_check_hostname"))
+        if "ssl_ca_certs" not in fields:
+            stray = [f for f in ("ssl_certfile", "ssl_keyfile", "ssl_check_hostname") if f in fields]
+            if stray:
+                raise ConnectionSettingsError(f"{name(stray[0])} is set but ssl_ca_certs is not: TLS to Cassandra "
+                                              "is on only with the CA file that signed the nodes' certificates")
+        if "ssl_keyfile" in fields and "ssl_certfile" not in fields:
+            raise ConnectionSettingsError(f"{name('ssl_keyfile')} is set without ssl_certfile (the client "
+                                          "certificate it is the key of)")
+        return fields
+
+    def ssl_context(self, name: Callable[[str], str] | None = None) -> ssl.SSLContext | None:
+        """The driver's TLS context (None: no TLS): the nodes' certificates verified against
+        `ssl_ca_certs`, their names against the address connected to unless `ssl_check_hostname`
+        is false, and the client certificate presented for mutual TLS. A file that does not load
+        raises ConnectionSettingsError naming the field (`name(field)` says where it was set)."""
+        if not self.ssl_ca_certs:
+            return None
+        where = name or (lambda f: f"Cassandra setting {f}")
+        # TLS_CLIENT: certificates required, TLS 1.2 at least, host names checked unless switched off
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = self.ssl_check_hostname
+        try:
+            context.load_verify_locations(cafile=self.ssl_ca_certs)
+        except (OSError, ssl.SSLError) as e:
+            raise ConnectionSettingsError(f"{where('ssl_ca_certs')}: no CA certificate could be loaded from "
+                                          f"{self.ssl_ca_certs!r} ({e})") from e
+        if self.ssl_certfile:
+            try:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+            except (OSError, ssl.SSLError) as e:
+                fields, files = where("ssl_certfile"), repr(self.ssl_certfile)
+                if self.ssl_keyfile:
+                    fields, files = f"{fields} with {where('ssl_keyfile')}", f"{files} and {self.ssl_keyfile!r}"
+                raise ConnectionSettingsError(f"{fields}: no client certificate and key could be loaded from "
+                                              f"{files} ({e})") from e
+        return context
+
+
+# the driver's default reconnection backs off up to 10 minutes: a node back after a restart would
+# wait that long before a session used it again; these delays stay within seconds, for ever
+RECONNECT_BASE_SECONDS = 0.5
+RECONNECT_MAX_SECONDS = 5.0
+
+
+def cassandra_cluster(settings: CassandraSettings) -> Any:
+    """A Cluster (not yet connected): token- and DC-aware, protocol v5, LOCAL_QUORUM unless a statement
+    sets its own level, TLS and authentication as the settings say, reconnecting within seconds."""
+    from cassandra import ConsistencyLevel
+    from cassandra.auth import PlainTextAuthProvider
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+    from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
+
+    auth = PlainTextAuthProvider(settings.username, settings.password) if settings.username else None
+    # explicit, not the driver's LOCAL_ONE: what statements without a level of their own use (the
+    # retention's deletes and sink_retention, the health checks' reads, schema migrations)
+    profile = ExecutionProfile(load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
+                               request_timeout=30, consistency_level=ConsistencyLevel.LOCAL_QUORUM)
+    reconnect = ExponentialReconnectionPolicy(RECONNECT_BASE_SECONDS, RECONNECT_MAX_SECONDS, max_attempts=None)
+    return Cluster(list(settings.hosts), port=settings.port, auth_provider=auth, protocol_version=5,
+                   execution_profiles={EXEC_PROFILE_DEFAULT: profile}, connect_timeout=10,
+                   ssl_context=settings.ssl_context(), reconnection_policy=reconnect)
 
 
 def open_cassandra(settings: CassandraSettings, keyspace: str | None = None) -> tuple[Any, Any]:
-    """A (cluster, session) pair, token- and DC-aware, protocol v5; the caller shuts the cluster down."""
-    from cassandra.auth import PlainTextAuthProvider
-    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-    from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-
-    auth = PlainTextAuthProvider(settings.username, settings.password) if settings.username else None
-    profile = ExecutionProfile(load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
-                               request_timeout=30)
-    cluster = Cluster(list(settings.hosts), port=settings.port, auth_provider=auth, protocol_version=5,
-                      execution_profiles={EXEC_PROFILE_DEFAULT: profile}, connect_timeout=10)
+    """A (cluster, session) pair of cassandra_cluster; the caller shuts the cluster down."""
+    cluster = cassandra_cluster(settings)
     return cluster, cluster.connect(keyspace)
 
 
