@@ -1,7 +1,9 @@
 """Opening connections, in one place: Postgres, Cassandra, Kafka Connect and Kafka.
 
-Two layers. `CassandraSettings` and `cassandra_session` need only the Cassandra driver: the Spark
-job and the local stack's status report use them with settings of their own. The context managers
+Two layers. `CassandraSettings` (TLS included) and `cassandra_session` need only the Cassandra
+driver, and `kafka_java_config` translates the Kafka connection's librdkafka security settings
+for the Java client: the Spark job and the local stack's status report use them with settings of
+their own (the job's come from its environment). The context managers
 `postgres`, `cassandra`, `http` and `kafka_admin` resolve an Airflow Connection by id
 (through the provider hooks) and close what they opened; they import Airflow only when called, so
 this module stays importable without it.
@@ -9,6 +11,7 @@ this module stays importable without it.
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 from collections.abc import Callable, Iterator, Mapping
@@ -187,6 +190,116 @@ def cassandra_session(settings: CassandraSettings, keyspace: str | None = None) 
         yield session
     finally:
         cluster.shutdown()
+
+
+# --------------------------------------------------------------------------- Kafka for the Spark job
+
+# The `kafka_default` connection's extra is a confluent-kafka (librdkafka) config: the health checks'
+# AdminClient takes it as it is. The Spark job's Kafka source is the Java client, whose names differ:
+# the cdc_stream operator passes the extra in this variable (JSON; secrets never on the command
+# line) and the job translates its security settings with kafka_java_config.
+KAFKA_CLIENT_CONFIG_ENV = "CDC_KAFKA_CLIENT_CONFIG"
+
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+# the SASL mechanisms a user name and password log in with, and the Java client's login module of each
+KAFKA_LOGIN_MODULES = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+}
+# security settings translated; any other ssl.* or sasl.* setting (client certificates, Kerberos,
+# OAuth) and these librdkafka-only switches are refused rather than dropped, so the stream never
+# connects with less than the connection asks for
+_KAFKA_TRANSLATED = frozenset({"security.protocol", "sasl.mechanism", "sasl.mechanisms", "sasl.username",
+                               "sasl.password", "ssl.ca.location", "ssl.endpoint.identification.algorithm"})
+_KAFKA_REFUSED = frozenset({"enable.ssl.certificate.verification", "oauth_cb"})
+
+
+def _jaas_quoted(value: str) -> str:
+    """A value for a JAAS config, in double quotes (its parser reads backslash escapes there)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def kafka_java_config(extra: Mapping[str, Any], where: str = "the Kafka connection's extra") -> dict[str, str]:
+    """The Spark Kafka source's security options (the Java client's names, `kafka.`-prefixed) for the
+    librdkafka settings of `extra`: security.protocol; sasl.mechanism(s) PLAIN or SCRAM-SHA-256/512
+    with sasl.username and sasl.password (a JAAS config); ssl.ca.location (a PEM truststore);
+    ssl.endpoint.identification.algorithm. Settings that are not about security (bootstrap.servers,
+    client tuning) are the AdminClient's and are left out. Anything it cannot translate raises
+    ConnectionSettingsError naming the setting and `where` it was set."""
+    untranslated = sorted(k for k in extra if (k.startswith(("ssl.", "sasl.")) and k not in _KAFKA_TRANSLATED)
+                          or k in _KAFKA_REFUSED)
+    if untranslated:
+        raise ConnectionSettingsError(
+            f"{where}: {', '.join(untranslated)} cannot be passed on to the Spark job's Kafka client (it takes "
+            f"{', '.join(sorted(_KAFKA_TRANSLATED))})")
+    protocol = str(extra.get("security.protocol") or "PLAINTEXT").strip().upper()
+    if protocol not in KAFKA_PROTOCOLS:
+        raise ConnectionSettingsError(f"{where}: security.protocol {extra.get('security.protocol')!r} is not one of "
+                                      f"{', '.join(KAFKA_PROTOCOLS)}")
+    out = {"kafka.security.protocol": protocol}
+    sasl = [k for k in ("sasl.mechanism", "sasl.mechanisms", "sasl.username", "sasl.password") if extra.get(k)]
+    if protocol.startswith("SASL_"):
+        out.update(_kafka_sasl(extra, where))
+    elif sasl:
+        raise ConnectionSettingsError(f"{where}: {', '.join(sasl)} set but security.protocol is {protocol} "
+                                      "(SASL needs SASL_SSL or SASL_PLAINTEXT)")
+    ca = extra.get("ssl.ca.location")
+    if ca:
+        if not protocol.endswith("SSL"):
+            raise ConnectionSettingsError(f"{where}: ssl.ca.location set but security.protocol is {protocol} "
+                                          "(TLS needs SSL or SASL_SSL)")
+        if not isinstance(ca, str) or ca.strip().lower() == "probe":
+            raise ConnectionSettingsError(f"{where}: ssl.ca.location must be the path of a PEM file of CA "
+                                          f"certificates, got {ca!r}")
+        out["kafka.ssl.truststore.type"] = "PEM"
+        out["kafka.ssl.truststore.location"] = ca
+    if "ssl.endpoint.identification.algorithm" in extra:
+        algorithm = str(extra["ssl.endpoint.identification.algorithm"]).strip().lower()
+        if algorithm not in ("https", "none"):
+            raise ConnectionSettingsError(f"{where}: ssl.endpoint.identification.algorithm must be https or none, "
+                                          f"got {extra['ssl.endpoint.identification.algorithm']!r}")
+        # the Java client switches the check off with an empty value
+        out["kafka.ssl.endpoint.identification.algorithm"] = "https" if algorithm == "https" else ""
+    return out
+
+
+def _kafka_sasl(extra: Mapping[str, Any], where: str) -> dict[str, str]:
+    """The SASL options of kafka_java_config: the mechanism and its JAAS login."""
+    given = {k: str(extra[k]).strip().upper() for k in ("sasl.mechanism", "sasl.mechanisms") if extra.get(k)}
+    if len(set(given.values())) > 1:
+        raise ConnectionSettingsError(f"{where}: sasl.mechanism {extra['sasl.mechanism']!r} and sasl.mechanisms "
+                                      f"{extra['sasl.mechanisms']!r} differ")
+    if not given:
+        raise ConnectionSettingsError(f"{where}: security.protocol is SASL but sasl.mechanism is not set (the "
+                                      f"clients' default, GSSAPI, is not supported; use one of "
+                                      f"{', '.join(KAFKA_LOGIN_MODULES)})")
+    key, mechanism = next(iter(given.items()))
+    if mechanism not in KAFKA_LOGIN_MODULES:
+        raise ConnectionSettingsError(f"{where}: {key} {extra[key]!r} is not supported for the Spark job "
+                                      f"(supported: {', '.join(KAFKA_LOGIN_MODULES)})")
+    missing = [k for k in ("sasl.username", "sasl.password") if not extra.get(k)]
+    if missing:
+        raise ConnectionSettingsError(f"{where}: {mechanism} needs {' and '.join(missing)}")
+    login = (f"{KAFKA_LOGIN_MODULES[mechanism]} required username={_jaas_quoted(str(extra['sasl.username']))} "
+             f"password={_jaas_quoted(str(extra['sasl.password']))};")
+    return {"kafka.sasl.mechanism": mechanism, "kafka.sasl.jaas.config": login}
+
+
+def kafka_java_config_from_env(env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """kafka_java_config of the JSON object in CDC_KAFKA_CLIENT_CONFIG (unset: a PLAINTEXT client)."""
+    raw = env.get(KAFKA_CLIENT_CONFIG_ENV)
+    if not raw:
+        return kafka_java_config({}, f"environment variable {KAFKA_CLIENT_CONFIG_ENV}")
+    try:
+        extra = json.loads(raw)
+    except ValueError as e:
+        # the value is not quoted back: it may hold a password
+        raise ConnectionSettingsError(f"environment variable {KAFKA_CLIENT_CONFIG_ENV} is not JSON ({e})") from e
+    if not isinstance(extra, dict):
+        raise ConnectionSettingsError(f"environment variable {KAFKA_CLIENT_CONFIG_ENV} must hold a JSON object "
+                                      f"(the Kafka connection's extra), got a {type(extra).__name__}")
+    return kafka_java_config(extra, f"environment variable {KAFKA_CLIENT_CONFIG_ENV} (the Kafka connection's extra)")
 
 
 # --------------------------------------------------------------------------- through Airflow Connections

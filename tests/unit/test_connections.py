@@ -1,11 +1,14 @@
 """include/connections.py's settings for secured clusters, without the clusters: Cassandra's TLS
 context from generated certificates (checked by real TLS handshakes with a local server), its
-session defaults, and every bad value refused naming the connection and the field."""
+session defaults, the Kafka connection's security settings translated for the Spark job's Java
+client, and every bad value refused naming the connection (or variable) and the field."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
+import re
 import socket
 import ssl
 import threading
@@ -19,7 +22,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from include.connections import CassandraSettings, ConnectionSettingsError, cassandra_cluster
+from include.connections import (
+    KAFKA_CLIENT_CONFIG_ENV,
+    CassandraSettings,
+    ConnectionSettingsError,
+    cassandra_cluster,
+    kafka_java_config,
+    kafka_java_config_from_env,
+)
 
 # ------------------------------------------------------------------ certificates, generated per test session
 
@@ -261,3 +271,94 @@ def test_no_credentials_no_tls_gives_a_plain_cluster():
         assert cluster.auth_provider is None and cluster.ssl_context is None
     finally:
         cluster.shutdown()
+
+
+# ------------------------------------------------------------------ Kafka: the Spark job's client settings
+
+PLAIN_LOGIN = "org.apache.kafka.common.security.plain.PlainLoginModule"
+SCRAM_LOGIN = "org.apache.kafka.common.security.scram.ScramLoginModule"
+
+
+def test_a_plaintext_connection_stays_plaintext():
+    assert kafka_java_config({"bootstrap.servers": "127.0.0.1:9092"}) == {"kafka.security.protocol": "PLAINTEXT"}
+    assert kafka_java_config({}) == {"kafka.security.protocol": "PLAINTEXT"}
+
+
+def test_tls_with_a_ca_file_becomes_a_pem_truststore():
+    extra = {"bootstrap.servers": "b1:9093", "security.protocol": "ssl", "ssl.ca.location": "/etc/kafka/ca.pem",
+             "ssl.endpoint.identification.algorithm": "none"}
+    assert kafka_java_config(extra) == {
+        "kafka.security.protocol": "SSL", "kafka.ssl.truststore.type": "PEM",
+        "kafka.ssl.truststore.location": "/etc/kafka/ca.pem", "kafka.ssl.endpoint.identification.algorithm": ""}
+
+
+def test_sasl_ssl_plain_as_on_confluent_cloud():
+    extra = {"bootstrap.servers": "pkc-xxxxx.eu-west-1.aws.confluent.cloud:9092", "security.protocol": "SASL_SSL",
+             "sasl.mechanisms": "PLAIN", "sasl.username": "APIKEY", "sasl.password": "se\"cr\\et",
+             "session.timeout.ms": 45000, "client.id": "airflow"}
+    assert kafka_java_config(extra) == {
+        "kafka.security.protocol": "SASL_SSL", "kafka.sasl.mechanism": "PLAIN",
+        # the JAAS parser reads backslash escapes inside double quotes
+        "kafka.sasl.jaas.config": f'{PLAIN_LOGIN} required username="APIKEY" password="se\\"cr\\\\et";'}
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "scram-sha-512"])
+def test_sasl_scram_logs_in_with_the_scram_module(mechanism):
+    extra = {"security.protocol": "SASL_SSL", "sasl.mechanism": mechanism, "sasl.username": "pipeline",
+             "sasl.password": "pw", "ssl.ca.location": "/ca.pem"}
+    assert kafka_java_config(extra) == {
+        "kafka.security.protocol": "SASL_SSL", "kafka.sasl.mechanism": mechanism.upper(),
+        "kafka.sasl.jaas.config": f'{SCRAM_LOGIN} required username="pipeline" password="pw";',
+        "kafka.ssl.truststore.type": "PEM", "kafka.ssl.truststore.location": "/ca.pem"}
+
+
+def test_sasl_plaintext_is_passed_on_too():
+    extra = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN", "sasl.mechanisms": "plain",
+             "sasl.username": "u", "sasl.password": "p"}
+    assert kafka_java_config(extra)["kafka.sasl.mechanism"] == "PLAIN"
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"security.protocol": "SASL_SSL", "sasl.mechanism": "GSSAPI"}, "sasl.mechanism 'GSSAPI' is not supported"),
+    ({"security.protocol": "SASL_SSL", "sasl.mechanisms": "OAUTHBEARER", "sasl.username": "u", "sasl.password": "p"},
+     "sasl.mechanisms 'OAUTHBEARER' is not supported"),
+    ({"security.protocol": "SASL_SSL", "sasl.username": "u", "sasl.password": "p"}, "sasl.mechanism is not set"),
+    ({"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.username": "u"}, "PLAIN needs sasl.password"),
+    ({"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.mechanisms": "SCRAM-SHA-256"}, "differ"),
+    ({"security.protocol": "SSL", "sasl.username": "u"}, "sasl.username set but security.protocol is SSL"),
+    ({"security.protocol": "TLS"}, "security.protocol 'TLS' is not one of"),
+    ({"ssl.ca.location": "/ca.pem"}, "ssl.ca.location set but security.protocol is PLAINTEXT"),
+    ({"security.protocol": "SSL", "ssl.ca.location": "probe"}, "must be the path of a PEM file"),
+    ({"security.protocol": "SSL", "ssl.certificate.location": "/c.pem", "ssl.key.location": "/k.pem"},
+     "ssl.certificate.location, ssl.key.location cannot be passed on"),
+    ({"security.protocol": "SSL", "enable.ssl.certificate.verification": False},
+     "enable.ssl.certificate.verification cannot be passed on"),
+    ({"security.protocol": "SASL_SSL", "sasl.oauthbearer.config": "x"}, "sasl.oauthbearer.config cannot be passed"),
+    ({"security.protocol": "SSL", "ssl.endpoint.identification.algorithm": "dns"}, "must be https or none"),
+])
+def test_what_cannot_be_translated_is_refused_naming_it(extra, message):
+    with pytest.raises(ConnectionSettingsError, match=f"connection kafka_default's extra: .*{re.escape(message)}"):
+        kafka_java_config(extra, "connection kafka_default's extra")
+
+
+def test_the_environment_carries_the_connections_extra_as_json():
+    extra = {"bootstrap.servers": "b:9092", "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+             "sasl.username": "u", "sasl.password": "p"}
+    assert kafka_java_config_from_env({KAFKA_CLIENT_CONFIG_ENV: json.dumps(extra)}) == kafka_java_config(extra)
+    assert kafka_java_config_from_env({}) == {"kafka.security.protocol": "PLAINTEXT"}
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("{security.protocol: SASL_SSL, sasl.password: hunter2}", "is not JSON"),
+    ('["SASL_SSL"]', "must hold a JSON object"),
+])
+def test_a_bad_environment_value_is_named_and_not_echoed(value, message):
+    with pytest.raises(ConnectionSettingsError, match=f"environment variable CDC_KAFKA_CLIENT_CONFIG.*{message}") as e:
+        kafka_java_config_from_env({KAFKA_CLIENT_CONFIG_ENV: value})
+    assert "hunter2" not in str(e.value)
+
+
+def test_a_refused_setting_from_the_environment_names_the_variable():
+    value = json.dumps({"security.protocol": "SASL_SSL", "sasl.mechanism": "GSSAPI"})
+    with pytest.raises(ConnectionSettingsError, match="environment variable CDC_KAFKA_CLIENT_CONFIG .*GSSAPI"):
+        kafka_java_config_from_env({KAFKA_CLIENT_CONFIG_ENV: value})
