@@ -362,3 +362,73 @@ def test_a_refused_setting_from_the_environment_names_the_variable():
     value = json.dumps({"security.protocol": "SASL_SSL", "sasl.mechanism": "GSSAPI"})
     with pytest.raises(ConnectionSettingsError, match="environment variable CDC_KAFKA_CLIENT_CONFIG .*GSSAPI"):
         kafka_java_config_from_env({KAFKA_CLIENT_CONFIG_ENV: value})
+
+
+# ------------------------------------------------------------------ through the cdc_stream operator to the job
+
+
+KAFKA_SASL_SSL = {"bootstrap.servers": "b1:9092,b2:9092", "security.protocol": "SASL_SSL",
+                  "sasl.mechanisms": "PLAIN", "sasl.username": "KEY", "sasl.password": "kafka-s3cret"}
+
+
+def test_the_operators_variable_names_are_the_jobs():
+    import cdc_stream_operator
+
+    assert cdc_stream_operator.CASSANDRA_TLS_ENV == CassandraSettings.ENV_TLS
+    assert cdc_stream_operator.KAFKA_CLIENT_CONFIG_ENV == KAFKA_CLIENT_CONFIG_ENV
+
+
+@pytest.mark.parametrize("tls", [{}, {"ssl_check_hostname": False}, {"ssl_check_hostname": True},
+                                 {"ssl_certfile": "client", "ssl_keyfile": "client_key"}])
+def test_connections_reach_the_job_through_the_environment_unchanged(pki, tls):
+    """from_connection, then the operator's environment, then from_env in the job: the same settings
+    (but the bridge's read consistency, which the stream does not use), the same Kafka options."""
+    from dataclasses import replace
+
+    from cdc_stream_operator import stream_env
+
+    extra = {"ssl_ca_certs": pki.ca, "consistency": "LOCAL_QUORUM",
+             **{k: getattr(pki, v) if isinstance(v, str) else v for k, v in tls.items()}}
+    conn = _conn(extra)
+    expected = CassandraSettings.from_connection(conn)
+    env = stream_env(conn.host, conn.port, conn.login, conn.password, conn.extra_dejson, KAFKA_SASL_SSL)
+    assert CassandraSettings.from_env(conn.schema, env) == replace(expected, consistency=None)
+    assert kafka_java_config_from_env(env) == kafka_java_config(KAFKA_SASL_SSL)
+
+
+def test_without_tls_or_kafka_security_the_environment_is_as_before():
+    from cdc_stream_operator import stream_env
+
+    env = stream_env("127.0.0.1", 9042, "pipeline", "pw")
+    assert set(env) == {"PYTHONPATH", "TZ", "CDC_CASSANDRA_HOSTS", "CDC_CASSANDRA_PORT", "CDC_CASSANDRA_USERNAME",
+                        "CDC_CASSANDRA_PASSWORD"}
+    assert CassandraSettings.from_env("binance", env).ssl_context() is None
+    assert kafka_java_config_from_env(env) == {"kafka.security.protocol": "PLAINTEXT"}
+
+
+def test_the_operator_keeps_every_secret_off_the_command_line(pki, monkeypatch, capsys):
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+    from airflow.sdk import BaseHook
+    from cdc_stream_operator import CdcStreamSubmitOperator
+
+    conns = {
+        "cassandra_default": _conn({"ssl_ca_certs": pki.ca}),
+        "kafka_default": SimpleNamespace(conn_id="kafka_default", extra_dejson=KAFKA_SASL_SSL),
+        "spark_default": SimpleNamespace(conn_id="spark_default", host="spark://master.example", port=7077,
+                                         extra_dejson={}),
+    }
+    monkeypatch.setattr(BaseHook, "get_connection", classmethod(lambda cls, conn_id: conns[conn_id]))
+    submitted = []
+    monkeypatch.setattr(SparkSubmitOperator, "execute", lambda self, context: submitted.append(self))
+    op = CdcStreamSubmitOperator(task_id="run_cdc_stream", conn_id="spark_default", jars="x.jar",
+                                 checkpoint="/var/lib/cdc/checkpoint")
+    op.execute({})
+    assert submitted == [op]
+    command_line = " ".join([*op.application_args, *(f"{k}={v}" for k, v in (op.conf or {}).items())])
+    assert "--bootstrap-servers b1:9092,b2:9092" in command_line
+    assert "s3cret" not in command_line and "KEY" not in command_line
+    assert op.env_vars["CDC_CASSANDRA_PASSWORD"] == "s3cret"
+    assert op.env_vars["CDC_CASSANDRA_SSL_CA_CERTS"] == pki.ca
+    assert json.loads(op.env_vars["CDC_KAFKA_CLIENT_CONFIG"]) == KAFKA_SASL_SSL
+    # a local checkpoint with a cluster's master is worth a warning (Airflow's task logger prints it)
+    assert "is a local path but the Spark master is spark://master.example" in capsys.readouterr().out
