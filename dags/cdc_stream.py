@@ -8,7 +8,9 @@ again when it dies. Trigger with `{"mode": "available_now"}` to process what is 
 (catch-up runs, tests).
 
 Needs: connection `spark_default` (`local[*]` here; a `spark://` or `k8s://` master on a cluster),
-`kafka_default` (extra `bootstrap.servers`), `cassandra_default` (keyspace in its schema field);
+`kafka_default` (extra `bootstrap.servers`, and its security settings if any),
+`cassandra_default` (keyspace in its schema field, TLS in its extra if any; README "Running on
+real clusters");
 the connector jars (`make install`, or env `SPARK_JARS_DIR`); checkpoint folder from env
 `CDC_CHECKPOINT_DIR` (durable storage on a cluster). Run `cdc_setup` first.
 """

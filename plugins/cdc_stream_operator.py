@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,23 @@ def spark_jars(folder: str | None = None) -> str:
     return ",".join(jars)
 
 
-def stream_env(hosts: str, port: str | int, username: str, password: str) -> dict[str, str]:
-    """What spark/cdc_stream.py reads from its environment (secrets stay off the command line)."""
-    return {
+# What spark/cdc_stream.py reads besides the contact points and credentials: the names are
+# include.connections' (CassandraSettings.ENV_TLS, KAFKA_CLIENT_CONFIG_ENV), repeated here because
+# plugins import nothing of the project; tests/unit/test_connections.py checks that they agree.
+CASSANDRA_TLS_ENV = {"ssl_ca_certs": "CDC_CASSANDRA_SSL_CA_CERTS", "ssl_certfile": "CDC_CASSANDRA_SSL_CERTFILE",
+                     "ssl_keyfile": "CDC_CASSANDRA_SSL_KEYFILE",
+                     "ssl_check_hostname": "CDC_CASSANDRA_SSL_CHECK_HOSTNAME"}
+KAFKA_CLIENT_CONFIG_ENV = "CDC_KAFKA_CLIENT_CONFIG"
+
+
+def stream_env(hosts: str, port: str | int, username: str, password: str,
+               cassandra_extra: Mapping[str, object] | None = None,
+               kafka_extra: Mapping[str, object] | None = None) -> dict[str, str]:
+    """What spark/cdc_stream.py reads from its environment (secrets stay off the command line): the
+    Cassandra connection's contact points, credentials and TLS fields of its extra, and the Kafka
+    connection's extra as JSON (the job translates its security settings for the Java client and
+    checks both)."""
+    env = {
         "PYTHONPATH": str(REPO),
         "TZ": "UTC",
         "CDC_CASSANDRA_HOSTS": hosts,
@@ -30,6 +46,13 @@ def stream_env(hosts: str, port: str | int, username: str, password: str) -> dic
         "CDC_CASSANDRA_USERNAME": username,
         "CDC_CASSANDRA_PASSWORD": password,
     }
+    for field, name in CASSANDRA_TLS_ENV.items():
+        value = (cassandra_extra or {}).get(field)
+        if value is not None and value != "":
+            env[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    if kafka_extra:
+        env[KAFKA_CLIENT_CONFIG_ENV] = json.dumps(dict(kafka_extra))
+    return env
 
 
 def stream_args(brokers: str, keyspace: str, checkpoint: str, available_now: bool = False) -> list[str]:
@@ -40,8 +63,9 @@ def stream_args(brokers: str, keyspace: str, checkpoint: str, available_now: boo
 
 class CdcStreamSubmitOperator(SparkSubmitOperator):
     """Submits spark/cdc_stream.py. Kafka brokers come from `kafka_conn_id`, Cassandra from
-    `cassandra_conn_id` (contact points and credentials passed through the environment, never on
-    the command line); `mode` is `continuous` or `available_now`."""
+    `cassandra_conn_id` (contact points, credentials, TLS and the Kafka client's security settings
+    passed through the environment, never on the command line); `mode` is `continuous` or
+    `available_now`."""
 
     template_fields = (*SparkSubmitOperator.template_fields, "mode", "checkpoint")
 
@@ -70,8 +94,14 @@ class CdcStreamSubmitOperator(SparkSubmitOperator):
         checkpoint = self.checkpoint or os.environ.get("CDC_CHECKPOINT_DIR") or str(
             REPO / ".run" / "spark" / "checkpoints" / "cdc_stream")
         self.jars = self.jars or spark_jars()
+        master = BaseHook.get_connection(self._conn_id).host or ""
+        if not master.startswith("local") and "://" not in checkpoint:
+            self.log.warning("checkpoint %s is a local path but the Spark master is %s: unless every host that may "
+                             "run the driver mounts it, point CDC_CHECKPOINT_DIR (or the DAG's checkpoint param) "
+                             "at shared storage (hdfs://, s3a://)", checkpoint, master)
         self.application_args = stream_args(brokers, cass.schema, checkpoint, self.mode == "available_now")
-        secrets_env = stream_env(cass.host or "127.0.0.1", cass.port or 9042, cass.login or "", cass.password or "")
+        secrets_env = stream_env(cass.host or "127.0.0.1", cass.port or 9042, cass.login or "", cass.password or "",
+                                 cass.extra_dejson, kafka.extra_dejson)
         self.env_vars = {**(self.env_vars or {}), **secrets_env}
         self.log.info("submitting the CDC stream (%s) from %s to keyspace %s, checkpoint %s", self.mode, brokers,
                       cass.schema, checkpoint)

@@ -5,12 +5,16 @@ Usage:
       --bootstrap-servers 127.0.0.1:9092 --keyspace binance_test \\
       --checkpoint .run/spark/checkpoints/cdc_stream [--available-now] [--trigger-seconds 1]
 
-Cassandra contact points and credentials come from the environment (CDC_CASSANDRA_HOSTS,
-CDC_CASSANDRA_PORT, CDC_CASSANDRA_USERNAME, CDC_CASSANDRA_PASSWORD), never from the command line,
-which other users of the machine can read. Spark's executors write to Cassandra too: in local mode
-they inherit the driver's environment; on a cluster pass each variable with
-`--conf spark.executorEnv.<NAME>=...`, and this repository on PYTHONPATH (or shipped with
---py-files). The process time zone does not matter: times reach Python as epoch microseconds.
+Cassandra contact points, credentials and TLS files come from the environment (CDC_CASSANDRA_HOSTS,
+CDC_CASSANDRA_PORT, CDC_CASSANDRA_USERNAME, CDC_CASSANDRA_PASSWORD, CDC_CASSANDRA_SSL_CA_CERTS,
+CDC_CASSANDRA_SSL_CERTFILE, CDC_CASSANDRA_SSL_KEYFILE, CDC_CASSANDRA_SSL_CHECK_HOSTNAME), and the
+Kafka client's security settings from CDC_KAFKA_CLIENT_CONFIG (the `kafka_default` connection's
+librdkafka extra as JSON, translated by include.connections.kafka_java_config), never from the
+command line, which other users of the machine can read. Spark's executors write to Cassandra too:
+the job hands them the CDC_CASSANDRA_* variables it was given (`spark.executorEnv.<NAME>`, set
+in-process, over any set in the Spark conf); the files those name, and this repository (on
+PYTHONPATH, or shipped with --py-files) must be at the same paths on every host. The process time
+zone does not matter: times reach Python as epoch microseconds.
 
 One streaming query reads every `binance.binance.*` topic; each micro-batch is routed per table:
 snapshot reads, inserts and updates upsert `after`, deletes remove the key from `before`,
@@ -47,7 +51,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
@@ -57,7 +61,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from include.cdc.events import DELETE, signal_marker
-from include.connections import CassandraSettings, ConnectionSettingsError
+from include.connections import CassandraSettings, ConnectionSettingsError, kafka_java_config_from_env
 from include.names import CDC_TOPIC_PREFIX, SIGNAL_TABLE, STREAM_QUERY_NAME, topic_for
 from include.tables import Table
 from include.times import from_epoch_ms
@@ -238,15 +242,32 @@ class MicroBatches:
                  f" ({lag_ms:.0f} ms ago)" if lag_ms is not None else "")
 
 
-def build_stream(spark: SparkSession, args: argparse.Namespace, batches: MicroBatches) -> Any:
+def kafka_source_options(args: argparse.Namespace, security: Mapping[str, str]) -> dict[str, str]:
+    """The Kafka source's options: what to read and how fast, and the client's `security` options
+    (kafka_java_config: protocol, SASL login, truststore)."""
+    return {
+        "kafka.bootstrap.servers": args.bootstrap_servers,
+        "subscribePattern": args.topic_pattern,
+        "startingOffsets": args.starting_offsets,
+        "maxOffsetsPerTrigger": str(args.max_offsets_per_trigger),
+        # Kafka retention deleting events the stream has not applied yet is an outage, not noise
+        "failOnDataLoss": "true",
+        **security,
+    }
+
+
+def executor_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The Spark conf that hands the executors the Cassandra settings the driver was given: on a
+    cluster they do not inherit its environment. Set in-process, never on a command line; Spark's
+    UI and event log redact the password's entry (spark.redaction.regex matches its name)."""
+    return {f"spark.executorEnv.{name}": env[name] for name in CassandraSettings.env_names() if env.get(name)}
+
+
+def build_stream(spark: SparkSession, args: argparse.Namespace, batches: MicroBatches,
+                 kafka_security: Mapping[str, str] | None = None) -> Any:
     source = (
         spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", args.bootstrap_servers)
-        .option("subscribePattern", args.topic_pattern)
-        .option("startingOffsets", args.starting_offsets)
-        .option("maxOffsetsPerTrigger", str(args.max_offsets_per_trigger))
-        # Kafka retention deleting events the stream has not applied yet is an outage, not noise
-        .option("failOnDataLoss", "true")
+        .options(**kafka_source_options(args, kafka_security or {}))
         .load()
         .select("topic", "partition", "offset", F.col("value").cast("string").alias("value"))
     )
@@ -268,9 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # checked before Spark starts: the executors' writers read the same variables
         CassandraSettings.from_env(args.keyspace)
+        kafka_security = kafka_java_config_from_env()
     except ConnectionSettingsError as e:
         raise SystemExit(f"cdc_stream: {e}") from e
+    log.info("Kafka client: %s", ", ".join(f"{k.removeprefix('kafka.')}={v}" for k, v in kafka_security.items()
+                                           if k != "kafka.sasl.jaas.config"))
     builder = SparkSession.builder.appName("binance-cdc-stream").config("spark.sql.session.timeZone", "UTC")
+    for key, value in executor_env(os.environ).items():
+        builder = builder.config(key, value)
     # batches are small and frequent: one shuffle partition avoids a task per empty partition
     builder = builder.config("spark.sql.shuffle.partitions", os.environ.get("CDC_SHUFFLE_PARTITIONS", "1"))
     builder = builder.config("spark.ui.enabled", "false")
@@ -280,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     spark.sparkContext.setLogLevel("WARN")
     writer = CassandraWriter.open(args.keyspace)
     try:
-        query = build_stream(spark, args, MicroBatches(writer, args.query_name, args.driver_max_events))
+        query = build_stream(spark, args, MicroBatches(writer, args.query_name, args.driver_max_events),
+                             kafka_security)
         log.info("stream %s started (%s), checkpoint %s", args.query_name,
                  "availableNow" if args.available_now else f"every {args.trigger_seconds}s", args.checkpoint)
         # any query dying ends the job with its error, so the supervisor (Airflow) restarts it

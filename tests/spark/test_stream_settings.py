@@ -1,0 +1,58 @@
+"""spark/cdc_stream.py's settings from its environment: the Kafka connection's security settings in
+the Kafka source's options, the Cassandra settings handed to the executors, and bad values
+stopping the job before Spark starts, naming the variable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from include.connections import kafka_java_config
+from spark.cdc_stream import executor_env, kafka_source_options, main, parse_args
+
+ARGS = ["--bootstrap-servers", "b1:9092,b2:9092", "--keyspace", "binance", "--checkpoint", "s3a://bucket/cdc"]
+CASSANDRA_ENV = {"CDC_CASSANDRA_HOSTS": "10.0.0.1,10.0.0.2", "CDC_CASSANDRA_PORT": "9142",
+                 "CDC_CASSANDRA_USERNAME": "pipeline", "CDC_CASSANDRA_PASSWORD": "s3cret"}
+SASL_SSL = {"bootstrap.servers": "b1:9092,b2:9092", "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": "pipeline", "sasl.password": "kafka-s3cret", "ssl.ca.location": "/etc/kafka/ca.pem"}
+
+
+def test_the_kafka_source_reads_with_the_connections_security():
+    options = kafka_source_options(parse_args(ARGS), kafka_java_config(SASL_SSL))
+    assert options["kafka.bootstrap.servers"] == "b1:9092,b2:9092" and options["failOnDataLoss"] == "true"
+    assert options["kafka.security.protocol"] == "SASL_SSL" and options["kafka.sasl.mechanism"] == "SCRAM-SHA-512"
+    assert options["kafka.sasl.jaas.config"].startswith("org.apache.kafka.common.security.scram.ScramLoginModule ")
+    assert options["kafka.ssl.truststore.type"] == "PEM"
+    assert options["kafka.ssl.truststore.location"] == "/etc/kafka/ca.pem"
+
+
+def test_a_plaintext_source_has_the_options_it_always_had():
+    options = kafka_source_options(parse_args(ARGS), kafka_java_config({}))
+    assert options == {"kafka.bootstrap.servers": "b1:9092,b2:9092", "subscribePattern": r"binance\.binance\..*",
+                       "startingOffsets": "earliest", "maxOffsetsPerTrigger": "20000", "failOnDataLoss": "true",
+                       "kafka.security.protocol": "PLAINTEXT"}
+
+
+def test_executors_get_the_cassandra_settings_the_driver_was_given():
+    env = {**CASSANDRA_ENV, "CDC_CASSANDRA_SSL_CA_CERTS": "/etc/cassandra/ca.pem",
+           "CDC_CASSANDRA_SSL_CHECK_HOSTNAME": "false", "CDC_KAFKA_CLIENT_CONFIG": json.dumps(SASL_SSL),
+           "HOME": "/home/airflow", "CDC_CASSANDRA_SSL_KEYFILE": ""}
+    assert executor_env(env) == {
+        "spark.executorEnv.CDC_CASSANDRA_HOSTS": "10.0.0.1,10.0.0.2", "spark.executorEnv.CDC_CASSANDRA_PORT": "9142",
+        "spark.executorEnv.CDC_CASSANDRA_USERNAME": "pipeline", "spark.executorEnv.CDC_CASSANDRA_PASSWORD": "s3cret",
+        "spark.executorEnv.CDC_CASSANDRA_SSL_CA_CERTS": "/etc/cassandra/ca.pem",
+        "spark.executorEnv.CDC_CASSANDRA_SSL_CHECK_HOSTNAME": "false"}
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"CDC_KAFKA_CLIENT_CONFIG": "security.protocol=SASL_SSL"}, "CDC_KAFKA_CLIENT_CONFIG is not JSON"),
+    ({"CDC_KAFKA_CLIENT_CONFIG": json.dumps({"security.protocol": "SASL_SSL", "sasl.mechanism": "GSSAPI"})},
+     "sasl.mechanism 'GSSAPI' is not supported"),
+    ({"CDC_CASSANDRA_SSL_CA_CERTS": "/nonexistent/ca.pem"}, "environment variable CDC_CASSANDRA_SSL_CA_CERTS"),
+])
+def test_bad_settings_stop_the_job_before_spark_starts(monkeypatch, env, message):
+    for name, value in {**CASSANDRA_ENV, **env}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit, match=f"cdc_stream: .*{message}"):
+        main(ARGS)
