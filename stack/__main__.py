@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each health check")
     up.add_argument("--offline", action="store_true",
                     help="point binance_api and binance_archive at the bundled server (remembered, as by demo)")
+    up.add_argument("--profile", choices=("single", "cluster"),
+                    help="single node (the default) or the cluster profile (remembered until changed)")
     sub.add_parser("down")
     sub.add_parser("status")
     sub.add_parser("env")
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo")
     demo.add_argument("--offline", action="store_true", help="feed it from the bundled Binance-compatible server")
     demo.add_argument("--timeout", type=float, default=480, help="seconds to wait for data in every stage")
+    demo.add_argument("--profile", choices=("single", "cluster"), help="as for up")
     run = sub.add_parser("exec")
     run.add_argument("service")
     sub.add_parser("watchdog")
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             if args.offline:
                 ls.set_binance_mode(True)
-            ls.up(args.timeout)
+            ls.up(args.timeout, args.profile)
         elif args.command == "down":
             ls.down()
         elif args.command == "status":
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             from stack.demo import demo as run_demo
 
-            run_demo(args.offline, args.timeout)
+            run_demo(args.offline, args.timeout, args.profile)
     except (ls.StackError, SupervisorError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1

@@ -93,9 +93,9 @@ def wait_for_flow(s: dict[str, str], since: datetime, timeout: float) -> list[St
         time.sleep(10)
 
 
-def demo(offline: bool, timeout: float) -> None:
+def demo(offline: bool, timeout: float, profile: str | None = None) -> None:
     ls.set_binance_mode(offline)
-    ls.up()
+    ls.up(profile=profile)
     s = ls.load_env()
     print(f"pipeline ({'offline: bundled Binance-compatible server' if offline else 'online: Binance API'})")
     started = datetime.now(UTC)

@@ -33,7 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from include.names import ARCHIVE_POOL, BINANCE_POOL
-from stack import supervisor
+from stack import supervisor, topology
+from stack.topology import Node
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / ".run"
@@ -128,7 +129,8 @@ def load_env() -> dict[str, str]:
             {"conn_type": "http", "host": f"http://127.0.0.1:{settings.get('BINANCE_TEST_SERVER_PORT', '8765')}"})
         settings["AIRFLOW_CONN_BINANCE_API"] = server
         settings["AIRFLOW_CONN_BINANCE_ARCHIVE"] = server
-    return settings
+    # the cluster profile (make up CLUSTER=1): its contact points, brokers, URLs, in the connections
+    return topology.overlay(settings)
 
 
 MODE_FILE = RUN / "binance_api_mode"
@@ -273,11 +275,10 @@ def classpath(folder: Path) -> str:
 
 @dataclass
 class Service:
-    name: str
-    port_key: str | None
+    """A program of the stack (supervisord's name) and where it answers, for `make status`."""
 
-    def port(self, s: dict[str, str]) -> str:
-        return s.get(self.port_key, "-") if self.port_key else "-"
+    name: str
+    address: str | None
 
 
 # ---- PostgreSQL
@@ -378,28 +379,34 @@ def _kafka_base(s: dict[str, str]) -> list[str]:
             "-XX:MaxGCPauseMillis=20", *_jvm_logging("kafka"), "-cp", classpath(JARS / "kafka")]
 
 
+def _kafka_props(s: dict[str, str], node: Node) -> Path:
+    return render(CONF / "kafka-server.properties", node.folder / "server.properties", topology.node_settings(s, node))
+
+
 def prepare_kafka(s: dict[str, str]) -> None:
-    """Format the KRaft log dir on first use."""
-    props = render(CONF / "kafka-server.properties", RUN / "kafka" / "server.properties", s)
+    """Format each broker's KRaft log dir on first use, every broker of a profile with one cluster id."""
     (RUN / "tmp").mkdir(parents=True, exist_ok=True)
-    if (RUN / "kafka" / "data" / "meta.properties").exists():
-        return
-    print("kafka: formatting the KRaft log dir")
-    base = _kafka_base(s)
-    cluster_file = RUN / "kafka" / "cluster.id"
-    if not cluster_file.exists():
-        out = subprocess.run([*base, "kafka.tools.StorageTool", "random-uuid"], capture_output=True,
-                             text=True, check=True)
-        cluster_file.write_text(out.stdout.strip().splitlines()[-1] + "\n")
-    r = subprocess.run([*base, "kafka.tools.StorageTool", "format", "-t", cluster_file.read_text().strip(),
-                        "-c", str(props), "--ignore-formatted"], capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        raise StackError(f"kafka storage format failed:\n{r.stdout}\n{r.stderr}")
+    brokers = topology.of(s, "kafka")
+    cluster_file = brokers[0].folder / "cluster.id" if len(brokers) == 1 else topology.CLUSTER_RUN / "kafka.cluster.id"
+    for node in brokers:
+        props = _kafka_props(s, node)
+        if (node.folder / "data" / "meta.properties").exists():
+            continue
+        print(f"{node.name}: formatting the KRaft log dir")
+        base = _kafka_base(s)
+        if not cluster_file.exists():
+            out = subprocess.run([*base, "kafka.tools.StorageTool", "random-uuid"], capture_output=True,
+                                 text=True, check=True)
+            cluster_file.parent.mkdir(parents=True, exist_ok=True)
+            cluster_file.write_text(out.stdout.strip().splitlines()[-1] + "\n")
+        r = subprocess.run([*base, "kafka.tools.StorageTool", "format", "-t", cluster_file.read_text().strip(),
+                            "-c", str(props), "--ignore-formatted"], capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            raise StackError(f"{node.name}: kafka storage format failed:\n{r.stdout}\n{r.stderr}")
 
 
-def kafka_command(s: dict[str, str]) -> Command:
-    props = render(CONF / "kafka-server.properties", RUN / "kafka" / "server.properties", s)
-    return Command([*_kafka_base(s), "kafka.Kafka", str(props)], service_env(s))
+def kafka_command(s: dict[str, str], node: Node) -> Command:
+    return Command([*_kafka_base(s), "kafka.Kafka", str(_kafka_props(s, node))], service_env(s))
 
 
 def kafka_healthy(s: dict[str, str]) -> bool:
@@ -407,14 +414,16 @@ def kafka_healthy(s: dict[str, str]) -> bool:
 
     if not port_open(s["KAFKA_HOST"], int(s["KAFKA_PORT"])):
         return False
-    admin = AdminClient({"bootstrap.servers": s["KAFKA_BOOTSTRAP_SERVERS"], "socket.timeout.ms": 3000,
+    # this broker, asked by itself, knows itself as part of the cluster (a quorum of controllers is up)
+    admin = AdminClient({"bootstrap.servers": f"{s['KAFKA_HOST']}:{s['KAFKA_PORT']}", "socket.timeout.ms": 3000,
                          "log_level": 2})
     meta = admin.list_topics(timeout=3)
-    return len(meta.brokers) >= 1
+    return int(s.get("KAFKA_NODE_ID", "1")) in meta.brokers
 
 
-def connect_command(s: dict[str, str]) -> Command:
-    props = render(CONF / "kafka-connect.properties", RUN / "kafka-connect" / "worker.properties", s)
+def connect_command(s: dict[str, str], node: Node) -> Command:
+    props = render(CONF / "kafka-connect.properties", node.folder / "worker.properties",
+                   topology.node_settings(s, node))
     return Command([java(), f"-Xms{s['KAFKA_CONNECT_HEAP']}", f"-Xmx{s['KAFKA_CONNECT_HEAP']}", "-XX:+UseG1GC",
                     *_jvm_logging("kafka-connect"), "-cp", classpath(JARS / "kafka"),
                     "org.apache.kafka.connect.cli.ConnectDistributed", str(props)], service_env(s))
@@ -451,10 +460,14 @@ _CASSANDRA_JVM17 = [
 ]
 
 
-def cassandra_command(s: dict[str, str]) -> Command:
-    yaml = render(CONF / "cassandra.yaml", RUN / "cassandra" / "cassandra.yaml", s)
+def cassandra_command(s: dict[str, str], node: Node) -> Command:
+    ns = topology.node_settings(s, node)
+    yaml = render(CONF / "cassandra.yaml", node.folder / "cassandra.yaml", ns)
     for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw"):
-        (RUN / "cassandra" / sub).mkdir(parents=True, exist_ok=True)
+        (node.folder / sub).mkdir(parents=True, exist_ok=True)
+    rackdc = node.folder / "cassandra-rackdc.properties"
+    # GossipingPropertyFileSnitch (the cluster profile) reads the node's datacenter and rack here
+    rackdc.write_text(f"dc={topology.DATACENTER}\nrack=rack1\n")
     (RUN / "tmp").mkdir(parents=True, exist_ok=True)
     jamm = next((JARS / "cassandra").glob("jamm-*.jar"), None)
     if jamm is None:
@@ -462,14 +475,15 @@ def cassandra_command(s: dict[str, str]) -> Command:
     heap = s["CASSANDRA_HEAP"]
     argv = [
         java(), f"-Xms{heap}", f"-Xmx{heap}", *_CASSANDRA_JVM17, f"-javaagent:{jamm}",
-        f"-Dcassandra.config=file://{yaml}", f"-Dcassandra.storagedir={RUN / 'cassandra'}",
+        f"-Dcassandra.config=file://{yaml}", f"-Dcassandra.storagedir={node.folder}",
+        f"-Dcassandra-rackdc.properties=file://{rackdc}",
         f"-Dcassandra.logdir={LOGS}", "-Dcassandra-foreground=yes",
         f"-Dlogback.configurationFile={CONF / 'cassandra-logback.xml'}",
         "-Dcassandra.superuser_setup_delay_ms=0", "-Dcassandra.skip_wait_for_gossip_to_settle=0",
         "-Dcassandra.ring_delay_ms=1000", "-Dcassandra.initial_token_allocation_delay_ms=0",
         f"-Djava.io.tmpdir={RUN / 'tmp'}", "-Djava.net.preferIPv4Stack=true",
         # JMX bound to loopback, no authentication (cassandra-env.sh's LOCAL_JMX): what nodetool talks to
-        f"-Dcassandra.jmx.local.port={s.get('CASSANDRA_JMX_PORT', '7199')}",
+        f"-Dcassandra.jmx.local.port={ns['CASSANDRA_JMX_PORT']}",
         "-cp", classpath(JARS / "cassandra"), "org.apache.cassandra.service.CassandraDaemon",
     ]
     return Command(argv, service_env(s))
@@ -535,6 +549,34 @@ def secure_cassandra(s: dict[str, str]) -> None:
         cluster.shutdown()
 
 
+SYSTEM_KEYSPACES = ("system_auth", "system_distributed", "system_traces")
+
+
+def replicate_system_keyspaces(s: dict[str, str], nodes: list[Node]) -> None:
+    """Cluster profile: roles and the other system keyspaces on every node (they ship with one
+    replica, so losing the node holding a role would refuse its logins), then a repair copies what
+    was written before. Done once (a marker in the first node's folder)."""
+    marker = nodes[0].folder / ".system-keyspaces-replicated"
+    if marker.exists():
+        return
+    cluster, session = _cassandra_session(s, "cassandra", s["CASSANDRA_SUPERUSER_PASSWORD"])
+    try:
+        for ks in SYSTEM_KEYSPACES:
+            session.execute(f"ALTER KEYSPACE {ks} WITH replication = "
+                            f"{{'class': 'NetworkTopologyStrategy', '{topology.DATACENTER}': {len(nodes)}}}")
+    finally:
+        cluster.shutdown()
+    print(f"cassandra: {', '.join(SYSTEM_KEYSPACES)} replicated to {len(nodes)} nodes; repairing system_auth")
+    nodetool(topology.node_settings(s, nodes[0]), "repair", "--full", "system_auth", timeout=300)
+    marker.write_text("done\n")
+
+
+def cassandra_ring_up(s: dict[str, str], count: int) -> bool:
+    """Every node of the ring is up and normal (UN), as the first node sees it."""
+    out = nodetool(s, "status", timeout=60)
+    return sum(1 for line in out.splitlines() if line.startswith("UN ")) == count
+
+
 def cassandra_healthy(s: dict[str, str]) -> bool:
     cluster, session = _cassandra_session(s, s["CASSANDRA_USERNAME"], s["CASSANDRA_PASSWORD"])
     try:
@@ -553,6 +595,33 @@ def binance_api_command(s: dict[str, str]) -> Command:
 
 def binance_api_healthy(s: dict[str, str]) -> bool:
     return _http_json(f"http://127.0.0.1:{s.get('BINANCE_TEST_SERVER_PORT', '8765')}/api/v3/ping") == {}
+
+
+# ---- Spark standalone (cluster profile): a master and workers from the installed pyspark
+
+
+def spark_command(s: dict[str, str], node: Node) -> Command:
+    (node.folder / "work").mkdir(parents=True, exist_ok=True)
+    env = service_env(s)
+    # every socket of the daemon, and of the executors a worker starts, on the node's own address
+    env.update(SPARK_LOCAL_IP=node.host, SPARK_WORKER_DIR=str(node.folder / "work"),
+               SPARK_DAEMON_MEMORY=s.get("CLUSTER_SPARK_DAEMON_MEMORY", "256m"))
+    spark_class = str(Path(s["SPARK_HOME"]) / "bin" / "spark-class")
+    if node.engine == "spark-master":
+        return Command([spark_class, "org.apache.spark.deploy.master.Master", "--host", node.host,
+                        "--port", s.get("SPARK_MASTER_PORT", "7077"),
+                        "--webui-port", s.get("SPARK_MASTER_WEBUI_PORT", "18080")], env)
+    return Command([spark_class, "org.apache.spark.deploy.worker.Worker", "--host", node.host,
+                    "--cores", s.get("CLUSTER_SPARK_WORKER_CORES", "1"),
+                    "--memory", s.get("CLUSTER_SPARK_WORKER_MEMORY", "1g"),
+                    "--webui-port", s.get("SPARK_WORKER_WEBUI_PORT", "18081"),
+                    "--work-dir", str(node.folder / "work"), s["SPARK_MASTER_URL"]], env)
+
+
+def spark_workers_alive(s: dict[str, str]) -> set[str]:
+    """Hosts of the workers the master counts ALIVE."""
+    state = _http_json(f"{s['SPARK_MASTER_WEBUI_URL']}/json/")
+    return {w["host"] for w in state.get("workers", []) if w.get("state") == "ALIVE"}  # type: ignore[union-attr]
 
 
 # ---- Airflow
@@ -619,13 +688,15 @@ def airflow_command(part: str, s: dict[str, str]) -> Command:
 
 def start_airflow(s: dict[str, str]) -> None:
     started_mode = Path(s["AIRFLOW_HOME"]) / ".binance_api_mode"
+    wanted = f"{binance_mode()} {topology.profile()}"
     running = [p for p in AIRFLOW_PARTS if read_pid(p) is not None]
-    if running and started_mode.exists() and started_mode.read_text().strip() != binance_mode():
-        # the binance_api connection lives in the processes' environment: restart them to switch it
-        print(f"airflow: restarting to switch the binance_api connection to {binance_mode()}")
+    if running and started_mode.exists() and started_mode.read_text().strip() != wanted:
+        # the connections (binance_api, and the profile's engines) live in the processes'
+        # environment: restart them to switch
+        print(f"airflow: restarting to switch its connections to {wanted}")
         for part in reversed(AIRFLOW_PARTS):
             supervisor.stop(part)
-    started_mode.write_text(binance_mode() + "\n")
+    started_mode.write_text(wanted + "\n")
     for part in hung_airflow_parts(airflow_health(s), datetime.now(UTC), running_since(AIRFLOW_PARTS)):
         print(f"{part}: running but its heartbeat stopped; restarting it")
         supervisor.stop(part)
@@ -691,18 +762,22 @@ def _check_port_free(name: str, host: str, port: int) -> None:
         )
 
 
-SERVICES = [
-    Service("postgres", "POSTGRES_PORT"),
-    Service("kafka", "KAFKA_PORT"),
-    Service("cassandra", "CASSANDRA_PORT"),
-    Service("kafka-connect", "KAFKA_CONNECT_PORT"),
-    Service("binance-api", "BINANCE_TEST_SERVER_PORT"),
-    Service("airflow-api-server", "AIRFLOW_PORT"),
-    Service("airflow-scheduler", None),
-    Service("airflow-dag-processor", None),
-    Service("airflow-triggerer", None),
-    Service("watchdog", None),
-]
+def services(s: dict[str, str]) -> list[Service]:
+    """Every program of the profile that runs, in start order."""
+    engines = [Service(n.name, f"{n.host}:{_engine_port(s, n)}") for n in topology.nodes(s)]
+    return [
+        Service("postgres", f"{s['POSTGRES_HOST']}:{s['POSTGRES_PORT']}"), *engines,
+        Service("binance-api", f"127.0.0.1:{s.get('BINANCE_TEST_SERVER_PORT', '8765')}"),
+        Service("airflow-api-server", f"{s['AIRFLOW_HOST']}:{s['AIRFLOW_PORT']}"),
+        *[Service(p, None) for p in AIRFLOW_PARTS[1:]],
+        Service("watchdog", None),
+    ]
+
+
+def _engine_port(s: dict[str, str], node: Node) -> str:
+    return {"kafka": s["KAFKA_PORT"], "cassandra": s["CASSANDRA_PORT"], "kafka-connect": s["KAFKA_CONNECT_PORT"],
+            "spark-master": s.get("SPARK_MASTER_PORT", "7077"),
+            "spark-worker": s.get("SPARK_WORKER_WEBUI_PORT", "18081")}[node.engine]
 
 
 @dataclass
@@ -718,14 +793,17 @@ class Command:
 
 def command(name: str, s: dict[str, str]) -> Command:
     """The command line of a service, built from the settings as they are now (a restart re-reads .env)."""
+    engine = {"kafka": kafka_command, "cassandra": cassandra_command, "kafka-connect": connect_command,
+              "spark-master": spark_command, "spark-worker": spark_command}
     builders: dict[str, Callable[[dict[str, str]], Command]] = {
-        "postgres": postgres_command, "kafka": kafka_command, "cassandra": cassandra_command,
-        "kafka-connect": connect_command, "binance-api": binance_api_command,
+        "postgres": postgres_command, "binance-api": binance_api_command,
         "watchdog": lambda s: Command([str(VENV_BIN / "python"), "-m", "stack", "watchdog"], service_env(s)),
         **{part: (lambda s, part=part: airflow_command(part, s)) for part in AIRFLOW_PARTS},
+        **{n.name: (lambda s, n=n: engine[n.engine](s, n)) for n in topology.nodes(s)},
     }
     if name not in builders:
-        raise StackError(f"no service named {name!r}; services: {', '.join(builders)}")
+        raise StackError(f"no service named {name!r} in the {topology.profile()} profile; "
+                         f"services: {', '.join(builders)}")
     return builders[name](s)
 
 
@@ -743,16 +821,23 @@ def exec_service(name: str) -> None:
     os.execvpe(cmd.argv[0], cmd.argv, cmd.env)
 
 
-def programs() -> list[supervisor.Program]:
-    """supervisord's programs: one per service."""
-    special = {
-        # SIGINT: PostgreSQL's fast shutdown; the postmaster stops its own children
-        "postgres": supervisor.Program("postgres", stop_wait=60, stop_signal="INT", as_group=False),
-        "kafka": supervisor.Program("kafka", stop_wait=60),
-        # draining and flushing memtables can take a while on a full node
-        "cassandra": supervisor.Program("cassandra", stop_wait=90),
-    }
-    return [special.get(svc.name, supervisor.Program(svc.name)) for svc in SERVICES]
+def programs(s: dict[str, str]) -> list[supervisor.Program]:
+    """supervisord's programs: one per service of the profile."""
+    engines = {n.name: n.engine for n in topology.nodes(s)}
+    out = []
+    for svc in services(s):
+        engine = engines.get(svc.name, svc.name)
+        if engine == "postgres":
+            # SIGINT: PostgreSQL's fast shutdown; the postmaster stops its own children
+            out.append(supervisor.Program(svc.name, stop_wait=60, stop_signal="INT", as_group=False))
+        elif engine == "cassandra":
+            # draining and flushing memtables can take a while on a full node
+            out.append(supervisor.Program(svc.name, stop_wait=90))
+        elif engine == "kafka":
+            out.append(supervisor.Program(svc.name, stop_wait=60))
+        else:
+            out.append(supervisor.Program(svc.name))
+    return out
 
 
 def _start(name: str, s: dict[str, str], host_key: str | None = None, port_key: str | None = None) -> None:
@@ -770,25 +855,29 @@ def _timed(label: str, fn: Callable[[], None], t0: float) -> None:
     print(f"  {label:<14} healthy  (+{time.monotonic() - t0:5.1f}s)")
 
 
-def up(timeout: float = 180.0) -> None:
-    """Install-free part of `make up`: .env on first use, every service started under supervisord
-    and healthy."""
+def up(timeout: float = 180.0, profile: str | None = None) -> None:
+    """Install-free part of `make up`: .env on first use, every service of the profile (the one
+    given, else the last one started) under supervisord and healthy."""
     write_env_if_missing()
+    if profile:
+        topology.set_profile(profile)
     s = load_env()
     t0 = time.monotonic()
-    print(f"starting the local stack under supervisord (data and logs in {RUN})")
+    print(f"starting the local stack, {topology.profile()} profile, under supervisord (data and logs in {RUN})")
     _stop_legacy()
-    supervisor.ensure_running(programs(), REPO)
+    # programs of the other profile are stopped and removed here
+    supervisor.ensure_running(programs(s), REPO)
     # the watchdog would start what `up` has not started yet: it runs once the rest is up
     supervisor.stop("watchdog")
+    kafka, cassandra = topology.of(s, "kafka"), topology.of(s, "cassandra")
     # independent services first, started together; the rest once what they need is healthy
     prepare_postgres(s)
     _start("postgres", s, "POSTGRES_HOST", "POSTGRES_PORT")
     prepare_kafka(s)
-    _start("kafka", s, "KAFKA_HOST", "KAFKA_PORT")
-    for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw"):
-        (RUN / "cassandra" / sub).mkdir(parents=True, exist_ok=True)
-    _start("cassandra", s, "CASSANDRA_HOST", "CASSANDRA_PORT")
+    for node in kafka:
+        _start_node(s, node, s["KAFKA_PORT"])
+    for node in cassandra:
+        _start_node(s, node, s["CASSANDRA_PORT"])
     _timed("postgres", lambda: (wait_for("postgres", lambda: postgres_healthy(s), timeout, log_file("postgres")),
                                 bootstrap_postgres(s)), t0)
     if binance_mode() == "offline":
@@ -797,15 +886,35 @@ def up(timeout: float = 180.0) -> None:
         supervisor.stop("binance-api")
     prepare_airflow(s)
     start_airflow(s)
-    _timed("kafka", lambda: wait_for("kafka", lambda: kafka_healthy(s), timeout, log_file("kafka")), t0)
-    _start("kafka-connect", s, "KAFKA_CONNECT_HOST", "KAFKA_CONNECT_PORT")
-    _timed("cassandra", lambda: (wait_for("cassandra", lambda: cassandra_port_open(s), timeout,
-                                          log_file("cassandra")),
-                                 _retry(lambda: secure_cassandra(s), 60, "cassandra role setup"),
-                                 wait_for("cassandra", lambda: cassandra_healthy(s), timeout,
-                                          log_file("cassandra"))), t0)
-    _timed("kafka-connect", lambda: wait_for("kafka-connect", lambda: connect_healthy(s), timeout,
-                                             log_file("kafka-connect")), t0)
+    for node in kafka:
+        ns = topology.node_settings(s, node)
+        _timed(node.name, lambda ns=ns, node=node: wait_for(node.name, lambda: kafka_healthy(ns), timeout,
+                                                            log_file(node.name)), t0)
+    for node in topology.of(s, "kafka-connect"):
+        _start_node(s, node, s["KAFKA_CONNECT_PORT"])
+    for node in topology.of(s, "spark-master") + topology.of(s, "spark-worker"):
+        _start_node(s, node, None)
+    first = topology.node_settings(s, cassandra[0])
+    for node in cassandra:
+        ns = topology.node_settings(s, node)
+        _timed(node.name, lambda ns=ns, node=node: wait_for(node.name, lambda: cassandra_port_open(ns), timeout,
+                                                            log_file(node.name)), t0)
+    _timed("cassandra auth", lambda: (_retry(lambda: secure_cassandra(first), 60, "cassandra role setup"),
+                                      wait_for(cassandra[0].name, lambda: cassandra_healthy(first), timeout,
+                                               log_file(cassandra[0].name))), t0)
+    if len(cassandra) > 1:
+        _timed("cassandra ring", lambda: (
+            wait_for(cassandra[0].name, lambda: cassandra_ring_up(first, len(cassandra)), timeout,
+                     log_file(cassandra[0].name)),
+            replicate_system_keyspaces(s, cassandra)), t0)
+    for node in topology.of(s, "kafka-connect"):
+        ns = topology.node_settings(s, node)
+        _timed(node.name, lambda ns=ns, node=node: wait_for(node.name, lambda: connect_healthy(ns), timeout,
+                                                            log_file(node.name)), t0)
+    workers = topology.of(s, "spark-worker")
+    if workers:
+        _timed("spark", lambda: wait_for("spark-master", lambda: spark_workers_alive(s) >= {w.host for w in workers},
+                                         timeout, log_file("spark-master")), t0)
     if binance_mode() == "offline":
         _timed("binance-api", lambda: wait_for("binance-api", lambda: binance_api_healthy(s), timeout,
                                                log_file("binance-api")), t0)
@@ -815,6 +924,15 @@ def up(timeout: float = 180.0) -> None:
     print(f"stack up in {time.monotonic() - t0:.1f}s; supervisord restarts any service that stops "
           f"(logs: {LOGS}/<service>.log)")
     print(f"Airflow: {s['AIRFLOW_URL']}  login: {s['AIRFLOW_ADMIN_USER']} / {s['AIRFLOW_ADMIN_PASSWORD']}")
+
+
+def _start_node(s: dict[str, str], node: Node, port: str | None) -> None:
+    record = supervisor.info(node.name)
+    if record and record["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
+        return
+    if port:
+        _check_port_free(node.name, node.host, int(port))
+    supervisor.start(node.name)
 
 
 def _retry(fn: Callable[[], None], timeout: float, what: str) -> None:
@@ -835,7 +953,11 @@ def down() -> None:
     if not supervisor.running():
         print("stack down (data kept in .run/)")
         return
-    for name in reversed([svc.name for svc in SERVICES]):
+    s = load_env()
+    known = {p["name"] for p in supervisor.rpc().supervisor.getAllProcessInfo()}
+    order = [svc.name for svc in services(s)]
+    # what runs, this profile's in reverse start order, then any other (a profile switched since)
+    for name in [*reversed(order), *sorted(known - set(order))]:
         if read_pid(name) is not None:
             print(f"stopping {name} (PID {read_pid(name)})")
         supervisor.stop(name)

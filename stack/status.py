@@ -22,6 +22,7 @@ from include.names import BRIDGE_SCHEMA, HEALTH_SCHEMA, SOURCE_SCHEMA, topic_for
 from include.partitions import prefixes
 from include.tables import BRIDGE_TABLES, TABLES
 from stack import localstack as ls
+from stack import topology
 
 
 @dataclass
@@ -52,7 +53,8 @@ def postgres(s: dict[str, str]) -> Iterator[Any]:
 @contextmanager
 def cassandra(s: dict[str, str]) -> Iterator[tuple[Any, str]]:
     """(session, keyspace) of the pipeline's Cassandra role, as the stack's .env describes it."""
-    settings = CassandraSettings((s["CASSANDRA_HOST"],), int(s["CASSANDRA_PORT"]), s["CASSANDRA_USERNAME"],
+    hosts = tuple(s.get("CASSANDRA_HOSTS", s["CASSANDRA_HOST"]).split(","))
+    settings = CassandraSettings(hosts, int(s["CASSANDRA_PORT"]), s["CASSANDRA_USERNAME"],
                                  s["CASSANDRA_PASSWORD"], s["CASSANDRA_KEYSPACE"])
     with cassandra_session(settings) as session:
         yield session, settings.keyspace
@@ -137,12 +139,13 @@ def stages(s: dict[str, str]) -> list[Stage]:
 
 
 def print_services(s: dict[str, str]) -> None:
-    for svc in ls.SERVICES:
+    print(f"profile: {topology.profile()}")
+    for svc in ls.services(s):
         pid = ls.read_pid(svc.name)
-        port = svc.port(s)
         state = "up" if pid is not None else "down"
         note = "  (offline demo only)" if svc.name == "binance-api" and ls.binance_mode() == "online" else ""
-        print(f"{svc.name:<22} {state:<5} port {port:<6} pid {pid or '-':<8} log {ls.log_file(svc.name)}{note}")
+        where = svc.address or "-"
+        print(f"{svc.name:<22} {state:<5} {where:<16} pid {pid or '-':<8} log {ls.log_file(svc.name)}{note}")
 
 
 def print_stages(s: dict[str, str]) -> None:

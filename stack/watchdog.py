@@ -67,7 +67,7 @@ def run() -> None:  # pragma: no cover - the loop around decide(); exercised by 
     from stack import supervisor
 
     dog = Watchdog()
-    names = [svc.name for svc in ls.SERVICES if svc.name != "watchdog"]
+    names = [svc.name for svc in ls.services(ls.load_env()) if svc.name != "watchdog"]
     print(f"watchdog: watching {', '.join(names)} every {TICK_S:.0f}s", flush=True)
     while True:
         try:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from stack import localstack
+from stack import localstack, topology
+
+# the cluster profile (make test-cluster): the DAGs this process runs read its connections, which
+# the profile gives through AIRFLOW_CONN_* / AIRFLOW_VAR_* (the single profile's are in .env)
+if topology.profile() == "cluster":
+    os.environ.update(topology.overlay(dict(os.environ), "cluster"))
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,8 @@ def cdc_ready(dagbag):
 
 @pytest.fixture(scope="session")
 def cassandra(settings):
-    cs = CassandraSettings((settings["CASSANDRA_HOST"],), int(settings["CASSANDRA_PORT"]),
+    hosts = tuple(settings.get("CASSANDRA_HOSTS", settings["CASSANDRA_HOST"]).split(","))
+    cs = CassandraSettings(hosts, int(settings["CASSANDRA_PORT"]),
                            settings["CASSANDRA_USERNAME"], settings["CASSANDRA_PASSWORD"],
                            settings["CASSANDRA_KEYSPACE"])
     with cassandra_session(cs, cs.keyspace) as session:

@@ -192,7 +192,7 @@ def _is_loopback(hex_addr: str) -> bool:
 
 def test_every_listening_socket_is_on_loopback(settings):
     checked = 0
-    for svc in localstack.SERVICES:
+    for svc in localstack.services(settings):
         pid = localstack.read_pid(svc.name)
         if svc.name == "binance-api" and localstack.binance_mode() == "online":
             continue  # runs only for the offline demo

@@ -15,21 +15,26 @@ from pathlib import Path
 import pytest
 
 from stack import localstack as ls
-from stack import supervisor
+from stack import supervisor, topology
 from stack.watchdog import API_SILENT_S, COOLDOWN_S, FATAL_RETRY_S, Watchdog
 
 
-def _config(tmp_path: Path, python: str) -> configparser.ConfigParser:
-    text = supervisor.render_config(ls.programs(), python, tmp_path, home=tmp_path, logs=tmp_path)
+def _config(tmp_path: Path, python: str, s: dict[str, str]) -> configparser.ConfigParser:
+    text = supervisor.render_config(ls.programs(s), python, tmp_path, home=tmp_path, logs=tmp_path)
     parser = configparser.ConfigParser(interpolation=None)
     parser.read_string(text)
     return parser
 
 
-def test_every_service_is_a_program_restarted_whatever_its_exit(tmp_path):
-    conf = _config(tmp_path, "/venv/bin/python")
+@pytest.mark.parametrize("profile", topology.PROFILES)
+def test_every_service_is_a_program_restarted_whatever_its_exit(tmp_path, profile):
+    s = topology.overlay(_example_settings(), profile)
+    conf = _config(tmp_path, "/venv/bin/python", s)
     names = {s[len("program:"):] for s in conf.sections() if s.startswith("program:")}
-    assert names == {svc.name for svc in ls.SERVICES}
+    assert names == {svc.name for svc in ls.services(s)}
+    engines = {"kafka": 1, "cassandra": 1, "kafka-connect": 1} if profile == "single" else {
+        "kafka": 3, "cassandra": 3, "kafka-connect": 2, "spark-master": 1, "spark-worker": 2}
+    assert {e: sum(1 for n in names if n.rstrip("-0123456789") == e) for e in engines} == engines
     for name in names:
         program = conf[f"program:{name}"]
         assert program["command"] == f"/venv/bin/python -m stack exec {name}"
@@ -43,11 +48,16 @@ def test_every_service_is_a_program_restarted_whatever_its_exit(tmp_path):
     assert conf["program:airflow-scheduler"]["killasgroup"] == "true"
 
 
+def _example_settings() -> dict[str, str]:
+    """.env.example's settings, secrets filled as `make up` fills them."""
+    return ls.parse_env(ls._fill(ls.ENV_EXAMPLE.read_text()), base={"PATH": "/usr/bin"})
+
+
 def test_exec_builds_each_service_from_the_settings():
     s = ls.load_env() if ls.ENV_FILE.exists() else None
     if s is None:
         pytest.skip(".env is written by `make up`")
-    for svc in ls.SERVICES:
+    for svc in ls.services(s):
         cmd = ls.command(svc.name, s)
         assert cmd.argv and Path(cmd.argv[0]).is_absolute(), svc.name
     assert ls.command("postgres", s).argv[-2:] == ["-D", str(ls.RUN / "postgres" / "data")]
@@ -74,7 +84,8 @@ def test_a_real_supervisord_restarts_a_killed_program(tmp_path):
         _until(lambda: server.getProcessInfo("sleeper")["statename"] == "RUNNING"
                and server.getProcessInfo("sleeper")["pid"] != first, 20)
         second = server.getProcessInfo("sleeper")["pid"]
-        assert Path(f"/proc/{second}/cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", b"600"]
+        # the program's own command, once the forked supervisord child has exec'd it
+        _until(lambda: Path(f"/proc/{second}/cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", b"600"], 10)
     finally:
         server.shutdown()
         _until(lambda: not Path(f"/proc/{daemon}").exists(), 30)
