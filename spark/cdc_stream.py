@@ -256,11 +256,17 @@ def kafka_source_options(args: argparse.Namespace, security: Mapping[str, str]) 
     }
 
 
+# besides the Cassandra settings: where the executors' Python workers import this job's modules
+# from (spark.writer, include) and their time zone
+EXECUTOR_ENV = ("PYTHONPATH", "TZ")
+
+
 def executor_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The Spark conf that hands the executors the Cassandra settings the driver was given: on a
-    cluster they do not inherit its environment. Set in-process, never on a command line; Spark's
-    UI and event log redact the password's entry (spark.redaction.regex matches its name)."""
-    return {f"spark.executorEnv.{name}": env[name] for name in CassandraSettings.env_names() if env.get(name)}
+    """The Spark conf that hands the executors the Cassandra settings, PYTHONPATH and TZ the driver
+    was given: on a cluster they do not inherit its environment. Set in-process, never on a command
+    line; Spark's UI and event log redact the password's entry (spark.redaction.regex matches its name)."""
+    names = (*CassandraSettings.env_names(), *EXECUTOR_ENV)
+    return {f"spark.executorEnv.{name}": env[name] for name in names if env.get(name)}
 
 
 def build_stream(spark: SparkSession, args: argparse.Namespace, batches: MicroBatches,

@@ -34,11 +34,12 @@ def test_a_plaintext_source_has_the_options_it_always_had():
                        "kafka.security.protocol": "PLAINTEXT"}
 
 
-def test_executors_get_the_cassandra_settings_the_driver_was_given():
+def test_executors_get_the_cassandra_settings_and_python_path_the_driver_was_given():
     env = {**CASSANDRA_ENV, "CDC_CASSANDRA_SSL_CA_CERTS": "/etc/cassandra/ca.pem",
            "CDC_CASSANDRA_SSL_CHECK_HOSTNAME": "false", "CDC_KAFKA_CLIENT_CONFIG": json.dumps(SASL_SSL),
-           "HOME": "/home/airflow", "CDC_CASSANDRA_SSL_KEYFILE": ""}
+           "HOME": "/home/airflow", "CDC_CASSANDRA_SSL_KEYFILE": "", "PYTHONPATH": "/opt/pipeline", "TZ": "UTC"}
     assert executor_env(env) == {
+        "spark.executorEnv.PYTHONPATH": "/opt/pipeline", "spark.executorEnv.TZ": "UTC",
         "spark.executorEnv.CDC_CASSANDRA_HOSTS": "10.0.0.1,10.0.0.2", "spark.executorEnv.CDC_CASSANDRA_PORT": "9142",
         "spark.executorEnv.CDC_CASSANDRA_USERNAME": "pipeline", "spark.executorEnv.CDC_CASSANDRA_PASSWORD": "s3cret",
         "spark.executorEnv.CDC_CASSANDRA_SSL_CA_CERTS": "/etc/cassandra/ca.pem",
