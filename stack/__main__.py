@@ -10,7 +10,7 @@ Usage: python -m stack {up,down,status,env,clean,demo} [options]
   env     print the settings from .env, expanded (for scripts)
   clean   stop everything and delete the runtime folder (.run/)
   demo    `up`, then the pipeline: cdc_setup, the DAGs unpaused, data in every stage [--offline]
-  nodetool ARGS  Cassandra's nodetool against the local node (e.g. tablestats binance_test)
+  nodetool ARGS  Cassandra's nodetool against the (first) node (e.g. tablestats binance_test)
   exec SERVICE   replace this process with a service (supervisord's command for each program)
   watchdog       restart stuck Airflow services and ones supervisord gave up on (a program too)
 
@@ -23,6 +23,7 @@ import argparse
 import sys
 
 from stack import localstack as ls
+from stack import topology
 from stack.supervisor import SupervisorError
 
 
@@ -67,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "clean":
             ls.clean()
         elif args.command == "nodetool":
-            print(ls.nodetool(ls.load_env(), *args.args), end="")
+            s = ls.load_env()
+            # the first node's JMX port (the cluster profile's nodes have one each)
+            print(ls.nodetool(topology.node_settings(s, topology.of(s, "cassandra")[0]), *args.args), end="")
         elif args.command == "exec":
             ls.exec_service(args.service)
         elif args.command == "watchdog":
