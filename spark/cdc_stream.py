@@ -75,7 +75,7 @@ from spark.envelope import (
     known_tables,
     parse_envelope,
 )
-from spark.writer import BatchContext, CassandraWriter, Offset, write_partition
+from spark.writer import BatchContext, CassandraWriter, Offset, cassandra_unreachable, write_partition
 
 log = logging.getLogger("cdc_stream")
 
@@ -97,6 +97,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="batches up to this many events are applied from the driver (0: always by Spark "
                         "tasks); default from CDC_DRIVER_MAX_EVENTS, else 20000")
     p.add_argument("--starting-offsets", default="earliest")
+    p.add_argument("--cassandra-outage-seconds", type=float,
+                   default=float(os.environ.get("CDC_CASSANDRA_OUTAGE_SECONDS", "300")),
+                   help="how long a batch is applied again while Cassandra cannot be reached before the stream "
+                        "fails; default from CDC_CASSANDRA_OUTAGE_SECONDS, else 300")
     p.add_argument("--query-name", default=STREAM_QUERY_NAME)
     return p.parse_args(argv)
 
@@ -111,8 +115,12 @@ class MicroBatches:
     misses a key even if the driver's clock steps back or the stream moves to another host."""
 
     def __init__(self, writer: CassandraWriter, query_name: str, driver_max_events: int = 0,
-                 task_writer: Callable[[str], CassandraWriter] = CassandraWriter.open) -> None:
+                 task_writer: Callable[[str], CassandraWriter] = CassandraWriter.open,
+                 outage_seconds: float = 300.0, sleep: Callable[[float], None] = time.sleep) -> None:
         self.writer = writer
+        # how long a batch is applied again while Cassandra cannot be reached, before the stream fails
+        self.outage_seconds = outage_seconds
+        self.sleep = sleep
         # how each Spark task opens its writer, from the keyspace (from the environment by default)
         self.task_writer = task_writer
         self.query_name = query_name
@@ -128,6 +136,29 @@ class MicroBatches:
         return BatchContext(minute, self.writer.retention())
 
     def write_batch(self, batch: DataFrame, batch_id: int) -> None:
+        """Apply a micro-batch. One that fails because Cassandra cannot be reached (a node or the
+        cluster restarting) is applied again, every write being idempotent, for up to
+        outage_seconds: the stream rides out the outage instead of ending and waiting for Airflow
+        to start it again. Any other failure ends the stream at once."""
+        first_failure = None
+        attempt = 0
+        while True:
+            try:
+                self._write_batch(batch, batch_id)
+                return
+            except Exception as exc:
+                now = time.monotonic()
+                first_failure = first_failure or now
+                if not cassandra_unreachable(exc) or now - first_failure >= self.outage_seconds:
+                    raise
+                attempt += 1
+                wait = min(0.5 * 2 ** (attempt - 1), 5.0)
+                log.warning("batch %d: Cassandra unreachable (%s: %s); applying it again in %.1fs (attempt %d, "
+                            "%.0fs of %.0fs)", batch_id, type(exc).__name__, str(exc).splitlines()[0][:200], wait,
+                            attempt + 1, now - first_failure, self.outage_seconds)
+                self.sleep(wait)
+
+    def _write_batch(self, batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         context = self.start_batch()
         if self.driver_max_events > 0:
@@ -312,8 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     spark.sparkContext.setLogLevel("WARN")
     writer = CassandraWriter.open(args.keyspace)
     try:
-        query = build_stream(spark, args, MicroBatches(writer, args.query_name, args.driver_max_events),
-                             kafka_security)
+        batches = MicroBatches(writer, args.query_name, args.driver_max_events,
+                               outage_seconds=args.cassandra_outage_seconds)
+        query = build_stream(spark, args, batches, kafka_security)
         log.info("stream %s started (%s), checkpoint %s", args.query_name,
                  "availableNow" if args.available_now else f"every {args.trigger_seconds}s", args.checkpoint)
         # any query dying ends the job with its error, so the supervisor (Airflow) restarts it

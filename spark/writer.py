@@ -220,6 +220,24 @@ def partition_groups(writes: Iterable[Write], size: int = BATCH_SIZE) -> list[li
 # --------------------------------------------------------------------------- the writer
 
 
+# the Cassandra driver's errors that mean no replica could be reached or answered in time: a node,
+# or the whole cluster, down or restarting
+_UNREACHABLE = ("NoHostAvailable", "OperationTimedOut", "Unavailable", "WriteTimeout", "ReadTimeout",
+                "ConnectionShutdown", "ConnectionException")
+
+
+def cassandra_unreachable(exc: BaseException) -> bool:
+    """Whether a failure means Cassandra could not be reached: raised on the driver (the exception
+    or one it came from), or relayed from a Spark task, where only its text survives."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__ in _UNREACHABLE:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    return any(f"cassandra.cluster.{name}" in text or f"cassandra.{name}" in text for name in _UNREACHABLE)
+
+
 class CassandraWriter:
     """The one thing that writes to Cassandra: holds a session and every prepared statement of the job."""
 

@@ -9,7 +9,10 @@ import json
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
+import pytest
+
 from spark.cdc_stream import MicroBatches
+from spark.writer import cassandra_unreachable
 from tests.spark.fakes import NOW, NOW_MINUTE, RecordingWriter, read_records
 from tests.spark.test_both_paths import CORPUS, RETENTION
 from tests.spark.test_envelope import SOURCE_US
@@ -152,3 +155,60 @@ def test_a_change_topic_of_a_table_the_stream_does_not_define_fails_the_batch_be
         with pytest.raises(UnknownTableError, match="table_added_later"):
             batches.write_batch(rows, 8)
         assert [r for r in writer.records if r[0] != "execute_async"] == [] and not path.exists()
+
+
+def test_cassandra_unreachable_is_told_from_other_failures():
+    from cassandra import OperationTimedOut
+    from cassandra.cluster import NoHostAvailable
+
+    assert cassandra_unreachable(NoHostAvailable("Unable to connect to any servers", {}))
+    assert cassandra_unreachable(OperationTimedOut("errors={}, last_host=127.0.0.4:9042"))
+    try:
+        try:
+            raise NoHostAvailable("down", {})
+        except NoHostAvailable as inner:
+            raise RuntimeError("the batch failed") from inner
+    except RuntimeError as outer:
+        assert cassandra_unreachable(outer)
+    # a Spark task's failure reaches the driver as text only
+    assert cassandra_unreachable(Exception("Traceback ...\ncassandra.cluster.NoHostAvailable: ('Unable to connect')"))
+    assert not cassandra_unreachable(ValueError("batch 3: topic binance.binance.trades has no table"))
+    assert not cassandra_unreachable(Exception("InvalidRequest: Error from server: code=2200"))
+
+
+def _failing(batches: MicroBatches, failures: list[BaseException]) -> list[int]:
+    """Make the batch's work raise `failures` one after the other, then succeed; the calls made."""
+    calls: list[int] = []
+
+    def attempt(batch, batch_id):
+        calls.append(batch_id)
+        if failures:
+            raise failures.pop(0)
+
+    batches._write_batch = attempt
+    return calls
+
+
+def test_a_batch_is_applied_again_while_cassandra_is_unreachable_then_the_stream_goes_on():
+    from cassandra.cluster import NoHostAvailable
+
+    slept: list[float] = []
+    batches = MicroBatches(RecordingWriter(retention=RETENTION), "q", outage_seconds=300, sleep=slept.append)
+    calls = _failing(batches, [NoHostAvailable("down", {}) for _ in range(5)])
+    batches.write_batch(None, 4)
+    assert calls == [4] * 6
+    assert slept == [0.5, 1.0, 2.0, 4.0, 5.0]
+
+
+def test_a_longer_outage_or_another_failure_ends_the_stream():
+    from cassandra.cluster import NoHostAvailable
+
+    batches = MicroBatches(RecordingWriter(retention=RETENTION), "q", outage_seconds=0, sleep=lambda s: None)
+    _failing(batches, [NoHostAvailable("down", {})])
+    with pytest.raises(NoHostAvailable):
+        batches.write_batch(None, 4)
+    batches = MicroBatches(RecordingWriter(retention=RETENTION), "q", outage_seconds=300, sleep=lambda s: None)
+    calls = _failing(batches, [ValueError("a bug")])
+    with pytest.raises(ValueError, match="a bug"):
+        batches.write_batch(None, 4)
+    assert calls == [4]
