@@ -85,7 +85,7 @@ lint: $(VENV)/.installed
 # scheduler, and no test may reach Binance. A later `make demo` without OFFLINE=1 switches it back.
 test: install
 	@$(STACK) up --offline --profile single
-	set -a && . ./.env && set +a && $(VENV)/bin/python -m pytest --ignore=tests/spark --ignore=tests/faults --ignore=tests/soak $(PYTEST_ARGS)
+	set -a && . ./.env && set +a && $(VENV)/bin/python -m pytest --ignore=tests/spark --ignore=tests/faults --ignore=tests/soak --ignore=tests/cluster $(PYTEST_ARGS)
 	TZ=UTC $(SPARK_VENV)/bin/python -m pytest tests/spark -p no:cacheprovider $(PYTEST_ARGS)
 
 # the fault-injection suite: SIGKILLs services of the local stack under load and waits for

@@ -115,6 +115,11 @@ def overlay(s: dict[str, str], chosen: str | None = None) -> dict[str, str]:
     return out
 
 
+def cluster_changes(s: dict[str, str]) -> dict[str, str]:
+    """The settings the cluster profile changes, as they are for it."""
+    return {k: v for k, v in overlay(s, "cluster").items() if s.get(k) != v}
+
+
 def node_settings(s: dict[str, str], node: Node) -> dict[str, str]:
     """The settings one node's configuration templates are rendered with (stack/conf/)."""
     out = dict(s)

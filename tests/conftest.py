@@ -10,8 +10,8 @@ from stack import localstack, topology
 
 # the cluster profile (make test-cluster): the DAGs this process runs read its connections, which
 # the profile gives through AIRFLOW_CONN_* / AIRFLOW_VAR_* (the single profile's are in .env)
-if topology.profile() == "cluster":
-    os.environ.update(topology.overlay(dict(os.environ), "cluster"))
+if topology.profile() == "cluster" and localstack.ENV_FILE.exists():
+    os.environ.update(topology.cluster_changes(localstack.parse_env(localstack.ENV_FILE.read_text())))
 
 
 @pytest.fixture(scope="session")
