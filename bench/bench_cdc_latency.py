@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -54,7 +54,8 @@ def pg_connect(s: dict[str, str]):
 
 
 def cassandra(s: dict[str, str]):
-    return open_cassandra(CassandraSettings((s["CASSANDRA_HOST"],), int(s["CASSANDRA_PORT"]), s["CASSANDRA_USERNAME"],
+    hosts = tuple(s.get("CASSANDRA_HOSTS", s["CASSANDRA_HOST"]).split(","))
+    return open_cassandra(CassandraSettings(hosts, int(s["CASSANDRA_PORT"]), s["CASSANDRA_USERNAME"],
                                      s["CASSANDRA_PASSWORD"], s["CASSANDRA_KEYSPACE"]), s["CASSANDRA_KEYSPACE"])
 
 
@@ -81,16 +82,22 @@ def writer(s: dict[str, str], first_id: int, rate: int, seconds: float, out: mp.
     out.put(commits)
 
 
+def _hours() -> list[datetime]:
+    """The hour partitions (recent_trades' buckets) a trade written in the last minute may be in."""
+    now = datetime.now(UTC)
+    return sorted({(now - timedelta(minutes=m)).replace(minute=0, second=0, microsecond=0) for m in (0, 1)})
+
+
 def poller(s: dict[str, str], first_id: int, last_id: int, deadline: float, out: mp.Queue) -> None:
     """Every 50 ms, read the ids newly visible in Cassandra; report id -> first time seen."""
     cluster, session = cassandra(s)
-    stmt = session.prepare("SELECT trade_id FROM recent_trades WHERE symbol = ? AND trade_id >= ?")
+    stmt = session.prepare("SELECT trade_id FROM recent_trades WHERE symbol = ? AND bucket = ? AND trade_id >= ?")
     stmt.fetch_size = 20000
     seen: dict[int, float] = {}
     low = first_id
     while time.time() < deadline and low <= last_id:
         now = time.time()
-        for row in session.execute(stmt, (SYMBOL, low)):
+        for row in (r for hour in _hours() for r in session.execute(stmt, (SYMBOL, hour, low))):
             if row.trade_id not in seen and row.trade_id <= last_id:
                 seen[row.trade_id] = now
         while low in seen:
@@ -128,8 +135,8 @@ def wait_visible(s: dict[str, str], first_id: int, timeout: float) -> int:
             load(conn, "recent_trades", [Trade(SYMBOL, trade_id, Decimal(1), Decimal(1), Decimal(1),
                                                datetime.now(UTC), True)])
             for _ in range(10):
-                if session.execute("SELECT trade_id FROM recent_trades WHERE symbol = %s AND trade_id >= %s",
-                                   (SYMBOL, first_id)).one():
+                if any(session.execute("SELECT trade_id FROM recent_trades WHERE symbol = %s AND bucket = %s "
+                                       "AND trade_id >= %s", (SYMBOL, hour, first_id)).one() for hour in _hours()):
                     return trade_id + 1
                 time.sleep(0.5)
             trade_id += 1
