@@ -911,6 +911,7 @@ def up(timeout: float = 180.0, profile: str | None = None) -> None:
         ns = topology.node_settings(s, node)
         _timed(node.name, lambda ns=ns, node=node: wait_for(node.name, lambda: connect_healthy(ns), timeout,
                                                             log_file(node.name)), t0)
+    _timed("capture", lambda: hand_over_capture(s), t0)
     workers = topology.of(s, "spark-worker")
     if workers:
         _timed("spark", lambda: wait_for("spark-master", lambda: spark_workers_alive(s) >= {w.host for w in workers},
@@ -924,6 +925,32 @@ def up(timeout: float = 180.0, profile: str | None = None) -> None:
     print(f"stack up in {time.monotonic() - t0:.1f}s; supervisord restarts any service that stops "
           f"(logs: {LOGS}/<service>.log)")
     print(f"Airflow: {s['AIRFLOW_URL']}  login: {s['AIRFLOW_ADMIN_USER']} / {s['AIRFLOW_ADMIN_PASSWORD']}")
+
+
+CAPTURE_PROFILE = RUN / "capture_profile"
+
+
+def hand_over_capture(s: dict[str, str]) -> None:
+    """Both profiles read PostgreSQL's one replication slot, each through its own Kafka Connect with
+    offsets of its own; the slot moves on with the profile that ran last, which leaves the other's
+    offsets pointing into WAL the slot no longer holds (Debezium then refuses to start). So when the
+    profile changes, this profile's connector, if it has one, forgets its offsets: it takes a
+    snapshot (snapshot.mode=initial) and streams on from the slot, which kept every change since the
+    other profile stopped. Nothing is lost; every row is written again (idempotent)."""
+    from include.cdc.kafka_connect import KafkaConnectClient
+    from include.names import CONNECTOR
+
+    profile = topology.profile()
+    last = CAPTURE_PROFILE.read_text().strip() if CAPTURE_PROFILE.exists() else profile
+    if last != profile:
+        client = KafkaConnectClient(s["KAFKA_CONNECT_URL"])
+        if client.get_config(CONNECTOR) is not None:
+            print(f"capture: the {last} profile read the replication slot since this one's connector last ran: "
+                  f"{CONNECTOR} starts over from a snapshot")
+            client.stop(CONNECTOR)
+            client.reset_offsets(CONNECTOR)
+            client.resume(CONNECTOR)
+    CAPTURE_PROFILE.write_text(profile + "\n")
 
 
 def _start_node(s: dict[str, str], node: Node, port: str | None) -> None:
