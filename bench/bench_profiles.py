@@ -29,28 +29,16 @@ from decimal import Decimal
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO)]
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+
+from bench_cdc_latency import cassandra, pg_connect  # noqa: E402
 
 from include.binance.models import Trade  # noqa: E402
-from include.connections import CassandraSettings, open_cassandra  # noqa: E402
 from include.loader import load  # noqa: E402
 from stack import localstack as ls  # noqa: E402
 from stack.demo import _api, _token, _unpause, run_cdc_setup  # noqa: E402
 
 OTHER_DAGS = ("binance_extract", "cassandra_bridge", "pipeline_health", "retention", "binance_archive")
-
-
-def pg_connect(s: dict[str, str]):
-    import psycopg2
-
-    return psycopg2.connect(host=s["POSTGRES_HOST"], port=s["POSTGRES_PORT"], dbname=s["POSTGRES_DB"],
-                            user=s["POSTGRES_USER"], password=s["POSTGRES_PASSWORD"])
-
-
-def cassandra(s: dict[str, str]):
-    hosts = tuple(s.get("CASSANDRA_HOSTS", s["CASSANDRA_HOST"]).split(","))
-    return open_cassandra(CassandraSettings(hosts, int(s["CASSANDRA_PORT"]), s["CASSANDRA_USERNAME"],
-                                            s["CASSANDRA_PASSWORD"], s["CASSANDRA_KEYSPACE"]), s["CASSANDRA_KEYSPACE"])
 
 
 def switch(profile: str) -> tuple[dict[str, str], float]:
@@ -103,8 +91,11 @@ def stream_figures(session, since: datetime) -> tuple[int, float]:
     """(events, seconds of batch processing) of the stream's batches finished since `since`."""
     from include.names import STREAM_QUERY_NAME
 
-    done = list(session.execute("SELECT input_rows, processing_ms FROM stream_progress WHERE query_name = %s "
-                                "AND finished_at >= %s", (STREAM_QUERY_NAME, since), timeout=60))
+    now = datetime.now(UTC)
+    hours = sorted({since.replace(minute=0, second=0, microsecond=0), now.replace(minute=0, second=0, microsecond=0)})
+    done = [r for hour in hours for r in session.execute(
+        "SELECT input_rows, processing_ms FROM stream_progress WHERE query_name = %s AND hour = %s "
+        "AND finished_at >= %s", (STREAM_QUERY_NAME, hour, since), timeout=60)]
     return sum(r.input_rows or 0 for r in done), sum(r.processing_ms or 0 for r in done) / 1000
 
 

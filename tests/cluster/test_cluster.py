@@ -22,8 +22,7 @@ from include.tables import TABLES
 from stack import localstack as ls
 from stack import supervisor, topology
 from tests.cluster.conftest import PROBE_SYMBOL, Probe, node, stream_driver
-from tests.faults.conftest import Load, differences, pg_connect, wait_equal
-from tests.integration.conftest import run_dag
+from tests.faults.conftest import Load, assert_bridge_exact_after_its_run, differences, pg_connect, wait_equal
 from tests.integration.test_health import _alive
 
 pytestmark = pytest.mark.cluster
@@ -265,10 +264,4 @@ def test_losing_a_node_under_load_stops_nothing(engine, settings, cassandra, run
 
 
 def test_the_bridge_is_exact_after_its_next_run(settings, cassandra, dagbag, running_stream):
-    pg = pg_connect(settings)
-    try:
-        assert not differences(pg, cassandra, SYMBOLS), "Cassandra must be exact before the bridge runs"
-        run_dag(dagbag, "cassandra_bridge")
-        assert not differences(pg, cassandra, SYMBOLS, schema="cassandra")
-    finally:
-        pg.close()
+    assert_bridge_exact_after_its_run(settings, cassandra, dagbag, SYMBOLS)

@@ -211,3 +211,17 @@ def wait_equal(pg, session, symbols, timeout: float, schema: str | None = None) 
         if time.monotonic() - started > timeout:
             raise AssertionError(f"{schema or 'Cassandra'} differs from Postgres after {timeout:.0f}s: {diff}")
         time.sleep(5)
+
+
+def assert_bridge_exact_after_its_run(settings, session, bag, symbols) -> None:
+    """Cassandra equal to Postgres for `symbols`, then the next cassandra_bridge run leaves Postgres
+    `cassandra` equal too."""
+    from tests.integration.conftest import run_dag
+
+    pg = pg_connect(settings)
+    try:
+        assert not differences(pg, session, symbols), "Cassandra must be exact before the bridge runs"
+        run_dag(bag, "cassandra_bridge")
+        assert not differences(pg, session, symbols, schema="cassandra")
+    finally:
+        pg.close()

@@ -21,8 +21,7 @@ from include.cdc.kafka_connect import KafkaConnectClient
 from include.health import checks as health
 from include.tables import TABLES
 from stack import localstack as ls
-from tests.faults.conftest import Load, differences, pg_connect, wait_equal
-from tests.integration.conftest import run_dag
+from tests.faults.conftest import Load, assert_bridge_exact_after_its_run, pg_connect, wait_equal
 from tests.integration.test_health import _alive, _api, _newest_batch, _stop_stream, _wait
 
 pytestmark = pytest.mark.faults
@@ -185,10 +184,4 @@ def test_sigkill_under_load_then_recovery_leaves_cassandra_exact(service, settin
 
 def test_the_bridge_is_exact_after_its_next_run(settings, cassandra, load, dagbag):
     _fresh_airflow_orm()
-    pg = pg_connect(settings)
-    try:
-        assert not differences(pg, cassandra, SYMBOLS), "Cassandra must be exact before the bridge runs"
-        run_dag(dagbag, "cassandra_bridge")
-        assert not differences(pg, cassandra, SYMBOLS, schema="cassandra")
-    finally:
-        pg.close()
+    assert_bridge_exact_after_its_run(settings, cassandra, dagbag, SYMBOLS)
