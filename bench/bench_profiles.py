@@ -55,8 +55,18 @@ def switch(profile: str) -> tuple[dict[str, str], float]:
 
 
 def visible(session, symbol: str, hours: list[datetime]) -> int:
-    return sum(session.execute("SELECT count(*) FROM recent_trades WHERE symbol = %s AND bucket = %s",
-                               (symbol, h), timeout=60).one()[0] for h in hours)
+    """Rows of `symbol` in Cassandra. A read refused by an overloaded node (a timeout, or its
+    login check timing out) is tried again: the bench measures the pipeline, not this read."""
+    from cassandra import OperationTimedOut, ReadTimeout, Unauthorized
+
+    for attempt in range(10):
+        try:
+            return sum(session.execute("SELECT count(*) FROM recent_trades WHERE symbol = %s AND bucket = %s",
+                                       (symbol, h), timeout=60).one()[0] for h in hours)
+        except (OperationTimedOut, ReadTimeout, Unauthorized) as exc:
+            print(f"  count read failed ({type(exc).__name__}), trying again", flush=True)
+            time.sleep(2 + attempt)
+    raise SystemExit(f"Cassandra refused to count {symbol}'s rows 10 times in a row")
 
 
 def wait_stream(s: dict[str, str], session, timeout: float = 600) -> None:
