@@ -59,6 +59,7 @@ class Probe:
     every: float = 1.0
     committed: dict[datetime, float] = field(default_factory=dict)
     seen: dict[datetime, float] = field(default_factory=dict)
+    _writing: bool = True
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -78,8 +79,6 @@ class Probe:
         self._stop.set()
         for t in self._threads:
             t.join(10)
-
-    _writing: bool = True
 
     def _write(self) -> None:
         conn = None
