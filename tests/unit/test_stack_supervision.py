@@ -75,9 +75,12 @@ def test_a_real_supervisord_restarts_a_killed_program(tmp_path):
     conf.write_text(supervisor.render_config(programs, str(fake), tmp_path, home=tmp_path, logs=tmp_path))
     subprocess.run([str(Path(sys.executable).parent / "supervisord"), "-c", str(conf)], check=True)
     server = supervisor.rpc(tmp_path / supervisor.SOCKET.name).supervisor
-    daemon = int((tmp_path / supervisor.PIDFILE.name).read_text())
+    pidfile = tmp_path / supervisor.PIDFILE.name
+    # the daemon writes its PID file after the command that forked it has returned
+    _until(lambda: pidfile.exists() and pidfile.read_text().strip(), 20)
+    daemon = int(pidfile.read_text())
     try:
-        _until(lambda: server.getState()["statename"] == "RUNNING", 20)
+        _until(lambda: _answers(server), 20)
         server.startProcess("sleeper", True)
         first = server.getProcessInfo("sleeper")["pid"]
         os.kill(first, signal.SIGKILL)
@@ -89,6 +92,13 @@ def test_a_real_supervisord_restarts_a_killed_program(tmp_path):
     finally:
         server.shutdown()
         _until(lambda: not Path(f"/proc/{daemon}").exists(), 30)
+
+
+def _answers(server) -> bool:
+    try:
+        return server.getState()["statename"] == "RUNNING"
+    except OSError:  # its socket is not there yet
+        return False
 
 
 def _until(check, timeout: float) -> None:
