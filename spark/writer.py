@@ -234,8 +234,10 @@ def cassandra_unreachable(exc: BaseException) -> bool:
         if type(seen).__name__ in _UNREACHABLE:
             return True
         seen = seen.__cause__ or seen.__context__
+    # as a Spark task's failure reaches the driver: a traceback's last line, or a repr in a message
     text = str(exc)
-    return any(f"cassandra.cluster.{name}" in text or f"cassandra.{name}" in text for name in _UNREACHABLE)
+    return any(f"cassandra.cluster.{name}" in text or f"cassandra.{name}" in text or f"first: {name}(" in text
+               for name in _UNREACHABLE)
 
 
 class CassandraWriter:
@@ -423,7 +425,8 @@ class CassandraWriter:
         results = execute_concurrent(self.session, batches, concurrency=CONCURRENCY, raise_on_first_error=False)
         failed = [r.result_or_exc for r in results if not r.success]
         if failed:
-            raise RuntimeError(f"{len(failed)} {what} write(s) to {target} failed; first: {failed[0]!r}")
+            # chained to the first failure, so that cassandra_unreachable sees what it was
+            raise RuntimeError(f"{len(failed)} {what} write(s) to {target} failed; first: {failed[0]!r}") from failed[0]
 
     # ---------------------------------------------------------------- the stream's progress
 

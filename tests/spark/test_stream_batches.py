@@ -172,6 +172,9 @@ def test_cassandra_unreachable_is_told_from_other_failures():
         assert cassandra_unreachable(outer)
     # a Spark task's failure reaches the driver as text only
     assert cassandra_unreachable(Exception("Traceback ...\ncassandra.cluster.NoHostAvailable: ('Unable to connect')"))
+    # the writer's own summary of failed concurrent writes, as a Spark task relays it
+    assert cassandra_unreachable(Exception("RuntimeError: 20 upsert/delete write(s) to the sink tables failed; "
+                                           "first: NoHostAvailable('Unable to complete the operation', {})"))
     assert not cassandra_unreachable(ValueError("batch 3: topic binance.binance.trades has no table"))
     assert not cassandra_unreachable(Exception("InvalidRequest: Error from server: code=2200"))
 
