@@ -701,7 +701,7 @@ def start_airflow(s: dict[str, str]) -> None:
         print(f"{part}: running but its heartbeat stopped; restarting it")
         supervisor.stop(part)
     for part in AIRFLOW_PARTS:
-        _start(part, s, "AIRFLOW_HOST", "AIRFLOW_PORT" if part == "airflow-api-server" else None)
+        _start(part, s["AIRFLOW_HOST"], s["AIRFLOW_PORT"] if part == "airflow-api-server" else None)
 
 
 # heartbeat components of /api/v2/monitor/health, by the service that sends it
@@ -840,13 +840,13 @@ def programs(s: dict[str, str]) -> list[supervisor.Program]:
     return out
 
 
-def _start(name: str, s: dict[str, str], host_key: str | None = None, port_key: str | None = None) -> None:
-    """Have supervisord start a service unless it runs; its port must be free first."""
+def _start(name: str, host: str | None = None, port: str | None = None) -> None:
+    """Have supervisord start a service unless it runs; its port, if given, must be free first."""
     record = supervisor.info(name)
     if record and record["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
         return
-    if host_key and port_key:
-        _check_port_free(name, s[host_key], int(s[port_key]))
+    if host and port:
+        _check_port_free(name, host, int(port))
     supervisor.start(name)
 
 
@@ -872,16 +872,16 @@ def up(timeout: float = 180.0, profile: str | None = None) -> None:
     kafka, cassandra = topology.of(s, "kafka"), topology.of(s, "cassandra")
     # independent services first, started together; the rest once what they need is healthy
     prepare_postgres(s)
-    _start("postgres", s, "POSTGRES_HOST", "POSTGRES_PORT")
+    _start("postgres", s["POSTGRES_HOST"], s["POSTGRES_PORT"])
     prepare_kafka(s)
     for node in kafka:
-        _start_node(s, node, s["KAFKA_PORT"])
+        _start(node.name, node.host, s["KAFKA_PORT"])
     for node in cassandra:
-        _start_node(s, node, s["CASSANDRA_PORT"])
+        _start(node.name, node.host, s["CASSANDRA_PORT"])
     _timed("postgres", lambda: (wait_for("postgres", lambda: postgres_healthy(s), timeout, log_file("postgres")),
                                 bootstrap_postgres(s)), t0)
     if binance_mode() == "offline":
-        _start("binance-api", s)
+        _start("binance-api")
     else:
         supervisor.stop("binance-api")
     prepare_airflow(s)
@@ -891,9 +891,9 @@ def up(timeout: float = 180.0, profile: str | None = None) -> None:
         _timed(node.name, lambda ns=ns, node=node: wait_for(node.name, lambda: kafka_healthy(ns), timeout,
                                                             log_file(node.name)), t0)
     for node in topology.of(s, "kafka-connect"):
-        _start_node(s, node, s["KAFKA_CONNECT_PORT"])
+        _start(node.name, node.host, s["KAFKA_CONNECT_PORT"])
     for node in topology.of(s, "spark-master") + topology.of(s, "spark-worker"):
-        _start_node(s, node, None)
+        _start(node.name, node.host, None)
     first = topology.node_settings(s, cassandra[0])
     for node in cassandra:
         ns = topology.node_settings(s, node)
@@ -951,15 +951,6 @@ def hand_over_capture(s: dict[str, str]) -> None:
             client.reset_offsets(CONNECTOR)
             client.resume(CONNECTOR)
     CAPTURE_PROFILE.write_text(profile + "\n")
-
-
-def _start_node(s: dict[str, str], node: Node, port: str | None) -> None:
-    record = supervisor.info(node.name)
-    if record and record["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
-        return
-    if port:
-        _check_port_free(node.name, node.host, int(port))
-    supervisor.start(node.name)
 
 
 def _retry(fn: Callable[[], None], timeout: float, what: str) -> None:
