@@ -1,11 +1,11 @@
-"""The Spark transforms' decisions in plain Python, for micro-batches applied from the driver.
+"""A Kafka partition's Debezium events parsed and collapsed in plain Python, by the Spark task that
+reads them (spark/apply.py).
 
-A micro-batch of a few hundred events costs the Spark path a Spark job per table (a shuffle for the
-collapse, a Cassandra session per task): a fixed cost whatever the batch size. Below
-`--driver-max-events` the stream instead collects the raw Kafka rows in one job and decides here
-what spark/envelope.py decides: the same parsing rules (include/cdc/events.py), the same collapse
-to the last event per key in source order, the same batch summary. spark/envelope.py is the
-reference; tests/spark/test_both_paths.py runs both on the same events and compares.
+Each event is typed as Spark's JSON reader would type it (a value of the wrong JSON type is null,
+text keeps a number's exact text), checked by the rules of include/cdc/events.py, and the events are
+collapsed to the last per Cassandra key in source order (LSN, then Kafka position).
+tests/spark/reference_envelope.py decides the same with Spark DataFrame transforms, independently;
+tests/spark/test_reference.py runs both on the same events and compares.
 
 No Spark import here: the functions take and return plain values.
 """
@@ -265,25 +265,3 @@ def source_ts_ms(value: str | None) -> int | None:
     if isinstance(ts, str) and re.fullmatch(r"-?[0-9]+", ts):
         return int(ts)
     return None
-
-
-@dataclass(frozen=True)
-class PartitionSummary:
-    topic: str
-    partition: int
-    events: int
-    next_offset: int
-    newest_source_ms: int | None
-
-
-def summarize(records: list[Any]) -> list[PartitionSummary]:
-    """batch_summary of spark/envelope.py over collected (topic, partition, offset, value) rows."""
-    acc: dict[tuple[str, int], list[Any]] = {}
-    for r in records:
-        entry = acc.setdefault((r.topic, r.partition), [0, -1, None])
-        entry[0] += 1
-        entry[1] = max(entry[1], r.offset)
-        ts = source_ts_ms(r.value)
-        if ts is not None and (entry[2] is None or ts > entry[2]):
-            entry[2] = ts
-    return [PartitionSummary(t, p, n, last + 1, ts) for (t, p), (n, last, ts) in sorted(acc.items())]

@@ -1,13 +1,13 @@
-"""Every write the CDC stream makes to Cassandra, through one class, for both ways of applying a batch.
+"""Every write the CDC stream makes to Cassandra, through one class.
 
-The driver applies small micro-batches itself; a big one is applied by Spark tasks, each with its
-own writer (`write_partition`). Either way a writer writes, in this order: dead letters, then the
-rows (upserts and deletes with the change's source commit time as write time, include.cdc.events.
-write_time, grouped into single-partition unlogged batches), then the change log `changed_rows` the
-bridge reads, so a logged key is always already applied. The driver's writer also records the
-signal table's events (`snapshot_windows`) before anything else of a batch, reads what every writer
-of a batch shares (`BatchContext`: the change-log minute, each table's retention, the time of each
-incremental snapshot window) and records the stream's progress.
+Spark tasks apply a micro-batch's changes, each through the writer of its Python worker
+(spark/apply.py). A writer writes, in this order: dead letters, then the rows (upserts and deletes
+with the change's source commit time as write time, include.cdc.events.write_time, grouped into
+single-partition unlogged batches), then the change log `changed_rows` the bridge reads, so a
+logged key is always already applied. The task reading the signal table's partition records its
+events (`snapshot_windows`); a task with incremental snapshot reads looks up their windows' times
+there. The driver's writer reads what every writer of a batch shares (`BatchContext`: the change-log
+minute, each table's retention) and records the stream's progress.
 
 Retention: each row is written with a TTL that ends `keep_seconds` (table `sink_retention`) after
 its time_column; a change (upsert or delete) whose row is already out of that window is not
@@ -15,9 +15,9 @@ written at all, nor logged.
 
 Sessions are opened from the environment (CDC_CASSANDRA_HOSTS, CDC_CASSANDRA_PORT,
 CDC_CASSANDRA_USERNAME, CDC_CASSANDRA_PASSWORD; include/connections.py). Spark's executors need
-them too: in local mode they inherit the driver's environment, on a cluster set them with
-`spark.executorEnv.<NAME>`. The process time zone does not matter: Spark hands every time to
-Python as epoch microseconds (spark/envelope.py), made aware UTC datetimes here (`spark_rows`).
+them too: in local mode they inherit the driver's environment, on a cluster the stream hands them
+over with `spark.executorEnv.<NAME>`. The process time zone does not matter: times are parsed from
+the events' ISO-8601 text into aware UTC datetimes (spark/python_events.py), never through Spark.
 """
 
 from __future__ import annotations
@@ -25,16 +25,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from itertools import islice
 from typing import Any, NamedTuple
 
-from include.cdc.events import DELETE, encode_key, is_incremental_read, source_time_us, write_time
+from include.cdc.events import DELETE, encode_key
 from include.connections import CassandraSettings, open_cassandra
-from include.tables import BUCKET, TABLES, Table
+from include.tables import BUCKET, Table
 from include.times import EPOCH, as_utc
 
 log = logging.getLogger("cdc_stream.writer")
@@ -42,9 +41,6 @@ log = logging.getLogger("cdc_stream.writer")
 # statements per single-partition unlogged batch, and requests in flight per writer
 BATCH_SIZE = 100
 CONCURRENCY = 32
-# the rows a Spark task hands its writer at a time: each chunk is written in full (dead letters,
-# rows, change log) before the next is read, which bounds a task's memory
-TASK_CHUNK = 5000
 # sink_retention is read again at most this often (seconds of the writer's monotonic clock)
 RETENTION_REFRESH_SECONDS = 60.0
 # Cassandra's largest TTL (20 years): a longer retention is written as this
@@ -466,48 +462,3 @@ class CassandraWriter:
                                               newest_source_ts, changelog_bucket, driver_host, driver_pid)).result()
         self.session.execute_async(position, (query_name, batch_id, now, changelog_bucket, input_rows, processing_ms,
                                               newest_source_ts, driver_host, driver_pid)).result()
-
-
-# --------------------------------------------------------------------------- on Spark's executors
-
-
-def spark_rows(table: Table, topic: str, rows: Iterable[Any],
-               windows: Mapping[int, int] | None = None) -> tuple[list[Change], list[DeadLetter]]:
-    """Rows of spark/envelope.py's parse_envelope (each event that cannot be applied, and the last
-    event per key) as the writer's changes and dead letters: times arrive as epoch microseconds and
-    become aware UTC datetimes here (PySpark's own datetimes are naive local times). An incremental
-    snapshot read is written at its window's time, `windows[lsn]` (the batch's BatchContext)."""
-    windows = windows or {}
-    times = [c.name for c in table.columns if c.type == "timestamptz"]
-    changes, letters = [], []
-    for r in rows:
-        if r.error is not None:
-            letters.append(DeadLetter(topic, r.kafka_partition, r.kafka_offset, r.raw_value, r.error))
-            continue
-        row = r.asDict()
-        for name in times:
-            if row[name] is not None:
-                row[name] = from_epoch_us(row[name])
-        source = {"ts_us": r.source_ts_us, "ts_ms": r.source_ts_ms, "snapshot": r.source_snapshot}
-        commit = source_time_us(source)
-        window = windows.get(r.cdc_lsn) if is_incremental_read(r.cdc_op, source) else None
-        changes.append(Change(table, r.cdc_op, r.cdc_lsn, None if commit is None else from_epoch_us(commit),
-                              write_time(r.cdc_op, source, window), row))
-    return changes, letters
-
-
-def write_partition(keyspace: str, table_name: str, topic: str, counters: Sequence[Any] | None,
-                    batch: BatchContext, rows: Iterator[Any],
-                    open_writer: Callable[[str], CassandraWriter] = CassandraWriter.open) -> None:
-    """foreachPartition of one table's rows to apply: one writer for the task, opened from the
-    environment, writing with the driver's `batch` (change-log minute, retention). `counters` (Spark
-    accumulators: upserts, deletes, dead letters, skipped outside retention) only feed the log."""
-    table = TABLES[table_name]
-    with open_writer(keyspace) as writer:
-        while chunk := list(islice(rows, TASK_CHUNK)):
-            changes, letters = spark_rows(table, topic, chunk, batch.windows)
-            written = writer.write(batch, changes, letters)
-            if counters is not None:
-                for counter, n in zip(counters, (written.upserts, written.deletes, len(letters), written.skipped),
-                                      strict=True):
-                    counter.add(n)

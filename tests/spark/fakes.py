@@ -79,7 +79,7 @@ class RecordingWriter(CassandraWriter):
     """Writes nothing, the clock held at `clock` (NOW unless set), the monotonic clock at `ticks`:
     `records` lists in order what the session executed ("execute": dead letters, "execute_async":
     progress) and each write `_send` would have batched ("upsert/delete", "change log"), as
-    (what, cql, values). `to_file` appends them to a file when closed."""
+    (what, cql, values). `to_file`'s writers append them to a file when closed."""
 
     def __init__(self, keyspace: str = "ks", path: Path | None = None,
                  retention: Mapping[str, int | None] | None = None,
@@ -94,7 +94,10 @@ class RecordingWriter(CassandraWriter):
 
     @classmethod
     def to_file(cls, path: str, keyspace: str) -> RecordingWriter:
-        return cls(keyspace, Path(path))
+        """A writer for a Spark task: it finds the windows earlier tasks' writers recorded in `path`
+        (as a task finds them in snapshot_windows) and appends what it wrote there when closed."""
+        windows = {args[1]: args[2] for _, cql, args in read_records(Path(path)) if ".snapshot_windows" in cql}
+        return cls(keyspace, Path(path), windows=windows)
 
     def now(self) -> datetime:
         return self.clock
@@ -128,3 +131,11 @@ def read_records(path: Path) -> list[tuple[str, str, tuple]]:
                 out += pickle.load(f)
             except EOFError:
                 return out
+
+
+def seed_windows(path: Path, windows: Mapping[int, int], topic: str = "binance.binance.debezium_signal") -> None:
+    """Record window markers (LSN -> commit µs) in `path` as a task's writer would have, for the
+    RecordingWriter.to_file writers of later tasks to find."""
+    cql = 'INSERT INTO "ks".snapshot_windows (topic, lsn, commit_us, recorded_at) VALUES (?, ?, ?, ?)'
+    with path.open("ab") as f:
+        pickle.dump([("execute_async", cql, (topic, lsn, commit, NOW)) for lsn, commit in windows.items()], f)

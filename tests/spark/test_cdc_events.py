@@ -1,6 +1,7 @@
 """include/cdc/events.py: the change-log key (both ways, exact bytes, bucket included), the decimal
 check, the write time of each op and snapshot kind, and every error a dead letter can carry,
-reached by both write paths."""
+reached alike by the stream's parsing (spark/python_events.py) and the reference transforms
+(tests/spark/reference_envelope.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import pytest
 from include.cdc import events
 from include.tables import TABLES, Column
 from spark import python_events
-from spark.envelope import incremental_read_lsns, parse_envelope
-from spark.writer import change_key, cql_value, spark_rows
+from spark.writer import change_key, cql_value
+from tests.spark.reference_envelope import incremental_read_lsns, parse_envelope, spark_rows
 from tests.spark.test_envelope import SOURCE_US, envelope, frame, kline
 
 KLINES = TABLES["klines"]
@@ -157,7 +158,7 @@ def test_an_incremental_read_is_placed_by_its_sequence_when_it_has_no_lsn():
     assert events.event_lsn(None, "true", '["1","2"]') is None
 
 
-def test_both_paths_find_an_incremental_reads_lsn_alike(spark):
+def test_the_stream_and_the_reference_find_an_incremental_reads_lsn_alike(spark):
     def read(source):
         return json.dumps({"op": "r", "after": kline("1"), "source": {"ts_us": SOURCE_US, **source}})
 
@@ -192,7 +193,7 @@ WRITE_TIMES = [  # (event, write time); both paths compute each through include.
     (envelope("r", None, kline("1"), 6, snapshot=None, ts_us=None), SOURCE_US // 1000 * 1000 - 10_000_000),
     (envelope("r", None, kline("1"), 7, snapshot="incremental"), SOURCE_US - 3_000_000),  # its window's time
     (json.dumps({"op": "r", "after": kline("1"), "source": {"lsn": 8, "ts_us": SOURCE_US, "snapshot": True}}),
-     SOURCE_US - 10_000_000),  # a JSON boolean reads as "true" on both paths
+     SOURCE_US - 10_000_000),  # a JSON boolean reads as "true" on both
     # an incremental read as Debezium 3.7 emits it: no source.lsn, the close marker's position in
     # source.sequence ([last commit LSN, last processed LSN])
     (json.dumps({"op": "r", "after": kline("1"), "source": {"lsn": None, "sequence": '["6","9"]', "ts_us": SOURCE_US,
@@ -200,7 +201,7 @@ WRITE_TIMES = [  # (event, write time); both paths compute each through include.
 ]
 
 
-def test_both_paths_give_each_event_its_write_time(spark):
+def test_the_stream_and_the_reference_give_each_event_its_write_time(spark):
     values = [v for v, _ in WRITE_TIMES]
     windows = {7: SOURCE_US - 3_000_000, 9: SOURCE_US - 2_000_000}
     rows = parse_envelope(frame(spark, values), KLINES).orderBy("kafka_offset").collect()
@@ -241,7 +242,7 @@ REASONS = {
 }
 
 
-def test_every_error_text_is_reached_by_both_paths(spark):
+def test_every_error_text_is_reached_by_the_stream_and_the_reference(spark):
     assert events.unknown_op("x") == "unknown op x"
     assert events.missing_row("d") == events.DELETE_WITHOUT_BEFORE and events.missing_row("c") == events.NO_AFTER
     values = list(REASONS.values())

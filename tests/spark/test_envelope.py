@@ -1,5 +1,6 @@
-"""parse_envelope / collapse_last on hand-written Debezium envelopes, one per op, down to what the
-Spark path's tasks hand the writer."""
+"""The reference transforms (tests/spark/reference_envelope.py: parse_envelope, collapse_last) on
+hand-written Debezium envelopes, one per op, down to what they hand the writer: the reference the
+stream's own parsing is compared with must be right itself."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import json
 from datetime import UTC, datetime
 
 from include.tables import TABLES
-from spark.envelope import batch_summary, collapse_last, envelope_schema, parse_envelope
-from spark.writer import change_key, epoch_us, spark_rows
+from spark.writer import change_key, epoch_us
 from tests.spark.fakes import RecordingWriter
+from tests.spark.reference_envelope import batch_summary, collapse_last, envelope_schema, parse_envelope, spark_rows
 
 KLINES = TABLES["klines"]
 BOOK = TABLES["order_book"]
@@ -39,7 +40,7 @@ def frame(spark, values: list[str | None], topic: str = "binance.binance.klines"
 
 
 def written(table, winners) -> list[tuple[str, str, tuple]]:
-    """What a Spark task's writer writes for these rows."""
+    """What a writer writes for these rows."""
     writer = RecordingWriter()
     writer.write(writer.context(), *spark_rows(table, f"binance.binance.{table.name}", winners.collect()))
     return writer.records

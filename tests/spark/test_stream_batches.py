@@ -1,7 +1,8 @@
-"""spark/cdc_stream.py's foreachBatch on a recorded writer: a batch applied on the driver and the same
-batch applied by Spark tasks make the same writes under the same change-log minute, chosen by the
-driver when the batch starts, and the same progress rows; both record the signal table's events
-first and write each incremental snapshot read at its window's time."""
+"""spark/cdc_stream.py's foreachBatch on recorded writers: a batch is applied by the Spark tasks that
+read it, under the change-log minute the driver chose when the batch started, and the driver
+records nothing but the progress, from the tasks' small per-partition results; the signal table's
+events are recorded before the reads of their windows are written, also when another task of the
+batch records them."""
 
 from __future__ import annotations
 
@@ -11,25 +12,36 @@ from functools import partial
 
 import pytest
 
+from spark.apply import UnknownTableError, apply_partitions
 from spark.cdc_stream import MicroBatches
 from spark.writer import cassandra_unreachable
 from tests.spark.fakes import NOW, NOW_MINUTE, RecordingWriter, read_records
-from tests.spark.test_both_paths import CORPUS, RETENTION
 from tests.spark.test_envelope import SOURCE_US
+from tests.spark.test_reference import CORPUS, RETENTION
 
 # a window's open marker in the signal table, committed 2 s before the reads' emission stamp
 MARKER_LSN, MARKER_US = 170, SOURCE_US - 2_000_000
 MARKER = json.dumps({"before": None, "after": {"id": "w1-open", "type": "snapshot-window-open", "data": None},
                      "op": "c", "source": {"lsn": MARKER_LSN, "ts_us": MARKER_US, "ts_ms": MARKER_US // 1000}})
+SCHEMA = "topic string, partition int, offset long, value string"
 
 
-def _batch(spark):
+def _rows() -> list[tuple]:
     rows = [(f"binance.binance.{table.name}", p, offset, value)
             for p, table in enumerate(CORPUS) for offset, value in enumerate(CORPUS[table])]
     # topics the sink does not keep are only reported; the signal table's events place windows in time
     rows.append(("binance.binance.debezium_heartbeat", 0, 5, '{"op": "u", "source": {"lsn": 1, "ts_ms": 2}}'))
     rows.append(("binance.binance.debezium_signal", 0, 3, MARKER))
-    return spark.createDataFrame(rows, "topic string, partition int, offset long, value string")
+    return rows
+
+
+def _batch(spark, tasks: int = 1):
+    """The batch as one Spark partition, or as two with the signal table's event alone in the second:
+    each Kafka partition in one Spark partition, as the Kafka source reads them."""
+    rows = _rows()
+    if tasks == 1:
+        return spark.createDataFrame(rows, SCHEMA).coalesce(1)
+    return spark.createDataFrame(rows[:-1], SCHEMA).coalesce(1).union(spark.createDataFrame(rows[-1:], SCHEMA))
 
 
 def _progress(records):
@@ -42,26 +54,32 @@ def _progress(records):
             (position_cql, position[:5] + position[6:])]
 
 
-def test_driver_and_spark_tasks_write_a_batch_the_same(spark, tmp_path):
-    by_driver = RecordingWriter(retention=RETENTION)
-    MicroBatches(by_driver, "q", driver_max_events=1000).write_batch(_batch(spark), 7)
-
-    path = tmp_path / "tasks.pickle"
+def _apply(spark, tmp_path, tasks: int = 1, name: str = "tasks") -> tuple[RecordingWriter, list]:
+    """A batch through MicroBatches: (the driver's writer, what the tasks' writers wrote)."""
+    path = tmp_path / f"{name}.pickle"
     on_driver = RecordingWriter(retention=RETENTION)
-    MicroBatches(on_driver, "q", driver_max_events=0,
-                 task_writer=partial(RecordingWriter.to_file, str(path))).write_batch(_batch(spark), 7)
-    by_tasks = read_records(path)
+    MicroBatches(on_driver, "q", task_writer=partial(RecordingWriter.to_file, str(path))).write_batch(
+        _batch(spark, tasks), 7)
+    return on_driver, read_records(path)
 
-    writes = [r for r in by_driver.records if r[0] != "execute_async"]
-    assert writes and not [r for r in on_driver.records if r[0] != "execute_async"]
-    assert sorted(map(repr, writes)) == sorted(map(repr, by_tasks))
+
+def test_the_tasks_apply_a_batch_and_the_driver_records_its_progress(spark, tmp_path):
+    on_driver, by_tasks = _apply(spark, tmp_path)
+    # what one process applying the same rows writes (spark/apply.py without Spark)
+    alone = RecordingWriter(retention=RETENTION)
+    apply_partitions("ks", alone.context(), [_Row(*r) for r in _rows()], open_writer=lambda ks: alone)
+    assert by_tasks and sorted(map(repr, by_tasks)) == sorted(map(repr, alone.records))
+    # the driver wrote nothing but progress
+    assert {what for what, _, _ in on_driver.records} == {"execute_async"}
+    assert not [cql for _, cql, _ in on_driver.records if "snapshot_windows" in cql]
     assert {args[1] for what, _, args in by_tasks if what == "change log"} == {NOW_MINUTE}
-    # some changes were outside retention: written by neither
-    assert len([w for w in writes if w[0] == "change log"]) < sum(len(v) for v in CORPUS.values()) - 10
-    assert _progress(by_driver.records) == _progress(on_driver.records)
-    progress = _progress(by_driver.records)
+    # some changes were outside retention: not written
+    assert len([w for w in by_tasks if w[0] == "change log"]) < sum(len(v) for v in CORPUS.values()) - 10
+    progress = _progress(on_driver.records)
     assert len(progress) == len(CORPUS) + 2 + 2
-    # the heartbeat's and the signal table's partitions are reported without a source time
+    # per partition the next offset (last + 1); the heartbeat's and the signal table's without a source time
+    tables = [args[1:4] for _, args in progress[:-2] if "debezium" not in args[1]]
+    assert tables == [(f"binance.binance.{t.name}", p, len(CORPUS[t])) for p, t in enumerate(CORPUS)]
     heartbeat = [args for _, args in progress if args[1] == "binance.binance.debezium_heartbeat"]
     assert heartbeat == [("q", "binance.binance.debezium_heartbeat", 0, 6, NOW, 6)]
     assert [args for _, args in progress if args[1] == "binance.binance.debezium_signal"] == [
@@ -73,58 +91,84 @@ def test_driver_and_spark_tasks_write_a_batch_the_same(spark, tmp_path):
     assert progress[-1][1] == ("q", 7, NOW, NOW_MINUTE, rows, newest, progress[-1][1][6], progress[-1][1][7])
 
 
+class _Row:
+    def __init__(self, topic, partition, offset, value):
+        self.topic, self.partition, self.offset, self.value = topic, partition, offset, value
+
+
 def _window_writes(records) -> list[tuple]:
     return [args for what, cql, args in records if "snapshot_windows" in cql]
 
 
-def test_both_ways_record_the_windows_first_and_write_incremental_reads_at_their_time(spark, tmp_path):
-    by_driver = RecordingWriter(retention=RETENTION)
-    MicroBatches(by_driver, "q", driver_max_events=1000).write_batch(_batch(spark), 7)
-    path = tmp_path / "tasks.pickle"
-    on_driver = RecordingWriter(retention=RETENTION)
-    MicroBatches(on_driver, "q", driver_max_events=0,
-                 task_writer=partial(RecordingWriter.to_file, str(path))).write_batch(_batch(spark), 7)
-    for writer in (by_driver, on_driver):
-        # the marker is recorded before anything of the batch is written
-        assert _window_writes(writer.records) == [("binance.binance.debezium_signal", MARKER_LSN, MARKER_US, NOW)]
-        assert writer.records.index(next(r for r in writer.records if "snapshot_windows" in r[1])) == 0
-    for records in (by_driver.records, read_records(path)):
-        upserts = [args for what, cql, args in records if what == "upsert/delete" and "INSERT" in cql]
-        # the klines read at LSN 180 (interval 3m) is written at the marker's time, not at its emission stamp
-        [read] = [args for args in upserts if args[1] == "3m"]
-        assert read[-2] == MARKER_US
-        # the trade read at LSN 25 has no marker at or below it: not applied
-        assert not [args for args in upserts if args[0] == "BTCUSDT" and args[1] == 4]
+def _reads(records) -> tuple[list[tuple], list[tuple]]:
+    """(the klines read at LSN 180 as written, the trade read at LSN 25 as written)."""
+    upserts = [args for what, cql, args in records if what == "upsert/delete" and "INSERT" in cql]
+    return [a for a in upserts if a[1] == "3m"], [a for a in upserts if a[0] == "BTCUSDT" and a[1] == 4]
 
 
-def _logged_minutes(writer: RecordingWriter, since: int = 0) -> set[datetime]:
-    return {args[1] for what, _, args in writer.records[since:] if what == "change log"}
+def test_the_windows_are_recorded_before_the_reads_and_place_them_in_time(spark, tmp_path):
+    _, by_tasks = _apply(spark, tmp_path)
+    # the marker is recorded before anything of the batch is written
+    assert _window_writes(by_tasks) == [("binance.binance.debezium_signal", MARKER_LSN, MARKER_US, NOW)]
+    assert by_tasks.index(next(r for r in by_tasks if "snapshot_windows" in r[1])) == 0
+    klines_read, trade_read = _reads(by_tasks)
+    # the klines read at LSN 180 (interval 3m) is written at the marker's time, not at its emission stamp
+    assert [read[-2] for read in klines_read] == [MARKER_US]
+    # the trade read at LSN 25 has no marker at or below it: not applied
+    assert trade_read == []
+
+
+def test_reads_of_a_window_another_task_records_are_applied_again_once_it_is(spark, tmp_path):
+    """Two tasks, the signal table's event read by the second: the first finds no window for its
+    reads, reports them, and the driver has its partitions applied again after the job."""
+    on_driver, by_tasks = _apply(spark, tmp_path, tasks=2)
+    klines_read, trade_read = _reads(by_tasks)
+    assert [read[-2] for read in klines_read] == [MARKER_US] and trade_read == []
+    # the batch counted once in the progress, every partition reported once
+    progress = _progress(on_driver.records)
+    assert len(progress) == len(CORPUS) + 2 + 2
+    assert progress[-1][1][4] == sum(len(v) for v in CORPUS.values()) + 2
+
+
+def test_a_kafka_partition_split_between_tasks_fails_the_batch(spark, tmp_path):
+    """Its events would be collapsed in two places, the older winning in one: refused, not guessed."""
+    rows = _rows()[:len(CORPUS[next(iter(CORPUS))])]
+    first, second = (spark.createDataFrame(part, SCHEMA).coalesce(1) for part in (rows[:5], rows[5:]))
+    split = first.union(second)
+    writer = RecordingWriter(retention=RETENTION)
+    batches = MicroBatches(writer, "q", task_writer=partial(RecordingWriter.to_file, str(tmp_path / "t.pickle")))
+    with pytest.raises(RuntimeError, match="read by more than one Spark task"):
+        batches.write_batch(split, 9)
+    assert writer.records == []
+
+
+def _logged_minutes(records) -> set[datetime]:
+    return {args[1] for what, _, args in records if what == "change log"}
 
 
 def test_the_changelog_minute_is_the_drivers_and_never_goes_back(spark, tmp_path):
     later = NOW_MINUTE + timedelta(minutes=3)
     # the last finished batch (another driver, a clock ahead) logged under a later minute: start from it
     writer = RecordingWriter(retention=RETENTION, position={"q": later.replace(tzinfo=None)})
-    path = tmp_path / "tasks.pickle"
-    batches = MicroBatches(writer, "q", driver_max_events=0, task_writer=partial(RecordingWriter.to_file, str(path)))
+    paths = [tmp_path / f"tasks-{n}.pickle" for n in range(3)]
+    batches = MicroBatches(writer, "q", task_writer=partial(RecordingWriter.to_file, str(paths[0])))
     assert batches.start_batch().changelog_bucket == later
     batches.write_batch(_batch(spark), 1)
     # the executors' writers, on their own clocks, log under the driver's minute
-    assert {args[1] for what, _, args in read_records(path) if what == "change log"} == {later}
+    assert _logged_minutes(read_records(paths[0])) == {later}
     position = writer.records[-1][2]
     assert position[:4] == ("q", 1, NOW, later)
 
     # the driver's clock passes it: its own minute
     writer.clock = NOW + timedelta(minutes=5, seconds=30)
-    batches.driver_max_events = 1000
-    mark = len(writer.records)
+    batches.task_writer = partial(RecordingWriter.to_file, str(paths[1]))
     batches.write_batch(_batch(spark), 2)
-    assert _logged_minutes(writer, mark) == {NOW_MINUTE + timedelta(minutes=5)}
+    assert _logged_minutes(read_records(paths[1])) == {NOW_MINUTE + timedelta(minutes=5)}
     # then steps back: the minute stays
     writer.clock = NOW
-    mark = len(writer.records)
+    batches.task_writer = partial(RecordingWriter.to_file, str(paths[2]))
     batches.write_batch(_batch(spark), 3)
-    assert _logged_minutes(writer, mark) == {NOW_MINUTE + timedelta(minutes=5)}
+    assert _logged_minutes(read_records(paths[2])) == {NOW_MINUTE + timedelta(minutes=5)}
     assert writer.records[-1][2][3] == NOW_MINUTE + timedelta(minutes=5)
     # stream_position is read once, at startup
     assert [cql for cql, _ in writer.session.reads if "stream_position" in cql] == [
@@ -137,24 +181,20 @@ def test_a_new_stream_starts_from_its_clocks_minute():
     assert context.changelog_bucket == NOW_MINUTE and context.keep_seconds == RETENTION
 
 
-def test_a_change_topic_of_a_table_the_stream_does_not_define_fails_the_batch_before_any_write(spark, tmp_path):
+def test_a_change_topic_of_a_table_the_stream_does_not_define_fails_the_batch(spark, tmp_path):
     """A table added to the capture while an older stream runs: skipping its topic would commit the
-    offsets past changes never applied. The batch fails on both paths, having written nothing."""
-    import pytest
-
-    from spark.envelope import UnknownTableError
-
+    offsets past changes never applied. Nothing of that topic is written, the batch fails, and no
+    progress is recorded: the stream, restarted with code that defines the table, applies it again."""
     rows = _batch(spark).union(spark.createDataFrame(
-        [("binance.binance.table_added_later", 0, 0, '{"op": "c", "source": {"lsn": 1, "ts_ms": 2}}')],
-        "topic string, partition int, offset long, value string"))
-    for driver_max_events in (1000, 0):
-        writer = RecordingWriter(retention=RETENTION)
-        path = tmp_path / f"tasks-{driver_max_events}.pickle"
-        batches = MicroBatches(writer, "q", driver_max_events=driver_max_events,
-                               task_writer=partial(RecordingWriter.to_file, str(path)))
-        with pytest.raises(UnknownTableError, match="table_added_later"):
-            batches.write_batch(rows, 8)
-        assert [r for r in writer.records if r[0] != "execute_async"] == [] and not path.exists()
+        [("binance.binance.table_added_later", 0, 0, '{"op": "c", "source": {"lsn": 1, "ts_ms": 2}}')], SCHEMA))
+    writer = RecordingWriter(retention=RETENTION)
+    path = tmp_path / "tasks.pickle"
+    batches = MicroBatches(writer, "q", task_writer=partial(RecordingWriter.to_file, str(path)))
+    with pytest.raises(UnknownTableError, match="table_added_later"):
+        batches.write_batch(rows, 8)
+    assert writer.records == []
+    assert not [args for _, cql, args in read_records(path) if "table_added_later" in cql or
+                "table_added_later" in repr(args)]
 
 
 def test_cassandra_unreachable_is_told_from_other_failures():

@@ -1,6 +1,6 @@
 """spark/writer.py without Cassandra: the CQL it prepares, the values it binds (buckets, write
-times, TTLs), the order it writes in, what it reads (retention, the stream's position), and a Spark
-task's use of it. A fake session records the calls (unit tests only)."""
+times, TTLs), the order it writes in, what it reads (retention, the stream's position). A fake
+session records the calls (unit tests only)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from pyspark.sql import Row
 
 from include.tables import TABLES
-from spark import writer as writer_module
 from spark.writer import (
     MAX_TTL,
     BatchContext,
@@ -24,9 +22,8 @@ from spark.writer import (
     epoch_us,
     partition_groups,
     ttl_of,
-    write_partition,
 )
-from tests.spark.fakes import NOW, NOW_MINUTE, RecordingWriter
+from tests.spark.fakes import NOW, RecordingWriter
 
 KLINES = TABLES["klines"]
 TRADES = TABLES["recent_trades"]
@@ -240,46 +237,3 @@ def test_the_last_changelog_bucket_is_read_from_the_stream_position():
     assert w.last_changelog_bucket("q") == datetime(2026, 1, 2, 3, 9, tzinfo=UTC)
     assert w.last_changelog_bucket("other") is None
     assert w.session.reads[0] == ('SELECT changelog_bucket FROM "ks".stream_position WHERE query_name = ?', ("q",))
-
-
-class Counter:
-    def __init__(self) -> None:
-        self.value = 0
-
-    def add(self, n: int) -> None:
-        self.value += n
-
-
-def test_a_task_writes_its_partition_in_chunks_each_complete(monkeypatch):
-    monkeypatch.setattr(writer_module, "TASK_CHUNK", 2)
-    opened: list[RecordingWriter] = []
-
-    def open_writer(keyspace: str) -> RecordingWriter:
-        opened.append(RecordingWriter(keyspace))
-        return opened[-1]
-
-    def event(offset: int, op: str = "c", error: str | None = None, days_old: int = 0) -> Row:
-        # what parse_envelope hands a task: times as epoch microseconds
-        row = kline_row(open_time=OPEN + timedelta(minutes=offset) - timedelta(days=days_old))
-        row = {k: epoch_us(v) if isinstance(v, datetime) else v for k, v in row.items()}
-        return Row(**row, cdc_op=op, cdc_lsn=100 + offset, source_ts_us=COMMIT_US + offset, source_ts_ms=None,
-                   source_snapshot="false", kafka_partition=0, kafka_offset=offset, raw_value="{}", error=error)
-
-    rows = [event(0), event(1, error="no after"), event(2, "d"), event(3), event(4, days_old=2)]
-    counters = (Counter(), Counter(), Counter(), Counter())
-    batch = BatchContext(NOW_MINUTE, {"klines": 86400})
-    write_partition("ks", "klines", "binance.binance.klines", counters, batch, iter(rows), open_writer=open_writer)
-    [w] = opened
-    assert w.closed
-    kinds = [what for what, _, _ in w.records]
-    # each chunk of two rows is written in full before the next: dead letter, rows, change log
-    assert kinds == ["execute", "upsert/delete", "change log", "upsert/delete", "upsert/delete", "change log",
-                     "change log"]
-    assert [c.value for c in counters] == [2, 1, 1, 1]  # upserts, deletes, dead letters, skipped
-    # the times came as epoch microseconds from Spark: written as aware UTC datetimes, the write time the commit's
-    upsert = w.records[1][2]
-    assert upsert[2] == OPEN and upsert[11] == DAY and upsert[13] == datetime(2026, 1, 2, 3, 4, 4, 123000, tzinfo=UTC)
-    assert upsert[-2] == COMMIT_US and upsert[-1] == 86395  # ceil(86400 - 5.678): open_time + a day - now
-    # the task's writer never reads retention itself: the driver's context says it
-    assert w.session.reads == []
-    assert all(args[1] == NOW_MINUTE for what, _, args in w.records if what == "change log")

@@ -1,6 +1,7 @@
-"""Runs both write paths of the stream on the corpus of test_both_paths.py in a fresh process (a fresh
-JVM), and pickles what they bound, for test_time_zone.py, which starts it under several TZ values:
-the JVM and PySpark read the time zone once, when they start.
+"""Runs the stream's micro-batch (spark/cdc_stream.py's MicroBatches, Spark tasks writing) on the
+corpus of test_reference.py in a fresh process (a fresh JVM), and pickles what it bound, for
+test_time_zone.py, which starts it under several TZ values: the JVM and PySpark read the time zone
+once, when they start.
 
 Usage: TZ=Asia/Kolkata python -m tests.spark.tz_probe OUT.pickle
 """
@@ -19,7 +20,7 @@ from pyspark.sql import SparkSession
 
 from spark.cdc_stream import MicroBatches
 from tests.spark.fakes import RecordingWriter, read_records
-from tests.spark.test_both_paths import CORPUS, RETENTION
+from tests.spark.test_reference import CORPUS, RETENTION
 
 
 def _without_durations(records: list) -> list:
@@ -37,25 +38,21 @@ def _without_durations(records: list) -> list:
 def main(out: str) -> None:
     spark = (SparkSession.builder.master("local[1]").appName("cdc-tz-probe")
              .config("spark.sql.session.timeZone", "UTC").config("spark.ui.enabled", "false")
-             .config("spark.sql.shuffle.partitions", "1").getOrCreate())
+             .getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     try:
         rows = [(f"binance.binance.{table.name}", p, offset, value)
                 for p, table in enumerate(CORPUS) for offset, value in enumerate(CORPUS[table])]
         batch = spark.createDataFrame(rows, "topic string, partition int, offset long, value string")
-        by_driver = RecordingWriter(retention=RETENTION)
-        MicroBatches(by_driver, "q", driver_max_events=1000).write_batch(batch, 1)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "tasks.pickle"
             on_driver = RecordingWriter(retention=RETENTION)
-            MicroBatches(on_driver, "q", driver_max_events=0,
-                         task_writer=partial(RecordingWriter.to_file, str(path))).write_batch(batch, 1)
+            MicroBatches(on_driver, "q", task_writer=partial(RecordingWriter.to_file, str(path))).write_batch(batch, 1)
             by_tasks = read_records(path)
         result = {
             "jvm_time_zone": spark.sparkContext._jvm.java.util.TimeZone.getDefault().getID(),
             "python_utc_offset": time.localtime().tm_gmtoff,
             "tz": os.environ.get("TZ"),
-            "driver": _without_durations(by_driver.records),
             "tasks": by_tasks,
             "tasks_progress": _without_durations(on_driver.records),
         }

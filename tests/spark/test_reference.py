@@ -1,8 +1,8 @@
-"""The driver path (spark/python_events.py) decides exactly what the Spark path (spark/envelope.py)
-decides, on the same events: errors, the winner per key (bucket included), the values written, the
-write time, the change-log key and the batch summary; and both hand the writer the same writes,
-TTLs and skips (the Spark path from a Spark task, through foreachPartition, with the driver's batch
-context in its closure)."""
+"""The stream's parsing and collapse (spark/python_events.py, run by spark/apply.py in Spark tasks)
+decide exactly what the reference transforms (tests/spark/reference_envelope.py, Spark DataFrames)
+decide, on the same events: errors, the winner per key (bucket included), the values written, the
+write time, the change-log key and the partition's summary; and the Spark tasks hand the writer
+the same writes, TTLs and skips as the reference's decisions do."""
 
 from __future__ import annotations
 
@@ -15,9 +15,18 @@ import pytest
 
 from include.tables import TABLES
 from spark import python_events
-from spark.envelope import batch_summary, collapse_last, drop_unplaced_reads, parse_envelope, rank_events
-from spark.writer import change_key, cql_row, cql_value, spark_rows, write_partition
-from tests.spark.fakes import RecordingWriter, read_records
+from spark.apply import apply_partition, apply_partitions, known_tables
+from spark.writer import change_key, cql_row, cql_value
+from tests.spark.fakes import RecordingWriter, read_records, seed_windows
+from tests.spark.reference_envelope import (
+    batch_summary,
+    collapse_last,
+    drop_unplaced_reads,
+    incremental_read_lsns,
+    parse_envelope,
+    rank_events,
+    spark_rows,
+)
 from tests.spark.test_envelope import SOURCE_US, envelope, kline
 
 KLINES = TABLES["klines"]
@@ -132,75 +141,84 @@ def _spark_side(spark, table, values):
     return bad, out, summary
 
 
-def _driver_events(table, values):
+def _stream_events(table, values):
     events = [e for offset, value in enumerate(values) if (e := python_events.parse_event(table, 0, offset, value))]
     events, _ = python_events.drop_unplaced_reads(events, WINDOWS)
     return python_events.collapse(table, events)
 
 
-def _driver_side(table, values):
+class Record:
+    """A raw Kafka row as a Spark task reads it."""
+
+    def __init__(self, topic, offset, value, partition=0):
+        self.topic, self.partition, self.offset, self.value = topic, partition, offset, value
+
+
+def _stream_side(table, values):
     topic = f"binance.binance.{table.name}"
-    winners, bad = _driver_events(table, values)
+    winners, bad = _stream_events(table, values)
     out = {w.kafka_offset: _decision(table, w.change(table, WINDOWS)) for w in winners}
-
-    class Record:
-        def __init__(self, offset, value):
-            self.topic, self.partition, self.offset, self.value = topic, 0, offset, value
-
-    summary = [(s.topic, s.partition, s.events, s.next_offset, s.newest_source_ms)
-               for s in python_events.summarize([Record(o, v) for o, v in enumerate(values)])]
+    writer = RecordingWriter(retention=RETENTION, windows=WINDOWS)
+    result = apply_partition(writer, writer.context(), known_tables(), topic, 0,
+                             [Record(topic, o, v) for o, v in enumerate(values)])
+    summary = [(result.topic, result.partition, result.events, result.next_offset, result.newest_source_ms)]
     return {e.kafka_offset: e.error for e in bad}, out, summary
 
 
 @pytest.mark.parametrize("table", list(CORPUS), ids=lambda t: t.name)
-def test_both_paths_decide_the_same(spark, table):
+def test_the_stream_decides_what_the_reference_decides(spark, table):
     values = CORPUS[table]
     spark_bad, spark_winners, spark_summary = _spark_side(spark, table, values)
-    driver_bad, driver_winners, driver_summary = _driver_side(table, values)
-    assert driver_bad == spark_bad
-    assert driver_winners.keys() == spark_winners.keys()
+    stream_bad, stream_winners, stream_summary = _stream_side(table, values)
+    assert stream_bad == spark_bad
+    assert stream_winners.keys() == spark_winners.keys()
     for offset, expected in spark_winners.items():
-        got = driver_winners[offset]
+        got = stream_winners[offset]
         assert got[:4] == expected[:4], offset
         assert got[4] == expected[4], offset
         # the same decimal text and scale, not only the same number
         assert {k: str(v) for k, v in got[4].items()} == {k: str(v) for k, v in expected[4].items()}, offset
         assert got[5] == expected[5], offset  # the same change-log key text
-    assert driver_summary == spark_summary
+    assert stream_summary == spark_summary
 
 
 @pytest.mark.parametrize("table", list(CORPUS), ids=lambda t: t.name)
-def test_both_paths_write_the_same(spark, table, tmp_path):
-    """The Spark path's tasks (foreachPartition) and the driver hand the writer the same statements
-    and values (TTLs included), skip the same changes, dead letters first, the change log last."""
+def test_the_tasks_write_what_the_reference_decides(spark, table, tmp_path):
+    """Spark tasks applying the partition (mapPartitions, the driver's batch context in their closure)
+    and a writer handed the reference's decisions write the same statements and values (TTLs
+    included), skip the same changes, dead letters first, the change log last."""
     topic = f"binance.binance.{table.name}"
     values = CORPUS[table]
-    # the driver's writer reads retention and fixes the batch's context; the tasks get it in their closure
     writer = RecordingWriter(retention=RETENTION)
-    context = replace(writer.context(), windows=WINDOWS)
+    context = writer.context()
     df = spark.createDataFrame([(topic, 0, o, v) for o, v in enumerate(values)],
                                "topic string, partition int, offset long, value string")
     path = tmp_path / "written.pickle"
-    sc = spark.sparkContext
-    counters = (sc.accumulator(0), sc.accumulator(0), sc.accumulator(0), sc.accumulator(0))
-    collapse_last(drop_unplaced_reads(parse_envelope(df, table), WINDOWS), table).foreachPartition(
-        partial(write_partition, "ks", table.name, topic, counters, context,
-                open_writer=partial(RecordingWriter.to_file, str(path))))
-    by_spark = read_records(path)
+    seed_windows(path, WINDOWS)
+    seeded = len(read_records(path))
+    results = df.rdd.mapPartitions(partial(apply_partitions, "ks", context,
+                                           open_writer=partial(RecordingWriter.to_file, str(path)))).collect()
+    by_tasks = read_records(path)[seeded:]
 
-    winners, bad = _driver_events(table, values)
-    written = writer.write(context, [w.change(table, WINDOWS) for w in winners], [e.dead_letter(topic) for e in bad])
-    by_driver = writer.records
+    # the tasks place each read by the newest marker at or below its LSN (snapshot_windows), as the driver did
+    lsns = [r.lsn for r in incremental_read_lsns(df).collect()]
+    placed = RecordingWriter(windows=WINDOWS).window_times("binance.binance.debezium_signal", lsns)
+    winners = collapse_last(drop_unplaced_reads(parse_envelope(df, table), placed), table)
+    changes, letters = spark_rows(table, topic, winners.collect(), placed)
+    written = writer.write(replace(context, windows=placed), changes, letters)
+    by_reference = writer.records
 
-    assert sorted(map(repr, by_spark)) == sorted(map(repr, by_driver))
-    kinds = [what for what, _, _ in by_spark]
+    assert sorted(map(repr, by_tasks)) == sorted(map(repr, by_reference))
+    kinds = [what for what, _, _ in by_tasks]
     assert kinds == sorted(kinds, key=["execute", "upsert/delete", "change log"].index)
-    assert tuple(c.value for c in counters) == (written.upserts, written.deletes, len(bad), written.skipped)
-    assert written.skipped > 0 and written.upserts + written.deletes + written.skipped == len(winners)
+    [result] = results
+    assert (result.upserts, result.deletes, result.dead, result.skipped) == (
+        written.upserts, written.deletes, len(letters), written.skipped)
+    assert written.skipped > 0 and written.upserts + written.deletes + written.skipped == len(changes)
 
 
 def test_the_corpus_covers_every_decision(spark):
-    bad, winners, _ = _driver_side(KLINES, CORPUS[KLINES])
+    bad, winners, _ = _stream_side(KLINES, CORPUS[KLINES])
     assert len(bad) >= 9 and any(w[0] == "d" for w in winners.values())
     assert {w[4]["close_price"] for w in winners.values() if w[0] != "d"} >= {Decimal("1.6"), Decimal("1E+2")}
     # a value of the wrong JSON type is null, as in Spark's from_json
@@ -214,8 +232,8 @@ def test_the_corpus_covers_every_decision(spark):
         (184, Decimal("11"))]
     assert "source.ts_ms missing" in bad.values()
     # sub-millisecond times and a trade moved within its hour collapse as Cassandra keys them
-    _, book, _ = _driver_side(BOOK, CORPUS[BOOK])
+    _, book, _ = _stream_side(BOOK, CORPUS[BOOK])
     assert [w[1] for w in book.values() if str(w[4]["price"]) == "100.20"] == [14]
-    _, trades, _ = _driver_side(TRADES, CORPUS[TRADES])
+    _, trades, _ = _stream_side(TRADES, CORPUS[TRADES])
     assert sorted((w[4]["trade_id"], w[1]) for w in trades.values()) == [(1, 22), (2, 23), (3, 19), (3, 24), (4, 25),
                                                                           (5, 26), (6, 27)]

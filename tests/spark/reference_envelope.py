@@ -1,19 +1,21 @@
-"""Debezium envelopes -> typed rows, as pure DataFrame -> DataFrame transforms.
+"""A second, independent implementation of the stream's decisions, as Spark DataFrame transforms: the
+reference tests/spark/test_reference.py checks spark/python_events.py and spark/apply.py against,
+event for event (the stream itself parses and collapses in plain Python, per Kafka partition, on
+the executors: all events of a row are in one partition, so it needs no shuffle).
 
 The Spark schema of each envelope is derived from include/tables.py, the same definitions the
 Postgres DDL and the Cassandra DDL follow. Messages come from Debezium's JsonConverter without
 embedded schemas, with `decimal.handling.mode=string` (exact decimal text) and timestamptz as
-ISO-8601 strings.
-
-Times leave these transforms as epoch microseconds (longs), never as Spark timestamps: PySpark hands
-a timestamp to Python as a naive datetime in the process's local time zone, so a Python reader of
-them would depend on TZ. spark/writer.py makes the longs aware UTC datetimes.
+ISO-8601 strings. Times leave these transforms as epoch microseconds (longs), never as Spark
+timestamps (PySpark would hand them to Python as naive local times); `spark_rows` makes them aware
+UTC datetimes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Mapping
 from datetime import timedelta
+from typing import Any
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -31,13 +33,16 @@ from include.cdc.events import (
     OPS,
     READ,
     UNKNOWN_OP_PREFIX,
+    is_incremental_read,
     key_column_missing,
     key_sources,
     not_a_decimal,
     not_a_timestamp,
+    source_time_us,
+    write_time,
 )
-from include.names import HEARTBEAT_TABLE, SIGNAL_TABLE, table_of_topic, topic_for
-from include.tables import BUCKET, TABLES, Table
+from include.tables import BUCKET, Table
+from spark.writer import Change, DeadLetter, from_epoch_us
 
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -209,27 +214,6 @@ def collapse_last(df: DataFrame, table: Table) -> DataFrame:
     return rank_events(df, table).where("_rank = 1").drop("_rank")
 
 
-def known_tables() -> dict[str, Table]:
-    return {topic_for(name): t for name, t in TABLES.items()}
-
-
-class UnknownTableError(RuntimeError):
-    """A change topic of a source table this code does not define (a table added to the capture while
-    a stream started before it runs)."""
-
-
-def check_topics(topics: set[str] | list[str], tables: dict[str, Table]) -> None:
-    """Fail the batch on a change topic of a table the stream does not know: skipping it would move
-    the offsets past changes never applied. The heartbeat's and the signal table's topics and topics of
-    other prefixes are only reported. Restarted with code that defines the table (Airflow restarts the stream), the
-    stream applies the batch again, whole."""
-    kept_out = (None, HEARTBEAT_TABLE, SIGNAL_TABLE)
-    unknown = sorted(t for t in topics if t not in tables and table_of_topic(t) not in kept_out)
-    if unknown:
-        raise UnknownTableError(f"change topics of tables this stream does not define: {unknown}; run the stream "
-                                "with the code that defines them (include/tables.py): restart it")
-
-
 def batch_summary(df: DataFrame) -> DataFrame:
     """Per topic partition of a raw Kafka batch: events, the next offset to read (last + 1), and
     the newest source commit time (epoch ms; null when the partition held only tombstones or
@@ -240,3 +224,27 @@ def batch_summary(df: DataFrame) -> DataFrame:
         (F.max("offset") + 1).alias("next_offset"),
         F.max(source_ms).alias("newest_source_ms"),
     )
+
+
+def spark_rows(table: Table, topic: str, rows: Iterable[Any],
+               windows: Mapping[int, int] | None = None) -> tuple[list[Change], list[DeadLetter]]:
+    """Rows of parse_envelope (each event that cannot be applied, and the last event per key) as
+    the writer's changes and dead letters, times made aware UTC datetimes; an incremental snapshot
+    read at its window's time, `windows[lsn]`."""
+    windows = windows or {}
+    times = [c.name for c in table.columns if c.type == "timestamptz"]
+    changes, letters = [], []
+    for r in rows:
+        if r.error is not None:
+            letters.append(DeadLetter(topic, r.kafka_partition, r.kafka_offset, r.raw_value, r.error))
+            continue
+        row = r.asDict()
+        for name in times:
+            if row[name] is not None:
+                row[name] = from_epoch_us(row[name])
+        source = {"ts_us": r.source_ts_us, "ts_ms": r.source_ts_ms, "snapshot": r.source_snapshot}
+        commit = source_time_us(source)
+        window = windows.get(r.cdc_lsn) if is_incremental_read(r.cdc_op, source) else None
+        changes.append(Change(table, r.cdc_op, r.cdc_lsn, None if commit is None else from_epoch_us(commit),
+                              write_time(r.cdc_op, source, window), row))
+    return changes, letters

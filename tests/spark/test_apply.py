@@ -1,0 +1,49 @@
+"""spark/apply.py without Spark: a Python worker keeps one writer from task to task, and a task
+applies only the Kafka partitions it is asked to."""
+
+from __future__ import annotations
+
+from include.tables import TABLES
+from spark import apply
+from spark.writer import CassandraWriter
+from tests.spark.fakes import RecordingWriter
+from tests.spark.test_envelope import envelope, kline
+
+
+def test_a_worker_opens_one_writer_per_keyspace_and_keeps_it(monkeypatch):
+    opened: list[str] = []
+
+    def open_writer(keyspace: str) -> RecordingWriter:
+        opened.append(keyspace)
+        return RecordingWriter(keyspace)
+
+    monkeypatch.setattr(CassandraWriter, "open", staticmethod(open_writer))
+    monkeypatch.setattr(apply, "_SHARED", {})
+    with apply.shared_writer("ks") as first:
+        pass
+    with apply.shared_writer("ks") as again, apply.shared_writer("other") as other:
+        pass
+    assert again is first and other is not first and opened == ["ks", "other"]
+    # leaving a task does not close it: the next task of the worker writes through the same session
+    assert not first.closed
+
+
+class Row:
+    def __init__(self, topic: str, partition: int, offset: int, value: str) -> None:
+        self.topic, self.partition, self.offset, self.value = topic, partition, offset, value
+
+
+def test_a_task_applies_the_partitions_it_is_asked_to():
+    rows = [Row("binance.binance.klines", p, o, envelope("c", None, kline(str(p + 1)), 100 + 10 * p + o))
+            for p in (0, 1) for o in range(3)]
+    writer = RecordingWriter()
+    results = apply.apply_partitions("ks", writer.context(), rows, open_writer=lambda ks: writer,
+                                     only={("binance.binance.klines", 1)})
+    assert [(r.topic, r.partition, r.events, r.next_offset, r.upserts) for r in results] == [
+        ("binance.binance.klines", 1, 3, 3, 1)]
+    # the three events of one key collapse to the last: one row, LSN 112, written
+    [upsert] = [args for what, cql, args in writer.records if what == "upsert/delete"]
+    close = TABLES["klines"].column_names.index("close_price")
+    assert upsert[-4] == 112 and str(upsert[close]) == "2"
+    # a task holding none of them opens no writer
+    assert apply.apply_partitions("ks", writer.context(), rows, open_writer=None, only=set()) == []
