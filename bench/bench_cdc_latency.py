@@ -1,19 +1,22 @@
 """Benchmark: commit in Postgres -> visible in Cassandra, through Debezium, Kafka and the Spark stream.
 
-Usage: python bench/bench_cdc_latency.py [--rates 200,1000,3000,5000] [--seconds 20] [--trigger 0.5]
-                                         [--paths driver,spark-jobs]
+Usage: python bench/bench_cdc_latency.py [--stream deployed|own] [--rates 200,1000,3000,5000]
+                                         [--seconds 20] [--commit-rows 1,0] [--rounds 1] [--trigger 0.5]
 
-Needs the local stack up with the connector RUNNING (`make up`, then the cdc_setup DAG or
-`make demo`). Starts its own spark/cdc_stream.py (fresh checkpoint, reading from the latest
-offsets), then for each rate inserts trades of a bench-only symbol into binance.recent_trades in
-batches every 100 ms for a fixed time, while another process polls Cassandra every 50 ms and
-notes when each trade becomes visible. Prints latency p50/p95/p99 per rate and whether the lag
-stayed flat (the backlog at the end of the run no larger than in its middle). Bounded: loopback
-only, rates x seconds rows in all, and the bench rows are deleted at the end.
+`--stream deployed` (the default) measures the stream users run: the one the `cdc_stream` DAG
+launched, reading every topic, with the demo's DAGs running beside it (`make demo OFFLINE=1` first;
+it refuses to start when that stream has not finished a batch in the last 30 s). `--stream own`
+starts a spark/cdc_stream.py of its own instead (fresh checkpoint, latest offsets, `--trigger`),
+which needs only the stack up with the connector RUNNING.
 
-`--paths` runs the rates once per write path of the stream, one after the other in the same run:
-`driver` (the default: batches up to 20000 events written from the Spark driver, bigger ones by
-Spark jobs) and `spark-jobs` (every batch by Spark jobs, `--driver-max-events 0`).
+For each rate, each transaction size of `--commit-rows` (1: one row per transaction; 0: all the
+rows of a 100-ms tick in one) and each round, it inserts trades of a bench-only symbol into
+binance.recent_trades for a fixed time while another process polls Cassandra every 50 ms and notes
+when each trade becomes visible. Prints latency p50/p95/p99 from commit to visible, where the time
+goes (commit -> record in Kafka, read from the records' CreateTime; the stream's micro-batches from
+`stream_progress`: how many, their median processing time and the median gap between them), and
+whether the lag stayed flat (the backlog at the end of the run no larger than in its middle).
+Bounded: loopback only, rates x seconds rows per run, and the bench rows are deleted at the end.
 """
 
 from __future__ import annotations
@@ -59,10 +62,12 @@ def cassandra(s: dict[str, str]):
                                      s["CASSANDRA_PASSWORD"], s["CASSANDRA_KEYSPACE"]), s["CASSANDRA_KEYSPACE"])
 
 
-def writer(s: dict[str, str], first_id: int, rate: int, seconds: float, out: mp.Queue) -> None:
-    """Insert `rate` rows/s in 100 ms batches; report (first_id, last_id, commit time) per batch."""
+def writer(s: dict[str, str], first_id: int, rate: int, seconds: float, commit_rows: int, out: mp.Queue) -> None:
+    """Insert `rate` rows/s, a tick's rows every 100 ms, `commit_rows` per transaction (0: the whole
+    tick in one); report (first_id, last_id, commit time) per transaction."""
     conn = pg_connect(s)
     per_tick = max(1, round(rate * TICK))
+    size = commit_rows or per_tick
     next_id = first_id
     start = time.time()
     ticks = int(seconds / TICK)
@@ -72,12 +77,14 @@ def writer(s: dict[str, str], first_id: int, rate: int, seconds: float, out: mp.
         delay = target - time.time()
         if delay > 0:
             time.sleep(delay)
-        now = datetime.now(UTC)
-        batch = [Trade(SYMBOL, next_id + k, Decimal("1.00000001"), Decimal("0.5"), Decimal("0.500000005"), now, False)
-                 for k in range(per_tick)]
-        load(conn, "recent_trades", batch)
-        commits.append((next_id, next_id + per_tick - 1, time.time()))
-        next_id += per_tick
+        for lo in range(0, per_tick, size):
+            n = min(size, per_tick - lo)
+            now = datetime.now(UTC)
+            rows = [Trade(SYMBOL, next_id + k, Decimal("1.00000001"), Decimal("0.5"), Decimal("0.500000005"), now,
+                          False) for k in range(n)]
+            load(conn, "recent_trades", rows)
+            commits.append((next_id, next_id + n - 1, time.time()))
+            next_id += n
     conn.close()
     out.put(commits)
 
@@ -107,10 +114,7 @@ def poller(s: dict[str, str], first_id: int, last_id: int, deadline: float, out:
     out.put(seen)
 
 
-PATHS = {"driver": "20000", "spark-jobs": "0"}
-
-
-def start_stream(s: dict[str, str], checkpoint: Path, trigger: float, driver_max_events: str) -> subprocess.Popen:
+def start_stream(s: dict[str, str], checkpoint: Path, trigger: float) -> subprocess.Popen:
     from cdc_stream_operator import spark_jars, stream_args, stream_env
 
     env = dict(os.environ, **stream_env(s["CASSANDRA_HOST"], s["CASSANDRA_PORT"], s["CASSANDRA_USERNAME"],
@@ -118,7 +122,7 @@ def start_stream(s: dict[str, str], checkpoint: Path, trigger: float, driver_max
     argv = [str(REPO / ".cache" / "bin" / "spark-submit"), "--master", "local[2]", "--driver-memory", "1g",
             "--jars", spark_jars(), str(REPO / "spark" / "cdc_stream.py"),
             *stream_args(s["KAFKA_BOOTSTRAP_SERVERS"], s["CASSANDRA_KEYSPACE"], str(checkpoint)),
-            "--trigger-seconds", str(trigger), "--starting-offsets", "latest", "--driver-max-events", driver_max_events]
+            "--trigger-seconds", str(trigger), "--starting-offsets", "latest"]
     log = open(checkpoint.parent / "stream.log", "ab")  # noqa: SIM115 - owned by the child
     return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -183,18 +187,47 @@ def debezium_lags(s: dict[str, str], start: dict[int, int], first_id: int, last_
 
 
 def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def run_rate(s: dict[str, str], rate: int, seconds: float, first_id: int) -> tuple[dict, int]:
+def stream_batches(s: dict[str, str], since: datetime, until: datetime) -> list[tuple[datetime, int, int]]:
+    """The micro-batches of the `cdc_stream` query (whichever stream runs it) that finished in the
+    window: (finished_at, input rows, processing ms), from stream_progress."""
+    from include.names import STREAM_QUERY_NAME
+
+    cluster, session = cassandra(s)
+    try:
+        hours, hour = [], since.replace(minute=0, second=0, microsecond=0)
+        while hour <= until:
+            hours.append(hour)
+            hour += timedelta(hours=1)
+        out = []
+        for h in hours:
+            out += [(r.finished_at.replace(tzinfo=UTC), r.input_rows, r.processing_ms) for r in session.execute(
+                "SELECT finished_at, input_rows, processing_ms FROM stream_progress WHERE query_name = %s AND "
+                "hour = %s AND finished_at >= %s AND finished_at <= %s", (STREAM_QUERY_NAME, h, since, until))]
+        return sorted(out)
+    finally:
+        cluster.shutdown()
+
+
+def deployed_stream_running(s: dict[str, str]) -> bool:
+    now = datetime.now(UTC)
+    return bool(stream_batches(s, now - timedelta(seconds=30), now + timedelta(seconds=5)))
+
+
+def run_rate(s: dict[str, str], rate: int, seconds: float, commit_rows: int, first_id: int) -> tuple[dict, int]:
     rows = int(rate * TICK) * int(seconds / TICK)
     last_id = first_id + rows - 1
     start_offsets = kafka_positions(s)
     q_w, q_p = mp.Queue(), mp.Queue()
     deadline = time.time() + seconds + 60
     p = mp.Process(target=poller, args=(s, first_id, last_id, deadline, q_p))
-    w = mp.Process(target=writer, args=(s, first_id, rate, seconds, q_w))
+    w = mp.Process(target=writer, args=(s, first_id, rate, seconds, commit_rows, q_w))
+    began = datetime.now(UTC)
     p.start()
     w.start()
     commits = q_w.get()
@@ -218,8 +251,12 @@ def run_rate(s: dict[str, str], rate: int, seconds: float, first_id: int) -> tup
 
     mid, end = backlog(t_start + seconds / 2), backlog(t_start + seconds)
     dbz = debezium_lags(s, start_offsets, first_id, last_id)
+    batches = stream_batches(s, began, datetime.now(UTC))
+    gaps = [(b[0] - a[0]).total_seconds() for a, b in zip(batches, batches[1:], strict=False)]
     result = {
-        "rate": rate, "rows": rows, "achieved": round(rows / (commits[-1][2] - t_start + TICK)),
+        "rate": rate, "commit_rows": commit_rows, "rows": rows, "transactions": len(commits),
+        "batches": len(batches), "batch_ms_p50": pct([b[2] for b in batches], 50), "gap_p50": pct(gaps, 50),
+        "achieved": round(rows / (commits[-1][2] - t_start + TICK)),
         "p50": pct(latencies, 50), "p95": pct(latencies, 95), "p99": pct(latencies, 99),
         "max": max(latencies) if latencies else float("nan"), "missing": missing,
         "backlog_mid": mid, "backlog_end": end,
@@ -229,46 +266,68 @@ def run_rate(s: dict[str, str], rate: int, seconds: float, first_id: int) -> tup
     return result, last_id + 1
 
 
+def print_row(label: str, r: dict) -> None:
+    print(f"{label:>9} {r['rate']:>6} {r['commit_rows'] or 'tick':>6} {r['rows']:>6} {r['achieved']:>8} "
+          f"{r['p50']:6.2f} {r['p95']:6.2f} {r['p99']:6.2f} {r['max']:6.2f} {r['missing']:>7} "
+          f"{r['backlog_mid']:>7}/{r['backlog_end']:<7} {r['dbz_p50']:>6.2f}/{r['dbz_p99']:<6.2f} "
+          f"{r['batches']:>7} {r['batch_ms_p50']:>8.0f} {r['gap_p50']:>6.2f}  {'flat' if r['flat'] else 'GROWING'}",
+          flush=True)
+
+
+HEADER = (f"{'stream':>9} {'rate/s':>6} {'rows/tx':>6} {'rows':>6} {'achieved':>8} {'p50 s':>6} {'p95 s':>6} "
+          f"{'p99 s':>6} {'max s':>6} {'missing':>7} {'backlog mid/end':>15} {'kafka p50/p99':>13} {'batches':>7} "
+          f"{'batch ms':>8} {'gap s':>6}  lag")
+
+
+def run_all(s: dict[str, str], label: str, rates: list[int], commit_rows: list[int], rounds: int, seconds: float,
+            next_id: int) -> int:
+    print(HEADER)
+    for rate in rates:
+        for size in commit_rows:
+            for _ in range(rounds):
+                r, next_id = run_rate(s, rate, seconds, size, next_id)
+                print_row(label, r)
+                time.sleep(3)
+    return next_id
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stream", choices=("deployed", "own"), default="deployed")
     parser.add_argument("--rates", default="200,1000,3000,5000")
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--trigger", type=float, default=0.5, help="the stream's trigger interval, seconds")
-    parser.add_argument("--paths", default="driver", help=f"comma-separated, of {', '.join(PATHS)}")
-    parser.add_argument("--driver-max-events", default=PATHS["driver"],
-                        help="the driver path's threshold (the stream's --driver-max-events)")
+    parser.add_argument("--commit-rows", default="1,0",
+                        help="rows per transaction, comma-separated (0: a 100-ms tick's rows in one)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each rate and transaction size")
+    parser.add_argument("--trigger", type=float, default=0.5, help="--stream own: the stream's trigger, seconds")
     args = parser.parse_args()
-    PATHS["driver"] = args.driver_max_events
-    paths = args.paths.split(",")
-    unknown = set(paths) - set(PATHS)
-    if unknown:
-        parser.error(f"unknown path(s) {sorted(unknown)}; known: {', '.join(PATHS)}")
+    rates = [int(r) for r in args.rates.split(",")]
+    commit_rows = [int(n) for n in args.commit_rows.split(",")]
     s = load_env()
     next_id = int(time.time()) * 1000
     try:
-        for path in paths:
-            tmp = Path(tempfile.mkdtemp(prefix=f"bench-cdc-{path}-", dir=REPO / ".run"))
-            stream = start_stream(s, tmp / "checkpoint", args.trigger, PATHS[path])
+        if args.stream == "deployed":
+            if not deployed_stream_running(s):
+                raise SystemExit("no micro-batch of the deployed stream finished in the last 30 s: start it with "
+                                 "`make demo OFFLINE=1` (the cdc_stream DAG), or use --stream own")
+            print("measuring the deployed stream (the cdc_stream DAG's); warming up")
+            next_id = wait_visible(s, next_id, timeout=180)
+            run_all(s, "deployed", rates, commit_rows, args.rounds, args.seconds, next_id)
+            return
+        tmp = Path(tempfile.mkdtemp(prefix="bench-cdc-", dir=REPO / ".run"))
+        stream = start_stream(s, tmp / "checkpoint", args.trigger)
+        try:
+            print(f"stream of its own starting (trigger {args.trigger}s, log {tmp / 'stream.log'}); warming up")
+            time.sleep(5)
+            next_id = wait_visible(s, next_id, timeout=180)
+            run_all(s, "own", rates, commit_rows, args.rounds, args.seconds, next_id)
+        finally:
+            os.killpg(stream.pid, signal.SIGTERM)
             try:
-                print(f"\n[{path}] stream starting (trigger {args.trigger}s, log {tmp / 'stream.log'}); warming up")
-                time.sleep(5)
-                next_id = wait_visible(s, next_id, timeout=180)
-                print(f"{'path':>10} {'rate/s':>7} {'rows':>7} {'achieved':>8} {'p50 s':>6} {'p95 s':>6} {'p99 s':>6} "
-                      f"{'max s':>6} {'missing':>7} {'backlog mid/end':>15} {'debezium p50/p99 s':>18}  lag")
-                for rate in [int(r) for r in args.rates.split(",")]:
-                    r, next_id = run_rate(s, rate, args.seconds, next_id)
-                    print(f"{path:>10} {r['rate']:>7} {r['rows']:>7} {r['achieved']:>8} {r['p50']:6.2f} "
-                          f"{r['p95']:6.2f} {r['p99']:6.2f} {r['max']:6.2f} {r['missing']:>7} "
-                          f"{r['backlog_mid']:>7}/{r['backlog_end']:<7} {r['dbz_p50']:>8.2f}/{r['dbz_p99']:<9.2f}  "
-                          f"{'flat' if r['flat'] else 'GROWING'}", flush=True)
-                    time.sleep(3)
-            finally:
-                os.killpg(stream.pid, signal.SIGTERM)
-                try:
-                    stream.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(stream.pid, signal.SIGKILL)
-                print(f"[{path}] stream log: {tmp / 'stream.log'}")
+                stream.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(stream.pid, signal.SIGKILL)
+            print(f"stream log: {tmp / 'stream.log'}")
     finally:
         conn = pg_connect(s)
         with conn.cursor() as cur:

@@ -20,6 +20,7 @@ driver applies that partition again once the batch's signal events are recorded 
 from __future__ import annotations
 
 import atexit
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
@@ -63,7 +64,10 @@ class PartitionResult:
     the newest source commit among them (epoch ms; None for only tombstones or unparseable values),
     and what was written: rows upserted and deleted, dead letters, changes skipped outside retention,
     incremental reads not applied for want of their window (`unplaced`), signal events recorded
-    (`markers`). A partition of a topic the sink does not keep is only counted."""
+    (`markers`); and where the task's time went: parsing and collapsing (`parse_ms`), writing
+    (`write_ms`); and, on the first result of each task, reading the task's rows from Spark
+    (`read_ms`) and getting its writer (`open_ms`: more than a few ms means a session was opened).
+    A partition of a topic the sink does not keep is only counted."""
 
     topic: str
     partition: int
@@ -76,6 +80,10 @@ class PartitionResult:
     skipped: int = 0
     unplaced: int = 0
     markers: int = 0
+    parse_ms: float = 0.0
+    write_ms: float = 0.0
+    read_ms: float = 0.0
+    open_ms: float = 0.0
 
     @property
     def key(self) -> tuple[str, int]:
@@ -107,23 +115,31 @@ def apply_partition(writer: CassandraWriter, context: BatchContext, tables: dict
     """One Kafka partition's records ((topic, partition, offset, value) rows, in offset order) applied:
     the signal table's events recorded, a table's events parsed, collapsed and written under the
     batch's context with the windows of its incremental reads; anything else only counted."""
+    started = time.perf_counter()
     next_offset = max(r.offset for r in records) + 1
     table = tables.get(topic)
     if table is None:
         markers = [m for r in records if (m := signal_marker(r.value)) is not None] if topic == SIGNAL_TOPIC else []
         writer.record_windows(topic, markers)
         return PartitionResult(topic, partition, len(records), next_offset,
-                               _newest_ms(python_events.source_ts_ms(r.value) for r in records), markers=len(markers))
+                               _newest_ms(python_events.source_ts_ms(r.value) for r in records), markers=len(markers),
+                               write_ms=_ms_since(started))
     events = [e for r in records if (e := python_events.parse_event(table, partition, r.offset, r.value))]
     newest = _newest_ms(e.source["ts_ms"] for e in events)
     lsns = {e.cdc_lsn for e in events if e.incremental_read}
     windows = writer.window_times(SIGNAL_TOPIC, lsns) if lsns else {}
     events, unplaced = python_events.drop_unplaced_reads(events, windows)
     winners, bad = python_events.collapse(table, events)
-    written = writer.write(replace(context, windows=windows), [e.change(table, windows) for e in winners],
-                           [e.dead_letter(topic) for e in bad])
+    changes = [e.change(table, windows) for e in winners]
+    parsed = time.perf_counter()
+    written = writer.write(replace(context, windows=windows), changes, [e.dead_letter(topic) for e in bad])
     return PartitionResult(topic, partition, len(records), next_offset, newest, written.upserts, written.deletes,
-                           len(bad), written.skipped, unplaced)
+                           len(bad), written.skipped, unplaced, parse_ms=(parsed - started) * 1000,
+                           write_ms=_ms_since(parsed))
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
 
 
 def apply_partitions(keyspace: str, context: BatchContext, rows: Iterable[Any],
@@ -132,6 +148,7 @@ def apply_partitions(keyspace: str, context: BatchContext, rows: Iterable[Any],
     """mapPartitions of a micro-batch's raw Kafka rows: each Kafka partition in the task's rows (all
     of them, or those in `only`) applied by `apply_partition`, the signal table's first, so that
     reads of a window opened in this task find it."""
+    read_started = time.perf_counter()
     groups: dict[tuple[str, int], list[Any]] = {}
     for r in rows:
         if only is None or (r.topic, r.partition) in only:
@@ -139,10 +156,14 @@ def apply_partitions(keyspace: str, context: BatchContext, rows: Iterable[Any],
     if not groups:
         return []
     tables = known_tables()
+    read_ms = _ms_since(read_started)
+    started = time.perf_counter()
     with open_writer(keyspace) as writer:
-        return [apply_partition(writer, context, tables, topic, partition, records)
-                for (topic, partition), records in sorted(groups.items(), key=lambda g: (g[0][0] != SIGNAL_TOPIC,
-                                                                                        g[0]))]
+        open_ms = _ms_since(started)
+        results = [apply_partition(writer, context, tables, topic, partition, records)
+                   for (topic, partition), records in sorted(groups.items(), key=lambda g: (g[0][0] != SIGNAL_TOPIC,
+                                                                                           g[0]))]
+    return [replace(results[0], read_ms=read_ms, open_ms=open_ms), *results[1:]]
 
 
 def table_counts(results: Iterable[PartitionResult], tables: dict[str, Table]) -> str:
