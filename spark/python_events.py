@@ -251,7 +251,8 @@ def collapse(table: Table, events: list[Event]) -> tuple[list[Event], list[Event
 
 
 def source_ts_ms(value: str | None) -> int | None:
-    """$.source.ts_ms of a raw record, as batch_summary reads it (null when absent or unparseable)."""
+    """$.source.ts_ms of a raw record (None when absent or unparseable), for topics the sink does not
+    parse as a table's (the heartbeat's, the signal table's)."""
     if value is None:
         return None
     try:

@@ -9,13 +9,22 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 from spark.writer import BatchContext, CassandraWriter, Write
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 # the change-log minute of a batch started at NOW, with nothing in stream_position
 NOW_MINUTE = NOW.replace(second=0, microsecond=0)
+
+
+class KafkaRow(NamedTuple):
+    """A raw Kafka record as a Spark task of the stream reads it."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: str | None
 
 
 class Prepared:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from include.tables import TABLES
 from spark import apply
 from spark.writer import CassandraWriter
-from tests.spark.fakes import RecordingWriter
+from tests.spark.fakes import KafkaRow, RecordingWriter
 from tests.spark.test_envelope import envelope, kline
 
 
@@ -28,13 +28,8 @@ def test_a_worker_opens_one_writer_per_keyspace_and_keeps_it(monkeypatch):
     assert not first.closed
 
 
-class Row:
-    def __init__(self, topic: str, partition: int, offset: int, value: str) -> None:
-        self.topic, self.partition, self.offset, self.value = topic, partition, offset, value
-
-
 def test_a_task_applies_the_partitions_it_is_asked_to():
-    rows = [Row("binance.binance.klines", p, o, envelope("c", None, kline(str(p + 1)), 100 + 10 * p + o))
+    rows = [KafkaRow("binance.binance.klines", p, o, envelope("c", None, kline(str(p + 1)), 100 + 10 * p + o))
             for p in (0, 1) for o in range(3)]
     writer = RecordingWriter()
     results = apply.apply_partitions("ks", writer.context(), rows, open_writer=lambda ks: writer,

@@ -16,7 +16,7 @@ import pytest
 from spark.apply import UnknownTableError, apply_partitions
 from spark.cdc_stream import MicroBatches
 from spark.writer import cassandra_unreachable
-from tests.spark.fakes import NOW, NOW_MINUTE, RecordingWriter, read_records
+from tests.spark.fakes import NOW, NOW_MINUTE, KafkaRow, RecordingWriter, read_records
 from tests.spark.test_envelope import SOURCE_US
 from tests.spark.test_reference import CORPUS, RETENTION
 
@@ -68,7 +68,7 @@ def test_the_tasks_apply_a_batch_and_the_driver_records_its_progress(spark, tmp_
     on_driver, by_tasks = _apply(spark, tmp_path)
     # what one process applying the same rows writes (spark/apply.py without Spark)
     alone = RecordingWriter(retention=RETENTION)
-    apply_partitions("ks", alone.context(), [_Row(*r) for r in _rows()], open_writer=lambda ks: alone)
+    apply_partitions("ks", alone.context(), [KafkaRow(*r) for r in _rows()], open_writer=lambda ks: alone)
     assert by_tasks and sorted(map(repr, by_tasks)) == sorted(map(repr, alone.records))
     # the driver wrote nothing but progress
     assert {what for what, _, _ in on_driver.records} == {"execute_async"}
@@ -90,11 +90,6 @@ def test_the_tasks_apply_a_batch_and_the_driver_records_its_progress(spark, tmp_
     hour = datetime(2026, 1, 2, 3, tzinfo=UTC)
     assert progress[-2][1] == ("q", hour, NOW, 7, rows, newest, NOW_MINUTE, progress[-2][1][7], progress[-2][1][8])
     assert progress[-1][1] == ("q", 7, NOW, NOW_MINUTE, rows, newest, progress[-1][1][6], progress[-1][1][7])
-
-
-class _Row:
-    def __init__(self, topic, partition, offset, value):
-        self.topic, self.partition, self.offset, self.value = topic, partition, offset, value
 
 
 def _window_writes(records) -> list[tuple]:
