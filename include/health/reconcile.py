@@ -78,7 +78,7 @@ class Settings:
     full_rows_per_run: int = 200_000
     # buckets repaired in one run
     max_repairs_per_run: int = 10
-    # the same bucket is not repaired again sooner (its incremental snapshot is still on its way)
+    # the same bucket of a store is not repaired again sooner (its incremental snapshot is still on its way)
     min_repair_interval_seconds: float = 300
     # how long a run waits for Debezium and the stream to catch up with the source's first read
     fence_timeout_seconds: float = 30
@@ -281,29 +281,40 @@ class Repair:
     stores: tuple[str, ...]
 
 
-def plan_repairs(differences: Sequence[Difference], last_repaired: Mapping[tuple[str, Prefix, datetime], datetime],
-                 settings: Settings, now: datetime) -> tuple[list[Repair], dict[tuple[str, Prefix, datetime], str]]:
-    """(the buckets to repair this run, why each other bucket that differs is not repaired now).
-    A bucket repaired less than min_repair_interval_seconds ago waits for that repair to arrive;
+StoreKey = tuple[str, Prefix, datetime, str]
+
+
+def plan_repairs(differences: Sequence[Difference], last_repaired: Mapping[StoreKey, datetime],
+                 settings: Settings, now: datetime) -> tuple[list[Repair], dict[StoreKey, str]]:
+    """(the buckets to repair this run, why each other (bucket, store) that differs is not repaired now).
+    A store's bucket repaired less than min_repair_interval_seconds ago waits for that repair to
+    arrive; another store of the same bucket is repaired at once (its difference was not acted on);
     beyond max_repairs_per_run buckets (newest first), the rest wait for the next run."""
     grouped: dict[tuple[str, Prefix, datetime], list[Difference]] = {}
     for d in differences:
         grouped.setdefault(d.key, []).append(d)
     repairs: list[Repair] = []
-    waiting: dict[tuple[str, Prefix, datetime], str] = {}
+    waiting: dict[StoreKey, str] = {}
     interval = timedelta(seconds=settings.min_repair_interval_seconds)
     for key in sorted(grouped, key=lambda k: (k[2], k[0], repr(k[1])), reverse=True):
-        last = last_repaired.get(key)
-        if last is not None and now - last < interval:
-            waiting[key] = (f"repair requested at {as_utc(last):%H:%M:%S} still on its way (next one after "
-                            f"{as_utc(last + interval):%H:%M:%S})")
+        due = []
+        for d in grouped[key]:
+            last = last_repaired.get((*key, d.store))
+            if last is not None and now - last < interval:
+                waiting[(*key, d.store)] = (f"repair requested at {as_utc(last):%H:%M:%S} still on its way (next "
+                                            f"one after {as_utc(last + interval):%H:%M:%S})")
+            else:
+                due.append(d)
+        if not due:
             continue
         if len(repairs) >= settings.max_repairs_per_run:
-            waiting[key] = f"waiting for a later run (max_repairs_per_run {settings.max_repairs_per_run} reached)"
+            for d in due:
+                waiting[(*key, d.store)] = (f"waiting for a later run (max_repairs_per_run "
+                                            f"{settings.max_repairs_per_run} reached)")
             continue
-        minutes = sorted({m for d in grouped[key] for m in d.slices})
+        minutes = sorted({m for d in due for m in d.slices})
         repairs.append(Repair(key[0], key[1], key[2], slice_start(minutes[0]), slice_start(minutes[-1]) + SLICE,
-                              tuple(sorted({d.store for d in grouped[key]}, key=STORES.index))))
+                              tuple(sorted({d.store for d in due}, key=STORES.index))))
     return repairs, waiting
 
 

@@ -435,14 +435,14 @@ def open_differences(pg: Any) -> dict[OpenKey, dict[str, Any]]:
             for t, p, b, s, at, st, a in rows if st != "resolved"}
 
 
-def last_repairs(pg: Any, since: datetime) -> dict[tuple[str, str, datetime], datetime]:
-    """(table, prefix text, bucket) -> when it was last repaired, since `since`."""
+def last_repairs(pg: Any, since: datetime) -> dict[tuple[str, str, datetime, str], datetime]:
+    """(table, prefix text, bucket, store) -> when it was last repaired, since `since`."""
     with pg.cursor() as cur:
-        cur.execute(f"SELECT table_name, prefix, bucket, max(checked_at) FROM {HEALTH_SCHEMA}.reconciliation "
-                    "WHERE checked_at >= %s AND status = 'repairing' GROUP BY 1, 2, 3", (since,))
+        cur.execute(f"SELECT table_name, prefix, bucket, store, max(checked_at) FROM {HEALTH_SCHEMA}.reconciliation "
+                    "WHERE checked_at >= %s AND status = 'repairing' GROUP BY 1, 2, 3, 4", (since,))
         rows = cur.fetchall()
     pg.rollback()
-    return {(t, p, as_utc(b)): at for t, p, b, at in rows}
+    return {(t, p, as_utc(b), s): at for t, p, b, s, at in rows}
 
 
 def record(pg: Any, at: datetime, rows: Sequence[tuple[rc.Difference, str, str, str | None]],
@@ -656,18 +656,18 @@ def run(pg: Any, session: Any, keyspace: str, admin: Any, settings: rc.Settings,
 
     resolved = [(k, "equal again: repaired") for k in sorted(open_now) if k in equal] + closed
     last = last_repairs(pg, now - timedelta(seconds=settings.min_repair_interval_seconds + 3600))
-    by_prefix = {(t, p, b): at for (t, p, b), at in last.items()}
-    last_repaired = {d.key: by_prefix[(d.table, rc.prefix_text(d.prefix), d.bucket)] for d in differences
-                     if (d.table, rc.prefix_text(d.prefix), d.bucket) in by_prefix}
+    last_repaired = {(*d.key, d.store): last[(d.table, rc.prefix_text(d.prefix), d.bucket, d.store)]
+                     for d in differences if (d.table, rc.prefix_text(d.prefix), d.bucket, d.store) in last}
     repairs, waiting = rc.plan_repairs(differences, last_repaired, settings, now)
     done = repair(pg, session, reads.keyspace, reads, repairs, now) if repairs else {}
+    repaired = {(r.table, r.prefix, r.bucket, store) for r in repairs for store in r.stores}
     rows = []
     lines = []
     for d in differences:
-        if d.key in done:
+        if (*d.key, d.store) in repaired:
             status, action, ids = "repairing", done[d.key].action(), ", ".join(done[d.key].signal_ids) or None
         else:
-            status, action, ids = "open", waiting.get(d.key, "not repaired"), None
+            status, action, ids = "open", waiting.get((*d.key, d.store), "not repaired"), None
         rows.append((d, status, action, ids))
         lines.append(rc.describe(d, action))
     counts = {"buckets": buckets, "compared": compared, "in_flight": in_flight, "rows_cassandra": rows_cassandra,

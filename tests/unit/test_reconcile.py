@@ -294,12 +294,26 @@ def test_a_repair_covers_the_differing_minutes_of_every_store_of_its_bucket():
 def test_repairs_are_bounded_per_run_newest_first_and_not_repeated_too_soon():
     diffs = [_diff(prefix=(f"S{i}",), bucket=HOUR - timedelta(hours=i)) for i in range(5)]
     settings = rc.Settings(max_repairs_per_run=2, min_repair_interval_seconds=300)
-    recently = {diffs[0].key: NOW - timedelta(seconds=100), diffs[1].key: NOW - timedelta(seconds=400)}
+    recently = {(*diffs[0].key, rc.CASSANDRA): NOW - timedelta(seconds=100),
+                (*diffs[1].key, rc.CASSANDRA): NOW - timedelta(seconds=400)}
     repairs, waiting = rc.plan_repairs(diffs, recently, settings, NOW)
     # S0 was repaired 100 s ago: its snapshot is on its way; S1's was long enough ago: again
     assert [r.prefix for r in repairs] == [("S1",), ("S2",)]
-    assert "still on its way" in waiting[diffs[0].key] and "03:28:35" in waiting[diffs[0].key]
-    assert all("max_repairs_per_run 2" in waiting[d.key] for d in diffs[3:])
+    on_its_way = waiting[(*diffs[0].key, rc.CASSANDRA)]
+    assert "still on its way" in on_its_way and "03:28:35" in on_its_way
+    assert all("max_repairs_per_run 2" in waiting[(*d.key, rc.CASSANDRA)] for d in diffs[3:])
+    assert set(waiting) == {(*d.key, rc.CASSANDRA) for d in [diffs[0], *diffs[3:]]}
+
+
+def test_a_store_whose_bucket_was_repaired_only_for_the_other_store_is_repaired_at_once():
+    # the bridge's difference was in flight when Cassandra's was repaired: it was never acted on
+    diffs = [_diff(minutes=(3,)), _diff(store=rc.BRIDGE, minutes=(5,))]
+    recently = {(*diffs[0].key, rc.CASSANDRA): NOW - timedelta(seconds=30)}
+    repairs, waiting = rc.plan_repairs(diffs, recently, rc.Settings(min_repair_interval_seconds=300), NOW)
+    assert repairs == [rc.Repair("recent_trades", ("A",), HOUR, HOUR + timedelta(minutes=5),
+                                 HOUR + timedelta(minutes=6), (rc.BRIDGE,))]
+    cassandra = (*diffs[0].key, rc.CASSANDRA)
+    assert list(waiting) == [cassandra] and "still on its way" in waiting[cassandra]
 
 
 def test_rows_are_sorted_into_missing_different_and_stray():
