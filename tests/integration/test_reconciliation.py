@@ -214,15 +214,18 @@ def test_a_row_through_the_pipeline_sums_alike_in_the_three_stores(dagbag, cdc_r
 
 
 def _pick(pg, table: str, symbol: str, newer: datetime, older: datetime, n: int = 1) -> list[dict]:
-    """`n` rows of `symbol` with the time column between `newer` and `older` (settled minutes)."""
+    """`n` rows of `symbol` with the time column between `newer` and `older` (settled minutes), each
+    in a minute of its own: a repair of one row's minute does not mend another picked row before a
+    run of the check has seen it differ."""
     t = TABLES[table]
     with pg.cursor() as cur:
-        cur.execute(f"SELECT {', '.join(t.column_names)} FROM binance.{table} WHERE symbol = %s AND "
-                    f"{t.time_column} < %s AND {t.time_column} >= %s ORDER BY {t.time_column} DESC LIMIT %s",
+        cur.execute(f"SELECT DISTINCT ON (date_trunc('minute', {t.time_column})) {', '.join(t.column_names)} "
+                    f"FROM binance.{table} WHERE symbol = %s AND {t.time_column} < %s AND {t.time_column} >= %s "
+                    f"ORDER BY date_trunc('minute', {t.time_column}) DESC, {t.time_column} DESC LIMIT %s",
                     (symbol, newer, older, n))
         rows = [dict(zip(t.column_names, r, strict=True)) for r in cur.fetchall()]
     pg.commit()
-    assert len(rows) == n, f"{table}: not enough settled rows of {symbol}"
+    assert len(rows) == n, f"{table}: not enough settled rows of {symbol} in {n} distinct minutes"
     return rows
 
 
