@@ -60,7 +60,7 @@ def table_asset(table: str) -> Asset:
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=10),
     tags=["binance", "extract"],
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": True},
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": 2.0},
     params={
         "symbols": Param(None, type=["null", "array"], items={"type": "string"},
                          description="symbols for this run instead of the Variable binance_symbols"),

@@ -32,7 +32,9 @@ from cdc_stream_operator import CdcStreamSubmitOperator
     catchup=False,
     max_active_runs=1,
     tags=["cdc", "spark", "stream"],
-    default_args={"retries": 3, "retry_delay": timedelta(seconds=10), "retry_exponential_backoff": True,
+    # a driver that died is started again within 2-4 s (the usual case: one crash); one that keeps
+    # dying is retried ever less often (up to about a minute), then the next continuous run starts over
+    default_args={"retries": 5, "retry_delay": timedelta(seconds=2), "retry_exponential_backoff": 2.0,
                   "max_retry_delay": timedelta(minutes=2)},
     params={
         "mode": Param("continuous", enum=["continuous", "available_now"],

@@ -33,6 +33,9 @@ def test_dags_have_tags_retries_docs_and_no_catchup(dagbag):
         assert dag.doc_md, f"{dag_id} has no doc_md"
         for task in dag.tasks:
             assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
+            # Airflow 3 takes a multiplier: True is 1, a constant delay, not the backoff it reads as
+            assert not isinstance(task.retry_exponential_backoff, bool), \
+                f"{dag_id}.{task.task_id}: retry_exponential_backoff must be a multiplier (2.0), not a bool"
 
 
 def test_the_continuous_stream_gets_a_new_run_after_each_one(dagbag):
