@@ -30,12 +30,6 @@ def cluster_profile(settings):
         pytest.fail("the cluster suite needs the cluster profile: run it through `make test-cluster`")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def set_up(cluster_profile, cdc_ready):  # noqa: F811 - the shared fixture
-    """cdc_setup has run before any test opens a Cassandra session: on a profile started for the
-    first time, the keyspace does not exist until it has."""
-
-
 @pytest.fixture(scope="module")
 def running_stream(settings, cdc_ready, cassandra):  # noqa: F811 - the shared fixtures
     """cdc_stream unpaused (the scheduler runs it on the Spark master) and a first batch seen."""

@@ -42,7 +42,9 @@ def cdc_ready(dagbag):
 
 
 @pytest.fixture(scope="session")
-def cassandra(settings):
+def cassandra(settings, cdc_ready):
+    """A session on the pipeline's keyspace, which exists once cdc_setup has run (on a stack started
+    for the first time it does not exist before)."""
     hosts = tuple(settings.get("CASSANDRA_HOSTS", settings["CASSANDRA_HOST"]).split(","))
     cs = CassandraSettings(hosts, int(settings["CASSANDRA_PORT"]),
                            settings["CASSANDRA_USERNAME"], settings["CASSANDRA_PASSWORD"],
