@@ -56,6 +56,7 @@ from typing import Any
 from pyspark import SparkConf
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQueryListener
 
 from include.connections import CassandraSettings, ConnectionSettingsError, kafka_java_config_from_env
 from include.names import CDC_TOPIC_PREFIX, STREAM_QUERY_NAME
@@ -198,6 +199,36 @@ class MicroBatches:
                  f" ({lag_ms:.0f} ms ago)" if lag_ms is not None else "")
 
 
+class SparkTimes(StreamingQueryListener):
+    """Logs, per micro-batch with input, where Spark says its time went (`durationMs`): asking Kafka
+    for the latest offsets, writing the offsets log, planning, the batch itself (`addBatch`, the
+    MicroBatches call above), committing; `triggerExecution` is the whole, and the gap since the
+    previous batch ended is the trigger's wait."""
+
+    def __init__(self) -> None:
+        self.last_end: float | None = None
+
+    def onQueryStarted(self, event: Any) -> None:
+        pass
+
+    def onQueryProgress(self, event: Any) -> None:
+        progress = event.progress
+        now = time.monotonic()
+        times = dict(progress.durationMs)
+        if progress.numInputRows:
+            idle = "" if self.last_end is None else \
+                f", idle before it {max(0.0, (now - self.last_end) * 1000 - times.get('triggerExecution', 0)):.0f}"
+            log.info("batch %d: Spark's times (ms): %s%s", progress.batchId,
+                     ", ".join(f"{k} {v}" for k, v in sorted(times.items())), idle)
+        self.last_end = now
+
+    def onQueryIdle(self, event: Any) -> None:
+        pass
+
+    def onQueryTerminated(self, event: Any) -> None:
+        pass
+
+
 def kafka_source_options(args: argparse.Namespace, security: Mapping[str, str]) -> dict[str, str]:
     """The Kafka source's options: what to read and how fast, and the client's `security` options
     (kafka_java_config: protocol, SASL login, truststore)."""
@@ -270,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     writer = CassandraWriter.open(args.keyspace)
     try:
         batches = MicroBatches(writer, args.query_name, outage_seconds=args.cassandra_outage_seconds)
+        spark.streams.addListener(SparkTimes())
         query = build_stream(spark, args, batches, kafka_security)
         log.info("stream %s started (%s), checkpoint %s", args.query_name,
                  "availableNow" if args.available_now else f"every {args.trigger_seconds}s", args.checkpoint)

@@ -1,10 +1,12 @@
 """spark/cdc_stream.py's settings from its environment: the Kafka connection's security settings in
 the Kafka source's options, the Cassandra settings handed to the executors, and bad values
-stopping the job before Spark starts, naming the variable."""
+stopping the job before Spark starts, naming the variable; and the log of Spark's own times per batch."""
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 
 import pytest
 
@@ -57,3 +59,29 @@ def test_bad_settings_stop_the_job_before_spark_starts(monkeypatch, env, message
         monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit, match=f"cdc_stream: .*{message}"):
         main(ARGS)
+
+
+def test_each_batch_logs_where_spark_says_its_time_went(spark, caplog):
+    """SparkTimes on a real query: every batch with input logs Spark's own durations, the batch's
+    foreachBatch call (addBatch) included."""
+    from spark.cdc_stream import SparkTimes
+
+    listener = SparkTimes()
+    spark.streams.addListener(listener)
+    source = spark.readStream.format("rate").option("rowsPerSecond", 50).load()
+    seen: list[int] = []
+    query = source.writeStream.foreachBatch(lambda df, batch_id: seen.append(df.count())) \
+        .trigger(processingTime="200 milliseconds").start()
+    try:
+        with caplog.at_level(logging.INFO, logger="cdc_stream"):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and sum(1 for r in caplog.records if "Spark's times" in r.message) < 2:
+                time.sleep(0.1)
+    finally:
+        query.stop()
+        spark.streams.removeListener(listener)
+    lines = [r.message for r in caplog.records if "Spark's times" in r.message]
+    assert len(lines) >= 2 and any(seen), (lines, seen)
+    assert all("addBatch" in line and "triggerExecution" in line and "walCommit" in line for line in lines)
+    # from the second batch on, the wait since the batch before is reported
+    assert "idle before it" in lines[-1]
