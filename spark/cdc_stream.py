@@ -229,6 +229,10 @@ class SparkTimes(StreamingQueryListener):
         pass
 
 
+# how long the broker may hold a fetch of the stream's consumers that finds no new record (ms)
+FETCH_MAX_WAIT_MS = 10
+
+
 def kafka_source_options(args: argparse.Namespace, security: Mapping[str, str]) -> dict[str, str]:
     """The Kafka source's options: what to read and how fast, and the client's `security` options
     (kafka_java_config: protocol, SASL login, truststore)."""
@@ -239,6 +243,10 @@ def kafka_source_options(args: argparse.Namespace, security: Mapping[str, str]) 
         "maxOffsetsPerTrigger": str(args.max_offsets_per_trigger),
         # Kafka retention deleting events the stream has not applied yet is an outage, not noise
         "failOnDataLoss": "true",
+        # a batch's task seeks its cached consumer, whose last fetch the broker holds open until
+        # data arrives or this much time passes (Kafka's default 500 ms): on a quiet topic every
+        # small batch waited for it before reading a record
+        "kafka.fetch.max.wait.ms": str(FETCH_MAX_WAIT_MS),
         **security,
     }
 
