@@ -222,9 +222,6 @@ class SparkTimes(StreamingQueryListener):
                      ", ".join(f"{k} {v}" for k, v in sorted(times.items())), idle)
         self.last_end = now
 
-    def onQueryIdle(self, event: Any) -> None:
-        pass
-
     def onQueryTerminated(self, event: Any) -> None:
         pass
 
