@@ -35,6 +35,17 @@ def _boolean(value: Any, name: str) -> bool:
     raise ConnectionSettingsError(f"{name} must be true or false, got {value!r}")
 
 
+def _port(value: Any, name: str) -> int:
+    """A TCP port number (1-65535), from an int or its text."""
+    try:
+        port = int(str(value).strip())
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise ConnectionSettingsError(f"{name} must be a port number (1-65535), got {value!r}")
+    return port
+
+
 @dataclass(frozen=True)
 class CassandraSettings:
     hosts: tuple[str, ...]
@@ -97,7 +108,8 @@ class CassandraSettings:
         def name(field: str) -> str:
             return f"environment variable {cls.ENV_TLS[field]}"
 
-        settings = cls(hosts, int(env.get(cls.ENV_PORT) or 9042), env[cls.ENV_USERNAME], env[cls.ENV_PASSWORD],
+        port = _port(env.get(cls.ENV_PORT) or 9042, f"environment variable {cls.ENV_PORT}")
+        settings = cls(hosts, port, env[cls.ENV_USERNAME], env[cls.ENV_PASSWORD],
                        keyspace, **cls._tls_fields(tls, name))
         settings.ssl_context(name)
         return settings

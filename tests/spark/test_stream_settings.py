@@ -53,6 +53,7 @@ def test_executors_get_the_cassandra_settings_and_python_path_the_driver_was_giv
     ({"CDC_KAFKA_CLIENT_CONFIG": json.dumps({"security.protocol": "SASL_SSL", "sasl.mechanism": "GSSAPI"})},
      "sasl.mechanism 'GSSAPI' is not supported"),
     ({"CDC_CASSANDRA_SSL_CA_CERTS": "/nonexistent/ca.pem"}, "environment variable CDC_CASSANDRA_SSL_CA_CERTS"),
+    ({"CDC_CASSANDRA_PORT": "90x2"}, "environment variable CDC_CASSANDRA_PORT must be a port number"),
 ])
 def test_bad_settings_stop_the_job_before_spark_starts(monkeypatch, env, message):
     for name, value in {**CASSANDRA_ENV, **env}.items():
