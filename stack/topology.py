@@ -1,7 +1,7 @@
 """The local stack's two profiles, and where each node of each engine runs in them.
 
-- single (the default): one PostgreSQL, one Kafka broker, one Cassandra node, one Kafka Connect
-  worker, Airflow; the stream runs Spark in local mode.
+- single (the default): one PostgreSQL, one Kafka broker (2 partitions per topic), one Cassandra
+  node, one Kafka Connect worker, Airflow; the stream runs Spark in local mode.
 - cluster (`make up CLUSTER=1`): the same PostgreSQL and Airflow, and on loopback addresses of
   their own (CLUSTER_HOSTS, 127.0.0.2-4): 3 Cassandra nodes in one datacenter, 3 KRaft brokers
   (replication factor 3, min.insync.replicas 2, 3 partitions per topic), 2 Kafka Connect workers in
@@ -140,7 +140,9 @@ def node_settings(s: dict[str, str], node: Node) -> dict[str, str]:
             KAFKA_HOST=node.host, KAFKA_NODE_ID=str(node.index), KAFKA_NODE_DIR=str(node.folder),
             KAFKA_QUORUM_VOTERS=",".join(f"{p.index}@{p.host}:{s['KAFKA_CONTROLLER_PORT']}" for p in peers),
             KAFKA_REPLICATION="3" if cluster else "1", KAFKA_MIN_ISR="2" if cluster else "1",
-            KAFKA_PARTITIONS="3" if cluster else "1",
+            # the partitions of the topics Debezium creates: each is read and written by one Spark
+            # task, so a lone broker still gives 2, for a table's changes to use both cores here
+            KAFKA_PARTITIONS="3" if cluster else "2",
         )
     elif node.engine == "kafka-connect":
         out.update(KAFKA_CONNECT_HOST=node.host, KAFKA_CONNECT_URL=f"http://{node.host}:{s['KAFKA_CONNECT_PORT']}",
