@@ -33,13 +33,29 @@ def apply_migrations() -> list[str]:
         return apply(conn, HEALTH_SCHEMA)
 
 
-def _run(measure: Callable[[], checks.CheckResult]) -> str:
-    """Measure, store what was measured and the verdict, then fail the task if unhealthy."""
-    result = measure()
+def _run(check: str, measure: Callable[[], checks.CheckResult]) -> str:
+    """Measure, store what was measured and the verdict, then fail the task if unhealthy. When the
+    measuring itself raises (a store unreachable, a read Cassandra refuses), a failed verdict naming
+    the error is stored before the task fails with it: the dashboard says why, not only that the
+    check went quiet."""
+    try:
+        result = measure()
+    except Exception as e:
+        _store_unmeasured(check, e)
+        raise
     with connections.postgres() as conn:
         checks.store(conn, result)
     result.raise_if_failed()
     return result.message
+
+
+def _store_unmeasured(check: str, error: Exception) -> None:
+    message = f"the check could not run: {type(error).__name__}: {error}"[:2000]
+    try:
+        with connections.postgres() as conn:
+            checks.store(conn, checks.CheckResult(check, False, message))
+    except Exception as store_error:  # Postgres down too: the task's own error says what failed
+        log.error("%s: %s; storing that verdict failed as well: %s", check, message, store_error)
 
 
 def check_connector() -> str:
@@ -52,7 +68,7 @@ def check_connector() -> str:
         with kafka_connect.client() as client:
             return checks.check_connector(client, th, name)
 
-    return _run(measure)
+    return _run("connector", measure)
 
 
 def check_replication_slot() -> str:
@@ -65,7 +81,7 @@ def check_replication_slot() -> str:
         with connections.postgres() as conn:
             return checks.check_slot(conn, th, slot)
 
-    return _run(measure)
+    return _run("replication_slot", measure)
 
 
 def check_stream_lag() -> str:
@@ -76,7 +92,7 @@ def check_stream_lag() -> str:
                 connections.postgres() as pg:
             return checks.measure_stream_lag(admin, session, keyspace, th, pg=pg)[0]
 
-    return _run(measure)
+    return _run("stream_lag", measure)
 
 
 def check_freshness() -> str:
@@ -86,7 +102,7 @@ def check_freshness() -> str:
         with connections.postgres() as pg, connections.cassandra() as (session, keyspace):
             return checks.measure_freshness(pg, session, keyspace, th)
 
-    return _run(measure)
+    return _run("freshness", measure)
 
 
 def check_bridge() -> str:
@@ -96,7 +112,7 @@ def check_bridge() -> str:
         with connections.postgres() as conn:
             return checks.check_bridge(bridge_states(conn), checks.previous_check(conn, "bridge"))
 
-    return _run(measure)
+    return _run("bridge", measure)
 
 
 def check_reconciliation() -> str:
@@ -113,7 +129,7 @@ def check_reconciliation() -> str:
                 connections.kafka_admin() as admin:
             return reconcile_io.run(pg, session, keyspace, admin, settings, retention)
 
-    return _run(measure)
+    return _run(reconcile_io.CHECK, measure)
 
 
 def record_stream_batches() -> int:

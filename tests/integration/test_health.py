@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -188,6 +189,30 @@ def test_a_failed_connector_task_is_restarted_and_runs_again(dagbag, cdc_ready, 
     wait_connector(connect, "RUNNING")
     insert_prices(pg)
     wait_for_debezium(pg, timeout=60)
+
+
+def test_a_check_that_cannot_reach_cassandra_records_why_and_fails(dagbag, pg, settings, monkeypatch):
+    """cassandra_default pointing at a port nobody listens on: the checks that read Cassandra cannot
+    measure. Each fails its task and leaves a failed verdict naming the error (what the dashboard and
+    `make status` show), rather than no verdict at all."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setenv("AIRFLOW_CONN_CASSANDRA_DEFAULT",
+                       f"cassandra://{settings['CASSANDRA_USERNAME']}:{settings['CASSANDRA_PASSWORD']}@127.0.0.1:"
+                       f"{closed}/{settings['CASSANDRA_KEYSPACE']}")
+    started = datetime.now(UTC)
+    states = health_run(dagbag, "check_reconciliation", "check_stream_lag")
+    assert states["check_reconciliation"] == "failed" and states["check_stream_lag"] == "failed", states
+    with pg.cursor() as cur:
+        cur.execute("SELECT check_name, ok, message FROM pipeline_health.checks WHERE checked_at >= %s "
+                    "AND check_name IN ('reconciliation', 'stream_lag')", (started,))
+        verdicts = {name: (ok, message) for name, ok, message in cur.fetchall()}
+    pg.commit()
+    assert set(verdicts) == {"reconciliation", "stream_lag"}, verdicts
+    for name, (ok, message) in verdicts.items():
+        assert not ok and message.startswith("the check could not run: NoHostAvailable"), (name, message)
+        assert f"127.0.0.1:{closed}" in message, (name, message)
 
 
 # ------------------------------------------------------------------ the stream under Airflow's supervision
