@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from include.binance.models import AggTrade, DailyTicker, Kline, LatestPrice, OrderBookLevel, Trade
 from include.loader import load
+from include.names import topic_for
 from include.tables import TABLES
 from include.times import as_utc, to_epoch_ms
 from tests.integration.conftest import (
@@ -113,7 +114,7 @@ def test_inserts_updates_and_deletes_of_every_table_reach_cassandra_exactly(dagb
     # the broker gives each topic 2 partitions or more (stack/topology.py), Debezium spreads a table's
     # rows over them by key, and the rows above were applied from every one of them
     moved = {tp.partition for tp, end in _end_offsets(settings).items()
-             if tp.topic == "binance.binance.recent_trades" and end > before.get(tp, 0)}
+             if tp.topic == topic_for("recent_trades") and end > before.get(tp, 0)}
     assert len(moved) >= 2, f"recent_trades' events went to partition(s) {moved} only"
     row = cassandra.execute("SELECT low_price, cdc_op, cdc_source_ts, writetime(low_price) AS wt FROM klines "
                             "WHERE symbol = %s AND interval = '1m' AND bucket = %s AND open_time = %s",
