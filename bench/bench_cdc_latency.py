@@ -96,17 +96,28 @@ def _hours() -> list[datetime]:
 
 
 def poller(s: dict[str, str], first_id: int, last_id: int, deadline: float, out: mp.Queue) -> None:
-    """Every 50 ms, read the ids newly visible in Cassandra; report id -> first time seen."""
+    """Every 50 ms, read the ids newly visible in Cassandra; report id -> first time seen. A poll that
+    Cassandra times out (an overloaded node) is counted and made again at the next tick: the ids it
+    would have seen are seen then, later, which the latencies show."""
+    from cassandra import OperationTimedOut, ReadTimeout
+
     cluster, session = cassandra(s)
     stmt = session.prepare("SELECT trade_id FROM recent_trades WHERE symbol = ? AND bucket = ? AND trade_id >= ?")
     stmt.fetch_size = 20000
     seen: dict[int, float] = {}
     low = first_id
+    timed_out = 0
     while time.time() < deadline and low <= last_id:
         now = time.time()
-        for row in (r for hour in _hours() for r in session.execute(stmt, (SYMBOL, hour, low))):
-            if row.trade_id not in seen and row.trade_id <= last_id:
-                seen[row.trade_id] = now
+        try:
+            ids = [r.trade_id for hour in _hours() for r in session.execute(stmt, (SYMBOL, hour, low))]
+        except (ReadTimeout, OperationTimedOut) as exc:
+            timed_out += 1
+            print(f"poll {timed_out} timed out, polling again: {exc}", file=sys.stderr, flush=True)
+            ids = []
+        for trade_id in ids:
+            if trade_id not in seen and trade_id <= last_id:
+                seen[trade_id] = now
         while low in seen:
             low += 1
         time.sleep(0.05)
