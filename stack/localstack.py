@@ -636,6 +636,7 @@ def _airflow(s: dict[str, str], *args: str) -> list[str]:
 def prepare_airflow(s: dict[str, str]) -> None:
     home = Path(s["AIRFLOW_HOME"])
     home.mkdir(parents=True, exist_ok=True)
+    link_local_settings(home)
     passwords = home / "simple_auth_manager_passwords.json"
     wanted = {s["AIRFLOW_ADMIN_USER"]: s["AIRFLOW_ADMIN_PASSWORD"]}
     if not passwords.exists() or json.loads(passwords.read_text() or "{}") != wanted:
@@ -659,6 +660,25 @@ def prepare_airflow(s: dict[str, str]) -> None:
             _airflow_cli(s, "pools", "set", name, str(slots), description)
             made.add(name)
             pools_stamp.write_text("\n".join(sorted(made)) + "\n")
+
+
+LOCAL_SETTINGS = REPO / "stack" / "conf" / "airflow_local_settings.py"
+
+
+def link_local_settings(home: Path) -> None:
+    """$AIRFLOW_HOME/config/airflow_local_settings.py, where every Airflow process imports it from,
+    as a link to the repository's file (what it does is said there). A file of another origin at
+    that path is left alone, with a message."""
+    target = home / "config" / "airflow_local_settings.py"
+    target.parent.mkdir(exist_ok=True)
+    if target.is_symlink():
+        if target.resolve() == LOCAL_SETTINGS.resolve():
+            return
+        target.unlink()
+    elif target.exists():
+        print(f"airflow: {target} is not the stack's ({LOCAL_SETTINGS}); left as it is")
+        return
+    target.symlink_to(LOCAL_SETTINGS)
 
 
 # (name, slots, description): created once, editable in the UI after

@@ -138,6 +138,17 @@ def test_airflow_api_server_is_healthy(settings):
         assert health[part]["status"] == "healthy", health
 
 
+def test_the_running_scheduler_has_the_task_libraries_loaded(settings):
+    """stack/conf/airflow_local_settings.py took effect in the scheduler itself, whose forked task
+    processes inherit what it loaded: the compiled modules of psycopg and of the Cassandra driver are
+    mapped into its memory."""
+    pid = localstack.read_pid("airflow-scheduler")
+    assert pid is not None, "the scheduler is not running"
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    for library in ("psycopg_binary/pq.", "cassandra/cluster."):
+        assert library in maps, f"{library} not loaded in the scheduler (PID {pid})"
+
+
 def test_airflow_login_printed_by_make_up_works(settings):
     resp = requests.post(f"{settings['AIRFLOW_URL']}/auth/token", timeout=10,
                          json={"username": settings["AIRFLOW_ADMIN_USER"],

@@ -164,3 +164,41 @@ def test_the_watchdog_restarts_an_api_server_silent_for_a_minute():
     assert dog2.decide(API_SILENT_S + 5, {}, [], False, 600) == []
     # a process that has just started is given its minute
     assert Watchdog().decide(0, {}, [], False, 10) == [] and Watchdog().decide(100, {}, [], False, 10) == []
+
+
+def test_airflow_local_settings_are_linked_once_and_a_foreign_file_is_kept(tmp_path, capsys):
+    ls.link_local_settings(tmp_path)
+    link = tmp_path / "config" / "airflow_local_settings.py"
+    assert link.is_symlink() and link.resolve() == ls.LOCAL_SETTINGS.resolve()
+    ls.link_local_settings(tmp_path)  # again: nothing changes
+    assert link.resolve() == ls.LOCAL_SETTINGS.resolve()
+
+    link.unlink()
+    link.symlink_to(tmp_path / "elsewhere.py")  # a stale link (a moved checkout) is replaced
+    ls.link_local_settings(tmp_path)
+    assert link.resolve() == ls.LOCAL_SETTINGS.resolve()
+
+    link.unlink()
+    link.write_text("# the operator's own\n")
+    ls.link_local_settings(tmp_path)
+    assert link.read_text() == "# the operator's own\n" and not link.is_symlink()
+    assert "left as it is" in capsys.readouterr().out
+
+
+def test_every_airflow_process_imports_the_preloaded_libraries_at_start(tmp_path):
+    """`import airflow` with the linked settings (a fresh interpreter, as each service starts) has
+    every listed library imported, and overrides no setting of Airflow's."""
+    ls.link_local_settings(tmp_path)
+    sys.path.insert(0, str(ls.LOCAL_SETTINGS.parent))
+    try:
+        from airflow_local_settings import PRELOADED
+    finally:
+        sys.path.remove(str(ls.LOCAL_SETTINGS.parent))
+    probe = ("import sys, airflow, airflow.settings as s\n"
+             f"missing = [m for m in {list(PRELOADED)!r} if m not in sys.modules]\n"
+             "print('missing', missing); print('copied', 'PRELOADED' in vars(s))\n")
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "missing []" in out.stdout and "copied False" in out.stdout, out.stdout + out.stderr[-2000:]
+    assert "could not preload" not in out.stderr
