@@ -164,7 +164,11 @@ class SymbolState:
         self.rng = random.Random(f"{self.rng_seed}|live")
         self.trades: list[Trade] = []
         self.series: dict[str, KlineSeries] = {}
-        self.next_id = 100_000_000 + self.rng.randrange(1_000_000)
+        # trade ids start at the start time in milliseconds, so that a server started again continues
+        # above every id it served before (as long as it made under one trade a millisecond per symbol):
+        # with the same seed, ids from a fixed number came again after a restart and the loader kept the
+        # earlier trades of those ids, loading no new trade for hours
+        self.next_id = now_us // 1000 - INITIAL_TRADES
         self.update_id = 1_000_000_000 + self.rng.randrange(1_000_000_000)
         first_us = now_us - INITIAL_TRADES * INITIAL_TRADE_SPACING_US
         self.price = market.anchor(spec, "1m", period_open("1m", first_us // 1000))

@@ -192,6 +192,20 @@ def test_trade_ids_grow_and_consecutive_calls_overlap(server: BinanceTestServer)
     assert overlap and [t for t in first if t["id"] in overlap] == [t for t in second if t["id"] in overlap]
 
 
+def test_a_server_started_again_serves_trade_ids_above_the_ones_it_served(clock: Clock) -> None:
+    """The same seed, started again a minute later (`make down`, `make up`): the loader keeps the first
+    trade stored under an id, so an id served again would be a new trade never loaded."""
+    with BinanceTestServer(seed=11, clock=clock) as srv:
+        before = []
+        for _ in range(30):
+            before += get(srv, "/api/v3/trades", symbol="BTCUSDT", limit=1000)
+            clock.now += 1
+    clock.now += 60
+    with BinanceTestServer(seed=11, clock=clock) as srv:
+        after = get(srv, "/api/v3/trades", symbol="BTCUSDT", limit=1000)
+    assert min(t["id"] for t in after) > max(t["id"] for t in before)
+
+
 def test_newest_kline_changes_and_earlier_ones_stay_fixed(server: BinanceTestServer) -> None:
     first = get(server, "/api/v3/klines", symbol="ETHUSDT", interval="1m", limit=5)
     second = get(server, "/api/v3/klines", symbol="ETHUSDT", interval="1m", limit=5)
