@@ -3,6 +3,7 @@ program, and the watchdog's decisions."""
 
 from __future__ import annotations
 
+import ast
 import configparser
 import os
 import signal
@@ -189,11 +190,10 @@ def test_every_airflow_process_imports_the_preloaded_libraries_at_start(tmp_path
     """`import airflow` with the linked settings (a fresh interpreter, as each service starts) has
     every listed library imported, and overrides no setting of Airflow's."""
     ls.link_local_settings(tmp_path)
-    sys.path.insert(0, str(ls.LOCAL_SETTINGS.parent))
-    try:
-        from airflow_local_settings import PRELOADED
-    finally:
-        sys.path.remove(str(ls.LOCAL_SETTINGS.parent))
+    # the list read from the file, not imported: importing it here would preload into the test process
+    tree = ast.parse(ls.LOCAL_SETTINGS.read_text())
+    PRELOADED = next(ast.literal_eval(n.value) for n in tree.body  # noqa: N806
+                     if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "PRELOADED")
     probe = ("import sys, airflow, airflow.settings as s\n"
              f"missing = [m for m in {list(PRELOADED)!r} if m not in sys.modules]\n"
              "print('missing', missing); print('copied', 'PRELOADED' in vars(s))\n")
