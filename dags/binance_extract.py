@@ -38,12 +38,12 @@ rows are deleted by the `retention` DAG.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
 
 from include.names import BINANCE_POOL, SOURCE_SCHEMA
+from include.schedules import schedule
 from include.tables import TABLES
 
 
@@ -53,7 +53,7 @@ def table_asset(table: str) -> Asset:
 
 @dag(
     # data intervals, not Airflow 3's default CronTriggerTimetable (whose runs have an empty interval)
-    schedule=CronDataIntervalTimetable(os.environ.get("BINANCE_EXTRACT_SCHEDULE", "* * * * *"), timezone="UTC"),
+    schedule=CronDataIntervalTimetable(schedule("BINANCE_EXTRACT_SCHEDULE"), timezone="UTC"),
     catchup=False,
     # scheduled runs one at a time; a backfill has its own limit (`--max-active-runs`): Airflow 3
     # counts backfill runs apart from the DAG's max_active_runs

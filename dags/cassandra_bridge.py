@@ -10,17 +10,17 @@ run of a table copies it whole once.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 from airflow.sdk import Asset, dag, task
 
 from include.names import BRIDGE_SCHEMA
+from include.schedules import schedule
 from include.tables import TABLES
 
 
 @dag(
-    schedule=os.environ.get("CASSANDRA_BRIDGE_SCHEDULE", "* * * * *"),
+    schedule=schedule("CASSANDRA_BRIDGE_SCHEDULE"),
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=10),

@@ -31,15 +31,16 @@ through `PipelineHealthNotifier` (the log; Slack or email when configured). Thre
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 from airflow.sdk import dag, task
 from health_notifier import PipelineHealthNotifier
 
+from include.schedules import schedule
+
 
 @dag(
-    schedule=os.environ.get("PIPELINE_HEALTH_SCHEDULE", "* * * * *"),
+    schedule=schedule("PIPELINE_HEALTH_SCHEDULE"),
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=5),

@@ -19,14 +19,15 @@ the one it copies fails the run naming it.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 from airflow.sdk import dag, task
 
+from include.schedules import schedule
+
 
 @dag(
-    schedule=os.environ.get("RETENTION_SCHEDULE", "* * * * *"),
+    schedule=schedule("RETENTION_SCHEDULE"),
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=30),

@@ -54,3 +54,34 @@ def test_the_continuous_stream_gets_a_new_run_after_each_one(dagbag):
     second = timetable.next_dagrun_info(last_automated_data_interval=first.data_interval, restriction=restriction)
     third = timetable.next_dagrun_info(last_automated_data_interval=second.data_interval, restriction=restriction)
     assert len({first.logical_date, second.logical_date, third.logical_date}) == 3
+
+
+PER_MINUTE = ("binance_extract", "cassandra_bridge", "retention", "pipeline_health")
+
+
+def test_the_per_minute_dags_start_at_seconds_of_their_own(dagbag):
+    """Started at one second, their task processes competed with the stream for the CPU
+    (include/schedules.py). Airflow's own timetables, as the scheduler runs them, must place each
+    DAG's runs a minute apart at a second no other of them uses."""
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    restriction = TimeRestriction(earliest=None, latest=None, catchup=False)
+    seconds = {}
+    for dag_id in PER_MINUTE:
+        timetable = coerce_to_core_timetable(dagbag.dags[dag_id].timetable)
+        first = timetable.next_dagrun_info(last_automated_data_interval=None, restriction=restriction)
+        second = timetable.next_dagrun_info(last_automated_data_interval=first.data_interval, restriction=restriction)
+        assert (second.run_after - first.run_after).total_seconds() == 60, dag_id
+        assert first.run_after.second == second.run_after.second, dag_id
+        seconds[dag_id] = first.run_after.second
+    assert len(set(seconds.values())) == len(PER_MINUTE), seconds
+
+
+def test_a_schedule_setting_replaces_the_default(monkeypatch):
+    from include import schedules
+
+    monkeypatch.setenv("RETENTION_SCHEDULE", "*/5 * * * *")
+    assert schedules.schedule("RETENTION_SCHEDULE") == "*/5 * * * *"
+    monkeypatch.setenv("RETENTION_SCHEDULE", "")
+    assert schedules.schedule("RETENTION_SCHEDULE") == schedules.DEFAULTS["RETENTION_SCHEDULE"]

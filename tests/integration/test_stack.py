@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
+from datetime import datetime
 from pathlib import Path
 
 import psycopg2
@@ -147,6 +149,33 @@ def test_the_running_scheduler_has_the_task_libraries_loaded(settings):
     maps = Path(f"/proc/{pid}/maps").read_text()
     for library in ("psycopg_binary/pq.", "cassandra/cluster."):
         assert library in maps, f"{library} not loaded in the scheduler (PID {pid})"
+
+
+def test_the_scheduler_starts_the_per_minute_dags_at_their_own_seconds(settings):
+    """The scheduler's next run of each per-minute DAG (its REST API) falls on the second its cron
+    expression's sixth field names (include/schedules.py), and no two on the same second."""
+    from include.schedules import schedule
+    from stack.demo import _token
+
+    headers = {"Authorization": f"Bearer {_token(settings)}"}
+    expected = {"binance_extract": "BINANCE_EXTRACT_SCHEDULE", "cassandra_bridge": "CASSANDRA_BRIDGE_SCHEDULE",
+                "retention": "RETENTION_SCHEDULE", "pipeline_health": "PIPELINE_HEALTH_SCHEDULE"}
+    seconds = {}
+    for dag_id, setting in expected.items():
+        cron = schedule(setting).split()
+        deadline = time.monotonic() + 120
+        while True:  # a stack just started may not have parsed the DAG yet
+            dag = requests.get(f"{settings['AIRFLOW_URL']}/api/v2/dags/{dag_id}", headers=headers, timeout=10)
+            if dag.status_code == 200 and dag.json()["next_dagrun_run_after"]:
+                dag = dag.json()
+                break
+            assert time.monotonic() < deadline, f"no next run of {dag_id} after 120 s: {dag.text[:300]}"
+            time.sleep(2)
+        assert dag["timetable_summary"] == " ".join(cron), dag
+        run_after = datetime.fromisoformat(dag["next_dagrun_run_after"])
+        seconds[dag_id] = run_after.second
+        assert seconds[dag_id] == (int(cron[5]) if len(cron) > 5 else 0), (dag_id, run_after)
+    assert len(set(seconds.values())) == len(seconds), seconds
 
 
 def test_airflow_login_printed_by_make_up_works(settings):
