@@ -2,6 +2,7 @@
 
 Usage: python bench/bench_cdc_latency.py [--stream deployed|own] [--rates 200,1000,3000,5000]
                                          [--seconds 20] [--commit-rows 1,0] [--rounds 1] [--trigger 0.5]
+                                         [--by-second]
 
 `--stream deployed` (the default) measures the stream users run: the one the `cdc_stream` DAG
 launched, reading every topic, with the demo's DAGs running beside it (`make demo OFFLINE=1` first;
@@ -16,6 +17,8 @@ when each trade becomes visible. Prints latency p50/p95/p99 from commit to visib
 goes (commit -> record in Kafka, read from the records' CreateTime; the stream's micro-batches from
 `stream_progress`: how many, their median processing time and the median gap between them), and
 whether the lag stayed flat (the backlog at the end of the run no larger than in its middle).
+`--by-second` adds p50/p99 by the 10-s window of the minute the rows were committed in: the
+per-minute DAGs start at their own seconds (include/schedules.py), so run `--seconds 60` or longer.
 Bounded: loopback only, rates x seconds rows per run, and the bench rows are deleted at the end.
 """
 
@@ -246,10 +249,12 @@ def run_rate(s: dict[str, str], rate: int, seconds: float, commit_rows: int, fir
     w.join()
     p.join()
     latencies, missing = [], 0
+    by_window: dict[int, list[float]] = {}
     for lo, hi, committed in commits:
         for tid in range(lo, hi + 1):
             if tid in seen:
                 latencies.append(seen[tid] - committed)
+                by_window.setdefault(int(committed % 60) // 10 * 10, []).append(seen[tid] - committed)
             else:
                 missing += 1
     # backlog (committed but not yet visible) at the middle and at the end of the writing window
@@ -273,6 +278,7 @@ def run_rate(s: dict[str, str], rate: int, seconds: float, commit_rows: int, fir
         "backlog_mid": mid, "backlog_end": end,
         "dbz_p50": pct(dbz, 50) if dbz else float("nan"), "dbz_p99": pct(dbz, 99) if dbz else float("nan"),
         "flat": missing == 0 and end <= max(mid * 1.5, rate),
+        "windows": {w: (pct(v, 50), pct(v, 99), len(v)) for w, v in sorted(by_window.items())},
     }
     return result, last_id + 1
 
@@ -290,14 +296,21 @@ HEADER = (f"{'stream':>9} {'rate/s':>6} {'rows/tx':>6} {'rows':>6} {'achieved':>
           f"{'batch ms':>8} {'gap s':>6}  lag")
 
 
+def print_windows(r: dict) -> None:
+    for w, (p50, p99, n) in r["windows"].items():
+        print(f"{'':>9} second {w:>2}-{w + 9:<2} of the minute: p50 {p50:5.2f} p99 {p99:5.2f} ({n} rows)", flush=True)
+
+
 def run_all(s: dict[str, str], label: str, rates: list[int], commit_rows: list[int], rounds: int, seconds: float,
-            next_id: int) -> int:
+            next_id: int, by_second: bool = False) -> int:
     print(HEADER)
     for rate in rates:
         for size in commit_rows:
             for _ in range(rounds):
                 r, next_id = run_rate(s, rate, seconds, size, next_id)
                 print_row(label, r)
+                if by_second:
+                    print_windows(r)
                 time.sleep(3)
     return next_id
 
@@ -311,6 +324,8 @@ def main() -> None:
                         help="rows per transaction, comma-separated (0: a 100-ms tick's rows in one)")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each rate and transaction size")
     parser.add_argument("--trigger", type=float, default=0.5, help="--stream own: the stream's trigger, seconds")
+    parser.add_argument("--by-second", action="store_true",
+                        help="also print p50/p99 by the 10-s window of the minute the rows were committed in")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     commit_rows = [int(n) for n in args.commit_rows.split(",")]
@@ -323,7 +338,7 @@ def main() -> None:
                                  "`make demo OFFLINE=1` (the cdc_stream DAG), or use --stream own")
             print("measuring the deployed stream (the cdc_stream DAG's); warming up")
             next_id = wait_visible(s, next_id, timeout=180)
-            run_all(s, "deployed", rates, commit_rows, args.rounds, args.seconds, next_id)
+            run_all(s, "deployed", rates, commit_rows, args.rounds, args.seconds, next_id, args.by_second)
             return
         tmp = Path(tempfile.mkdtemp(prefix="bench-cdc-", dir=REPO / ".run"))
         stream = start_stream(s, tmp / "checkpoint", args.trigger)
@@ -331,7 +346,7 @@ def main() -> None:
             print(f"stream of its own starting (trigger {args.trigger}s, log {tmp / 'stream.log'}); warming up")
             time.sleep(5)
             next_id = wait_visible(s, next_id, timeout=180)
-            run_all(s, "own", rates, commit_rows, args.rounds, args.seconds, next_id)
+            run_all(s, "own", rates, commit_rows, args.rounds, args.seconds, next_id, args.by_second)
         finally:
             os.killpg(stream.pid, signal.SIGTERM)
             try:
