@@ -1,6 +1,6 @@
 """Benchmark: the incremental bridge run against a full copy of the table, and the full copy's memory.
 
-Usage: python bench/bench_bridge.py [--rows 1000000] [--changed 1000] [--rss]
+Usage: python bench/bench_bridge.py [--rows 1000000] [--changed 1000] [--rss] [--slices-ab ROUNDS]
 
 In a scratch keyspace (`bench_bridge`, same CQL as the sink) and scratch Postgres schemas
 (`bench_bridge`, copies of the bridge tables; `bench_bridge_source`, a copy of binance.recent_trades
@@ -15,6 +15,11 @@ Postgres content, which is checked.
 --rss prints the process's peak resident memory (resource.getrusage, ru_maxrss) before and after
 each full copy: the full copy streams partitions into one COPY, so its peak should not grow with N.
 
+--slices-ab R times, instead, incremental runs over M new trades in a row (trade ids of a symbol
+follow each other, as Binance's do; the rows are taken out of the bridge first, so each run inserts
+them), R rounds alternating the changed keys' re-read as slices (reads._runs, what the bridge does)
+and by name only (IN lists), each round on trades of its own.
+
 Needs the local stack (`make up`). The scratch keyspace and schemas are dropped at the end.
 """
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import random
 import resource
+import statistics
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -45,7 +51,8 @@ KEYSPACE = SCHEMA = "bench_bridge"
 SOURCE = "bench_bridge_source"
 SYMBOLS = [f"BENCH{i}USDT" for i in range(10)]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-# one trade every 50 ms: 1,000,000 rows span about 14 hours, 140 hour partitions of about 7,200 rows
+# one trade every 50 ms: 1,000,000 rows span about 14 hours, 140 hour partitions of about 7,200 rows;
+# row n is trade n // 10 of symbol n % 10, so a symbol's trade ids follow each other
 STEP = timedelta(milliseconds=50)
 TRADES = TABLES["recent_trades"]
 
@@ -68,7 +75,7 @@ def fill(session, rows: int) -> None:
         for n in range(start, min(rows, start + chunk)):
             when = T0 + n * STEP
             price = _price(n)
-            args.append((SYMBOLS[n % 10], TRADES.bucket_of(when), n, price, Decimal("0.5"), price / 2, when,
+            args.append((SYMBOLS[n % 10], TRADES.bucket_of(when), n // 10, price, Decimal("0.5"), price / 2, when,
                          n % 2 == 0, when, 1, when))
         execute_concurrent_with_args(session, stmt, args, concurrency=200, raise_on_first_error=True)
         if (start // chunk) % 10 == 0:
@@ -80,7 +87,7 @@ def fill_source(pg, rows: int) -> None:
     with pg.cursor() as cur:
         cur.execute(
             f"INSERT INTO {SOURCE}.recent_trades (symbol, trade_id, price, qty, quote_qty, time, is_buyer_maker) "
-            "SELECT 'BENCH' || (n %% 10) || 'USDT', n, (n %% 100000 + 1) / 100.0, 0.5, (n %% 100000 + 1) / 200.0, "
+            "SELECT 'BENCH' || (n %% 10) || 'USDT', n / 10, (n %% 100000 + 1) / 100.0, 0.5, (n %% 100000 + 1) / 200.0, "
             "%s + n * %s, n %% 2 = 0 FROM generate_series(0, %s - 1) n", (T0, STEP, rows))
     pg.commit()
 
@@ -106,11 +113,53 @@ def change(session, rows: int, changed: int) -> None:
     for i, n in enumerate(picks):
         sym, bucket = SYMBOLS[n % 10], TRADES.bucket_of(T0 + n * STEP)
         if i % 2:
-            session.execute(dele, (sym, bucket, n))
+            session.execute(dele, (sym, bucket, n // 10))
         else:
-            session.execute(upd, (Decimal("0.75"), sym, bucket, n))
-        session.execute(log, (minute, encode_key(TRADES, {"symbol": sym, "bucket": bucket, "trade_id": n})))
+            session.execute(upd, (Decimal("0.75"), sym, bucket, n // 10))
+        session.execute(log, (minute, encode_key(TRADES, {"symbol": sym, "bucket": bucket, "trade_id": n // 10})))
     finish_batch(session, minute, 2)
+
+
+def slices_ab(pg, session, rows: int, changed: int, rounds: int) -> None:
+    """Incremental runs over `changed` new trades in a row, re-read as slices or by name, alternating."""
+    from cassandra.concurrent import execute_concurrent_with_args
+
+    from include.bridge import reads
+
+    log = session.prepare(f"INSERT INTO {KEYSPACE}.changed_rows (table_name, bucket, key, cdc_lsn) VALUES "
+                          "('recent_trades', ?, ?, 1)")
+    by_name = 10**9  # more keys than a run has: every piece is read by name
+    slices_min = reads.SLICE_MIN_KEYS
+    times: dict[str, list[float]] = {"slices": [], "by name": []}
+    first = 0
+    for r in range(rounds):
+        for mode in ("slices", "by name") if r % 2 == 0 else ("by name", "slices"):
+            rows_of_round = range(first, min(rows, first + changed))
+            first += changed
+            session.execute(f"TRUNCATE {KEYSPACE}.changed_rows", timeout=120)
+            with pg.cursor() as cur:
+                cur.execute(f"DELETE FROM {SCHEMA}.recent_trades WHERE (symbol, trade_id) IN "
+                            f"(SELECT 'BENCH' || (n %% 10) || 'USDT', n / 10 FROM generate_series(%s, %s) n)",
+                            (rows_of_round[0], rows_of_round[-1]))
+            pg.commit()
+            minute = datetime.now(UTC).replace(second=0, microsecond=0)
+            keys = [(minute, encode_key(TRADES, {"symbol": SYMBOLS[n % 10], "bucket": TRADES.bucket_of(T0 + n * STEP),
+                                                 "trade_id": n // 10})) for n in rows_of_round]
+            execute_concurrent_with_args(session, log, keys, concurrency=200, raise_on_first_error=True)
+            finish_batch(session, minute, 3 + r)
+            reads.SLICE_MIN_KEYS = slices_min if mode == "slices" else by_name
+            try:
+                t0 = time.perf_counter()
+                result = sync_table(pg, session, KEYSPACE, "recent_trades", schema=SCHEMA, source_schema=SOURCE)
+                took = time.perf_counter() - t0
+            finally:
+                reads.SLICE_MIN_KEYS = slices_min
+            assert (result.changed_keys, result.upserted) == (len(keys), len(keys)), result
+            times[mode].append(took)
+            print(f"round {r + 1}, {mode:>8}: {len(keys):,} new trades in {took:6.2f} s", flush=True)
+    for mode, values in times.items():
+        print(f"{mode:>8}: median {statistics.median(values):.2f} s, {min(values):.2f}-{max(values):.2f} s "
+              f"over {len(values)} runs")
 
 
 def pg_state(pg) -> tuple[int, str]:
@@ -134,6 +183,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--changed", type=int, default=1000)
     parser.add_argument("--rss", action="store_true", help="report the peak resident memory of each full copy")
+    parser.add_argument("--slices-ab", type=int, default=0, metavar="ROUNDS",
+                        help="time incremental runs over --changed new trades, re-read as slices or by name")
     args = parser.parse_args()
     s = load_env()
     cs = CassandraSettings((s["CASSANDRA_HOST"],), int(s["CASSANDRA_PORT"]), s["CASSANDRA_USERNAME"],
@@ -166,6 +217,9 @@ def main() -> None:
             print(f"peak RSS: {rss_before:,.0f} MB before the first full copy, {peak_rss_mb():,.0f} MB after it "
                   f"({first.rows_read:,} rows read)")
 
+        if args.slices_ab:
+            slices_ab(pg, session, args.rows, args.changed, args.slices_ab)
+            return
         change(session, args.rows, args.changed)
         t0 = time.perf_counter()
         inc = sync_table(pg, session, KEYSPACE, "recent_trades", schema=SCHEMA, source_schema=SOURCE)

@@ -29,6 +29,15 @@ WINDOW = 8
 # made a backlog of 40,000 changed trades take minutes
 KEYS_PER_READ = 200
 READS_IN_FLIGHT = 16
+# Changed keys of a table with one integer clustering column often come in runs (a symbol's trade
+# ids). Up to SLICE_KEYS of them, sorted, whose span is at most DENSE_SPAN times their number are
+# read as one slice from the lowest to the highest, and the rows in between that did not change
+# are dropped: Cassandra reads a slice in one pass, an IN list name by name (bench/RESULTS.md,
+# "The bridge's re-reads as slices"). A slice spans at most 1,000 rows, so the tombstones it may
+# pass over stay within Cassandra's tombstone_warn_threshold (1,000)
+SLICE_KEYS = 500
+SLICE_MIN_KEYS = 50
+DENSE_SPAN = 2
 
 
 class CassandraReads:
@@ -127,7 +136,7 @@ class CassandraReads:
     def rows_at(self, table: Table, keys: Iterable[str]) -> tuple[list[Any], list[tuple[Any, ...]]]:
         """Each logged key read back by its full Cassandra key: (rows that exist, keys that are gone,
         as bind values in `table.cassandra_key` order)."""
-        from cassandra.concurrent import execute_concurrent_with_args
+        from cassandra.concurrent import execute_concurrent
 
         decoded = {decode_key(table, k) for k in keys}
         if not decoded:
@@ -139,26 +148,39 @@ class CassandraReads:
             by_partition[key[:width]].append(key[width:])
         cols = ", ".join(f'"{c}"' for c in table.column_names)
         where = " AND ".join(f'"{k}" = ?' for k in table.cassandra_partition)
+        select = f'SELECT {cols} FROM "{self.keyspace}"."{table.name}" WHERE {where}'
         if len(clustering) == 1:
-            where += f' AND "{clustering[0]}" IN ?'
+            in_list = self.prepare(f'{select} AND "{clustering[0]}" IN ?')
+            between = self.prepare(f'{select} AND "{clustering[0]}" >= ? AND "{clustering[0]}" <= ?')
         elif clustering:
-            where += " AND (" + ", ".join(f'"{c}"' for c in clustering) + ") IN ?"
-        stmt = self.prepare(f'SELECT {cols} FROM "{self.keyspace}"."{table.name}" WHERE {where}')
-        requests: list[tuple[Any, ...]] = []
+            in_list = self.prepare(f'{select} AND (' + ", ".join(f'"{c}"' for c in clustering) + ") IN ?")
+        else:
+            in_list = self.prepare(select)
+        requests: list[tuple[Any, tuple[Any, ...]]] = []
         for partition, rest in by_partition.items():
             if not clustering:
-                requests.append(partition)
-                continue
-            values = [r[0] for r in rest] if len(clustering) == 1 else rest
-            requests += [(*partition, values[i:i + KEYS_PER_READ]) for i in range(0, len(values), KEYS_PER_READ)]
-        results = execute_concurrent_with_args(self.session, stmt, requests, concurrency=READS_IN_FLIGHT,
-                                               raise_on_first_error=True)
+                requests.append((in_list, partition))
+            elif len(clustering) == 1:
+                for lo, hi, values in _runs(sorted(r[0] for r in rest)):
+                    if values is None:
+                        requests.append((between, (*partition, lo, hi)))
+                    else:
+                        requests += [(in_list, (*partition, values[i:i + KEYS_PER_READ]))
+                                     for i in range(0, len(values), KEYS_PER_READ)]
+            else:
+                requests += [(in_list, (*partition, rest[i:i + KEYS_PER_READ]))
+                             for i in range(0, len(rest), KEYS_PER_READ)]
+        results = execute_concurrent(self.session, requests, concurrency=READS_IN_FLIGHT, raise_on_first_error=True)
+        wanted = {_comparable(key) for key in decoded}
         found, seen = [], set()
-        for request, result in zip(requests, results, strict=True):
-            partition = request[:width]
+        for (_, params), result in zip(requests, results, strict=True):
+            partition = params[:width]
             for row in result.result_or_exc:
-                found.append(row)
-                seen.add(_comparable((*partition, *(getattr(row, c) for c in clustering))))
+                key = _comparable((*partition, *(getattr(row, c) for c in clustering)))
+                # a slice also returns the rows between the changed keys, which did not change
+                if key in wanted:
+                    found.append(row)
+                    seen.add(key)
         gone = [key for key in decoded if _comparable(key) not in seen]
         return found, gone
 
@@ -168,6 +190,17 @@ class CassandraReads:
         cols = ", ".join(f'"{c}"' for c in table.column_names)
         stmt = self.prepare(f'SELECT {cols} FROM "{self.keyspace}"."{table.name}" WHERE {where}')
         return self.paged(stmt, partitions)
+
+
+def _runs(values: list[Any]) -> Iterator[tuple[Any, Any, list[Any] | None]]:
+    """Sorted clustering values cut into pieces of up to SLICE_KEYS: (lowest, highest, None) for a
+    piece dense enough to read as a slice, (lowest, highest, the values) for one to read by name."""
+    for i in range(0, len(values), SLICE_KEYS):
+        piece = values[i:i + SLICE_KEYS]
+        lo, hi = piece[0], piece[-1]
+        dense = (len(piece) >= SLICE_MIN_KEYS and isinstance(lo, int) and not isinstance(lo, bool)
+                 and hi - lo + 1 <= DENSE_SPAN * len(piece))
+        yield lo, hi, None if dense else piece
 
 
 def _comparable(key: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -421,6 +421,40 @@ def test_an_older_version_read_again_never_replaces_a_newer_one(pg, cassandra, s
     assert bridge_rows(pg, "recent_trades", with_cdc=True, symbols=[A], schema=SCRATCH_BRIDGE)[(A, 0)] == newer
 
 
+def test_runs_of_changed_trade_ids_are_read_as_slices_and_only_the_changed_rows_applied(pg, cassandra, scratch):
+    """Every other trade id of a run changed (the bridge reads it as slices, reads._runs), ten of
+    them deleted; a row between them that changed in Cassandra without being logged is returned by
+    the slice too, and must not reach the bridge: only logged keys are applied."""
+    from include.bridge.reads import SLICE_KEYS, _runs
+
+    position = _minute_now() - timedelta(minutes=5)
+    when = HOUR - timedelta(minutes=30)
+    base = [_trade(A, n, when + timedelta(milliseconds=n)) for n in range(3000)]
+    load(pg, "recent_trades", base, schema=SCRATCH_SOURCE)
+    scratch.upsert(position - timedelta(minutes=1), "recent_trades", base, lsn=100)
+    scratch.finish_batch(position)
+    assert _sync(pg, cassandra).mode == "full"
+
+    changed = list(range(0, 2000, 2))
+    assert [values for _, _, values in _runs(changed)] == [None] * (len(changed) // SLICE_KEYS or 1)
+    deleted = set(changed[:: len(changed) // 10][:10])
+    logged_at = position + timedelta(minutes=1)
+    scratch.write(logged_at, [scratch.change("recent_trades", _trade(A, n, base[n].time, price="9.75"), 300,
+                                             "d" if n in deleted else "u") for n in changed])
+    cassandra.execute(f"UPDATE {SCRATCH_KEYSPACE}.recent_trades SET price = 4.5 WHERE symbol = %s AND bucket = %s "
+                      "AND trade_id = 1", (A, TABLES["recent_trades"].bucket_of(when)))
+    scratch.finish_batch(logged_at)
+    result = _sync(pg, cassandra)
+    assert (result.mode, result.changed_keys, result.upserted, result.deleted) == \
+        ("incremental", 1000, 990, 10), result
+    rows = bridge_rows(pg, "recent_trades", symbols=[A], schema=SCRATCH_BRIDGE)
+    assert all((A, n) not in rows for n in deleted)
+    assert all(rows[(A, n)][2] == _norm(Decimal("9.75")) for n in changed if n not in deleted)
+    # not logged: the bridge keeps what it had, the price of the full copy
+    assert rows[(A, 1)][2] == _norm(Decimal("1.5"))
+    assert len(rows) == 3000 - 10
+
+
 def test_a_full_copy_over_many_partitions_equals_cassandra(pg, cassandra, scratch):
     """Hour buckets over twelve hours for two symbols (more partitions than the reads in flight), one
     of them holding more rows than a page, klines over four day buckets; rows the bridge holds and

@@ -134,3 +134,20 @@ def test_a_full_copy_reads_each_prefix_from_its_oldest_to_its_newest_bucket_acro
     assert 'WHERE ("symbol", "interval") > (p."symbol", p."interval") ORDER BY "symbol", "interval" LIMIT 1' in loose
     assert ('(SELECT "open_time" FROM "binance"."klines" t WHERE t."symbol" = p."symbol" '
             'AND t."interval" = p."interval" ORDER BY "open_time" DESC LIMIT 1) AS newest') in loose
+
+
+def test_runs_of_integer_keys_are_sliced_and_scattered_or_few_keys_read_by_name():
+    from include.bridge.reads import DENSE_SPAN, SLICE_KEYS, SLICE_MIN_KEYS, _runs
+
+    dense = list(range(0, 2 * SLICE_KEYS + 10))
+    assert [(lo, hi, v) for lo, hi, v in _runs(dense)] == [
+        (0, SLICE_KEYS - 1, None), (SLICE_KEYS, 2 * SLICE_KEYS - 1, None),
+        (2 * SLICE_KEYS, 2 * SLICE_KEYS + 9, list(range(2 * SLICE_KEYS, 2 * SLICE_KEYS + 10)))]
+    # every DENSE_SPAN-th id still is a run; one more apart is not
+    assert next(_runs(list(range(0, DENSE_SPAN * 100, DENSE_SPAN))))[2] is None
+    spread = list(range(0, (DENSE_SPAN + 1) * 100, DENSE_SPAN + 1))
+    assert next(_runs(spread))[2] == spread
+    few = list(range(SLICE_MIN_KEYS - 1))
+    assert next(_runs(few))[2] == few
+    times = [datetime(2026, 1, 1, tzinfo=UTC).replace(second=s) for s in range(SLICE_MIN_KEYS)]
+    assert next(_runs(times))[2] == times
