@@ -57,6 +57,11 @@ STEP = timedelta(milliseconds=50)
 TRADES = TABLES["recent_trades"]
 
 
+def trade_key(n: int) -> tuple[str, datetime, int]:
+    """Row n's Cassandra key: (symbol, hour bucket, trade id)."""
+    return SYMBOLS[n % 10], TRADES.bucket_of(T0 + n * STEP), n // 10
+
+
 def _price(n: int) -> Decimal:
     return Decimal(n % 100_000 + 1) / 100
 
@@ -75,7 +80,7 @@ def fill(session, rows: int) -> None:
         for n in range(start, min(rows, start + chunk)):
             when = T0 + n * STEP
             price = _price(n)
-            args.append((SYMBOLS[n % 10], TRADES.bucket_of(when), n // 10, price, Decimal("0.5"), price / 2, when,
+            args.append((*trade_key(n), price, Decimal("0.5"), price / 2, when,
                          n % 2 == 0, when, 1, when))
         execute_concurrent_with_args(session, stmt, args, concurrency=200, raise_on_first_error=True)
         if (start // chunk) % 10 == 0:
@@ -111,12 +116,12 @@ def change(session, rows: int, changed: int) -> None:
     log = session.prepare(f"INSERT INTO {KEYSPACE}.changed_rows (table_name, bucket, key, cdc_lsn) VALUES "
                           "('recent_trades', ?, ?, 2)")
     for i, n in enumerate(picks):
-        sym, bucket = SYMBOLS[n % 10], TRADES.bucket_of(T0 + n * STEP)
+        key = trade_key(n)
         if i % 2:
-            session.execute(dele, (sym, bucket, n // 10))
+            session.execute(dele, key)
         else:
-            session.execute(upd, (Decimal("0.75"), sym, bucket, n // 10))
-        session.execute(log, (minute, encode_key(TRADES, {"symbol": sym, "bucket": bucket, "trade_id": n // 10})))
+            session.execute(upd, (Decimal("0.75"), *key))
+        session.execute(log, (minute, encode_key(TRADES, dict(zip(TRADES.cassandra_key, key, strict=True)))))
     finish_batch(session, minute, 2)
 
 
@@ -143,8 +148,8 @@ def slices_ab(pg, session, rows: int, changed: int, rounds: int) -> None:
                             (rows_of_round[0], rows_of_round[-1]))
             pg.commit()
             minute = datetime.now(UTC).replace(second=0, microsecond=0)
-            keys = [(minute, encode_key(TRADES, {"symbol": SYMBOLS[n % 10], "bucket": TRADES.bucket_of(T0 + n * STEP),
-                                                 "trade_id": n // 10})) for n in rows_of_round]
+            keys = [(minute, encode_key(TRADES, dict(zip(TRADES.cassandra_key, trade_key(n), strict=True))))
+                    for n in rows_of_round]
             execute_concurrent_with_args(session, log, keys, concurrency=200, raise_on_first_error=True)
             finish_batch(session, minute, 3 + r)
             reads.SLICE_MIN_KEYS = slices_min if mode == "slices" else by_name

@@ -253,8 +253,9 @@ def run_rate(s: dict[str, str], rate: int, seconds: float, commit_rows: int, fir
     for lo, hi, committed in commits:
         for tid in range(lo, hi + 1):
             if tid in seen:
-                latencies.append(seen[tid] - committed)
-                by_window.setdefault(int(committed % 60) // 10 * 10, []).append(seen[tid] - committed)
+                latency = seen[tid] - committed
+                latencies.append(latency)
+                by_window.setdefault(int(committed % 60) // 10 * 10, []).append(latency)
             else:
                 missing += 1
     # backlog (committed but not yet visible) at the middle and at the end of the writing window

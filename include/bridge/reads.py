@@ -171,7 +171,7 @@ class CassandraReads:
                 requests += [(in_list, (*partition, rest[i:i + KEYS_PER_READ]))
                              for i in range(0, len(rest), KEYS_PER_READ)]
         results = execute_concurrent(self.session, requests, concurrency=READS_IN_FLIGHT, raise_on_first_error=True)
-        wanted = {_comparable(key) for key in decoded}
+        wanted = {_comparable(key): key for key in decoded}
         found, seen = [], set()
         for (_, params), result in zip(requests, results, strict=True):
             partition = params[:width]
@@ -181,7 +181,7 @@ class CassandraReads:
                 if key in wanted:
                     found.append(row)
                     seen.add(key)
-        gone = [key for key in decoded if _comparable(key) not in seen]
+        gone = [key for comparable, key in wanted.items() if comparable not in seen]
         return found, gone
 
     def partition_rows(self, table: Table, partitions: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
