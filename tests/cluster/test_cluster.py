@@ -155,21 +155,26 @@ def _target(settings, engine: str) -> str:
 
 
 def _kill_and_hold_down(name: str, seconds: float) -> None:
-    """SIGKILL the node, keep supervisord from starting it for `seconds` (a machine lost for a
-    while, not a crash restarted at once), then have supervisord start it."""
+    """Lose the node as a machine is lost: all its processes (a Spark worker's executors too) stop
+    at once, none starts again for `seconds`, then supervisord starts it.
+
+    SIGKILL alone is a crash, which supervisord restarts at once: stopping that new incarnation
+    sent it a SIGTERM mid-start, and a broker then sat half-started in its controlled shutdown
+    until supervisord's stop_wait (60 s) ran out, taking part in its cluster while "down". So the
+    node is frozen first (SIGSTOP), supervisord told to stop it (it then restarts nothing), and
+    the frozen processes SIGKILLed before they can act on supervisord's SIGTERM."""
     pid = ls.read_pid(name)
     assert pid is not None, f"{name} is not running"
-    os.kill(pid, signal.SIGKILL)
+    # supervisord starts each program in a process group of its own, led by the service itself
+    assert os.getpgid(pid) == pid, f"{name}: PID {pid} does not lead its process group"
+    os.killpg(pid, signal.SIGSTOP)
+    supervisor.rpc().supervisor.stopProcess(name, False)
+    os.killpg(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while True:
-        record = supervisor.info(name) or {}
-        if record.get("pid") != pid and record.get("statename") in ("STARTING", "BACKOFF", "RUNNING"):
-            supervisor.stop(name)
-            break
-        if record.get("statename") == "STOPPED":
-            break
-        assert time.monotonic() < deadline, f"{name}: supervisord did not notice the kill ({record})"
+    while (record := supervisor.info(name) or {}).get("statename") != "STOPPED":
+        assert time.monotonic() < deadline, f"{name}: supervisord did not see the kill ({record})"
         time.sleep(0.05)
+    assert not _alive(pid), f"{name}: PID {pid} survived its SIGKILL"
     time.sleep(seconds)
     supervisor.start(name)
 
