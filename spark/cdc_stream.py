@@ -228,6 +228,16 @@ class SparkTimes(StreamingQueryListener):
 
 # how long the broker may hold a fetch of the stream's consumers that finds no new record (ms)
 FETCH_MAX_WAIT_MS = 10
+# Before each batch the driver asks the partitions' leaders for their latest offsets (Kafka's admin
+# client). A broker lost while it led a partition pins that request to it: the admin client waits
+# for the broker to reappear in its metadata, up to default.api.timeout.ms (60 s), and every table
+# waits with it, although another replica leads within the broker session timeout (9 s). A lookup
+# is given up after OFFSET_LOOKUP_TIMEOUT_MS and Spark retries it with a new admin client, which
+# finds the new leader; OFFSET_LOOKUP_ATTEMPTS keep a Kafka cluster wholly unreachable for about
+# 3 minutes from failing the query, as Spark's defaults (3 attempts of 60 s) did.
+OFFSET_LOOKUP_TIMEOUT_MS = 10_000
+OFFSET_LOOKUP_RETRY_MS = 1_000
+OFFSET_LOOKUP_ATTEMPTS = 18
 
 
 def kafka_source_options(args: argparse.Namespace, security: Mapping[str, str]) -> dict[str, str]:
@@ -244,6 +254,11 @@ def kafka_source_options(args: argparse.Namespace, security: Mapping[str, str]) 
         # data arrives or this much time passes (Kafka's default 500 ms): on a quiet topic every
         # small batch waited for it before reading a record
         "kafka.fetch.max.wait.ms": str(FETCH_MAX_WAIT_MS),
+        # the admin client refuses a default.api.timeout.ms below its request.timeout.ms (30 s)
+        "kafka.request.timeout.ms": str(OFFSET_LOOKUP_TIMEOUT_MS),
+        "kafka.default.api.timeout.ms": str(OFFSET_LOOKUP_TIMEOUT_MS),
+        "fetchOffset.numRetries": str(OFFSET_LOOKUP_ATTEMPTS),
+        "fetchOffset.retryIntervalMs": str(OFFSET_LOOKUP_RETRY_MS),
         **security,
     }
 

@@ -33,7 +33,9 @@ def test_a_plaintext_source_has_the_options_it_always_had():
     options = kafka_source_options(parse_args(ARGS), kafka_java_config({}))
     assert options == {"kafka.bootstrap.servers": "b1:9092,b2:9092", "subscribePattern": r"binance\.binance\..*",
                        "startingOffsets": "earliest", "maxOffsetsPerTrigger": "20000", "failOnDataLoss": "true",
-                       "kafka.fetch.max.wait.ms": "10", "kafka.security.protocol": "PLAINTEXT"}
+                       "kafka.fetch.max.wait.ms": "10", "kafka.request.timeout.ms": "10000",
+                       "kafka.default.api.timeout.ms": "10000", "fetchOffset.numRetries": "18",
+                       "fetchOffset.retryIntervalMs": "1000", "kafka.security.protocol": "PLAINTEXT"}
 
 
 def test_executors_get_the_cassandra_settings_and_python_path_the_driver_was_given():
