@@ -168,8 +168,10 @@ def _kill_and_hold_down(name: str, seconds: float) -> None:
     # supervisord starts each program in a process group of its own, led by the service itself
     assert os.getpgid(pid) == pid, f"{name}: PID {pid} does not lead its process group"
     os.killpg(pid, signal.SIGSTOP)
-    supervisor.rpc().supervisor.stopProcess(name, False)
-    os.killpg(pid, signal.SIGKILL)
+    try:
+        supervisor.rpc().supervisor.stopProcess(name, False)
+    finally:  # never leave a node frozen: a stopped process holds its ports and files
+        os.killpg(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while (record := supervisor.info(name) or {}).get("statename") != "STOPPED":
         assert time.monotonic() < deadline, f"{name}: supervisord did not see the kill ({record})"
