@@ -62,6 +62,11 @@ def trade_key(n: int) -> tuple[str, datetime, int]:
     return SYMBOLS[n % 10], TRADES.bucket_of(T0 + n * STEP), n // 10
 
 
+def logged_key(n: int) -> str:
+    """Row n's key as the changed-rows log holds it."""
+    return encode_key(TRADES, dict(zip(TRADES.cassandra_key, trade_key(n), strict=True)))
+
+
 def _price(n: int) -> Decimal:
     return Decimal(n % 100_000 + 1) / 100
 
@@ -121,7 +126,7 @@ def change(session, rows: int, changed: int) -> None:
             session.execute(dele, key)
         else:
             session.execute(upd, (Decimal("0.75"), *key))
-        session.execute(log, (minute, encode_key(TRADES, dict(zip(TRADES.cassandra_key, key, strict=True)))))
+        session.execute(log, (minute, logged_key(n)))
     finish_batch(session, minute, 2)
 
 
@@ -148,8 +153,7 @@ def slices_ab(pg, session, rows: int, changed: int, rounds: int) -> None:
                             (rows_of_round[0], rows_of_round[-1]))
             pg.commit()
             minute = datetime.now(UTC).replace(second=0, microsecond=0)
-            keys = [(minute, encode_key(TRADES, dict(zip(TRADES.cassandra_key, trade_key(n), strict=True))))
-                    for n in rows_of_round]
+            keys = [(minute, logged_key(n)) for n in rows_of_round]
             execute_concurrent_with_args(session, log, keys, concurrency=200, raise_on_first_error=True)
             finish_batch(session, minute, 3 + r)
             reads.SLICE_MIN_KEYS = slices_min if mode == "slices" else by_name

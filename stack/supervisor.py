@@ -179,11 +179,12 @@ def start(name: str) -> None:
     _call(lambda: rpc().supervisor.startProcess(name, False))
 
 
-def stop(name: str) -> None:
-    """Stop a program and wait until it has exited (SIGKILL after its stop_wait)."""
+def stop(name: str, wait: bool = True) -> None:
+    """Stop a program; with `wait`, until it has exited (SIGKILL after its stop_wait). Once told to
+    stop, supervisord restarts nothing of it, whatever ends its process."""
     if _state(name) in (None, "STOPPED", "EXITED", "FATAL"):
         return
-    _call(lambda: rpc().supervisor.stopProcess(name, True))
+    _call(lambda: rpc().supervisor.stopProcess(name, wait))
 
 
 def restart(name: str) -> None:

@@ -169,7 +169,7 @@ def _kill_and_hold_down(name: str, seconds: float) -> None:
     assert os.getpgid(pid) == pid, f"{name}: PID {pid} does not lead its process group"
     os.killpg(pid, signal.SIGSTOP)
     try:
-        supervisor.rpc().supervisor.stopProcess(name, False)
+        supervisor.stop(name, wait=False)
     finally:  # never leave a node frozen: a stopped process holds its ports and files
         os.killpg(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
