@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 
 from include.names import SOURCE_SCHEMA
 from include.times import as_utc
@@ -47,13 +48,14 @@ class Table:
     # "hour" or "day": the span of one partition's bucket (None: no bucket, for bridge copies)
     bucket: str | None = None
 
-    @property
+    # the derived names and lookups below are cached on the instance: the stream asks for them per change
+    @cached_property
     def cassandra_key(self) -> tuple[str, ...]:
         """Cassandra's primary key: partition key (with `bucket` last), then clustering columns."""
         bucket = (BUCKET.name,) if self.bucket else ()
         return self.cassandra_partition_key + bucket + self.cassandra_clustering
 
-    @property
+    @cached_property
     def cassandra_partition(self) -> tuple[str, ...]:
         return self.cassandra_partition_key + ((BUCKET.name,) if self.bucket else ())
 
@@ -79,7 +81,11 @@ class Table:
         """A column of the table, or `bucket`, the Cassandra key's time bucket."""
         if name == BUCKET.name and self.bucket:
             return BUCKET
-        return next(c for c in self.columns if c.name == name)
+        return self._by_name[name]
+
+    @cached_property
+    def _by_name(self) -> dict[str, Column]:
+        return {c.name: c for c in self.columns}
 
     @property
     def column_names(self) -> list[str]:

@@ -96,16 +96,13 @@ class MicroBatches:
 
     def __init__(self, writer: CassandraWriter, query_name: str,
                  task_writer: Callable[[str], AbstractContextManager[CassandraWriter]] = shared_writer,
-                 outage_seconds: float = 300.0, sleep: Callable[[float], None] = time.sleep,
-                 max_tasks: int | None = None) -> None:
+                 outage_seconds: float = 300.0, sleep: Callable[[float], None] = time.sleep) -> None:
         self.writer = writer
         # how long a batch is applied again while Cassandra cannot be reached, before the stream fails
         self.outage_seconds = outage_seconds
         self.sleep = sleep
         # how each Spark task gets its writer, from the keyspace (its worker's, from the environment, by default)
         self.task_writer = task_writer
-        # at most this many Spark tasks per batch (None: one per executor core)
-        self.max_tasks = max_tasks
         self.query_name = query_name
         self.tables = known_tables()
         self.last_changelog_bucket: datetime | None = writer.last_changelog_bucket(query_name)
@@ -171,13 +168,13 @@ class MicroBatches:
                only: frozenset[tuple[str, int]] | None = None) -> list[PartitionResult]:
         """One Spark job: every Kafka partition of the batch (or those in `only`) applied by the task
         reading it (spark/apply.py), the batch's context in the task's closure; one small result per
-        Kafka partition comes back. A batch of more Kafka partitions than `max_tasks` (the executors'
-        cores by default) is read by that many tasks, each with whole partitions (coalesce merges
-        partitions, never splits one): a Spark task has a fixed cost, so a core reads several
-        partitions in one task rather than one task per partition."""
-        tasks = self.max_tasks or batch.sparkSession.sparkContext.defaultParallelism
+        Kafka partition comes back. The Kafka source plans one Spark partition per Kafka partition
+        with records in the batch (it drops empty ones), and they are not merged: merging them into
+        one task per core (coalesce, which groups neighbours in the source's order) put both
+        partitions of a busy table in one task whenever a third partition had records, and applied
+        them one after the other (bench/RESULTS.md, "One task per Kafka partition")."""
         task = partial(apply_partitions, self.writer.keyspace, context, open_writer=self.task_writer, only=only)
-        return batch.coalesce(tasks).rdd.mapPartitions(task).collect()
+        return batch.rdd.mapPartitions(task).collect()
 
     def _record_progress(self, batch_id: int, parts: list[PartitionResult], seconds: float,
                          context: BatchContext) -> None:

@@ -39,7 +39,7 @@ from include.times import EPOCH, as_utc
 log = logging.getLogger("cdc_stream.writer")
 
 # statements per single-partition unlogged batch, and requests in flight per writer
-BATCH_SIZE = 100
+BATCH_SIZE = 500
 CONCURRENCY = 32
 # sink_retention is read again at most this often (seconds of the writer's monotonic clock)
 RETENTION_REFRESH_SECONDS = 60.0
@@ -178,16 +178,19 @@ def cql_key(table: Table, row: Mapping[str, Any]) -> tuple[Any, ...]:
                  for name in table.cassandra_key)
 
 
-def change_key(table: Table, row: Mapping[str, Any]) -> str:
+def change_key(table: Table, row: Mapping[str, Any], converted: Mapping[str, Any] | None = None) -> str:
     """The change-log key of `row`: times (and the bucket) converted like the values written,
-    decimals as their text."""
+    decimals as their text. `converted`, the row's `cql_row` when the caller has it, gives the times
+    and the bucket already converted."""
     values = {}
     for name in table.cassandra_key:
         kind = table.column(name).type
-        if name == BUCKET.name:
-            values[name] = bucket_value(table, row)
+        if kind != "timestamptz":
+            values[name] = row[name]
+        elif converted is not None:
+            values[name] = converted[name]
         else:
-            values[name] = cql_value(kind, row[name]) if kind == "timestamptz" else row[name]
+            values[name] = bucket_value(table, row) if name == BUCKET.name else cql_value(kind, row[name])
     return encode_key(table, values)
 
 
@@ -244,6 +247,8 @@ class CassandraWriter:
         self.keyspace = keyspace
         self._shutdown = shutdown
         self._prepared: dict[str, Any] = {}
+        # a table's upsert and delete (_for_table), by (kind, table name)
+        self._by_table: dict[tuple[str, str], Any] = {}
         self._retention: dict[str, int | None] | None = None
         self._retention_read_at = 0.0
 
@@ -284,18 +289,32 @@ class CassandraWriter:
             self._prepared[cql] = stmt
         return self._prepared[cql]
 
+    def _for_table(self, kind: str, table: Table, cql: Callable[[Table], str]) -> Any:
+        """A table's statement of `kind`, prepared from `cql(table)` once: looked up per change without
+        building its CQL again."""
+        key = (kind, table.name)
+        if key not in self._by_table:
+            self._by_table[key] = self._prepare(cql(table))
+        return self._by_table[key]
+
     def upsert_statement(self, table: Table) -> Any:
         """The row (with its bucket) and its CDC columns; the change's write time and TTL last."""
+        return self._for_table("upsert", table, self._upsert_cql)
+
+    def _upsert_cql(self, table: Table) -> str:
         columns = [*written_columns(table), "cdc_op", "cdc_source_ts", "cdc_lsn", "cdc_written_at"]
         quoted = ", ".join(f'"{c}"' for c in columns)
         marks = ", ".join("?" * len(columns))
-        return self._prepare(f'INSERT INTO "{self.keyspace}"."{table.name}" ({quoted}) VALUES ({marks}) '
-                             "USING TIMESTAMP ? AND TTL ?")
+        return (f'INSERT INTO "{self.keyspace}"."{table.name}" ({quoted}) VALUES ({marks}) '
+                "USING TIMESTAMP ? AND TTL ?")
 
     def delete_statement(self, table: Table) -> Any:
         """The key's row (bucket included), the change's write time first."""
+        return self._for_table("delete", table, self._delete_cql)
+
+    def _delete_cql(self, table: Table) -> str:
         where = " AND ".join(f'"{k}" = ?' for k in table.cassandra_key)
-        return self._prepare(f'DELETE FROM "{self.keyspace}"."{table.name}" USING TIMESTAMP ? WHERE {where}')
+        return f'DELETE FROM "{self.keyspace}"."{table.name}" USING TIMESTAMP ? WHERE {where}'
 
     def change_log_statement(self) -> Any:
         return self._prepare(f'INSERT INTO "{self.keyspace}".changed_rows (table_name, bucket, key, cdc_lsn) '
@@ -385,7 +404,7 @@ class CassandraWriter:
         stmt = self.change_log_statement()
         out = []
         for p in planned:
-            values = (p.change.table.name, bucket, change_key(p.change.table, p.change.row), p.change.lsn)
+            values = (p.change.table.name, bucket, change_key(p.change.table, p.change.row, p.row), p.change.lsn)
             out.append(Write(values[:2], stmt, values))
         return out
 

@@ -59,7 +59,7 @@ def _apply(spark, tmp_path, tasks: int = 1, name: str = "tasks") -> tuple[Record
     """A batch through MicroBatches: (the driver's writer, what the tasks' writers wrote)."""
     path = tmp_path / f"{name}.pickle"
     on_driver = RecordingWriter(retention=RETENTION)
-    MicroBatches(on_driver, "q", task_writer=partial(RecordingWriter.to_file, str(path)), max_tasks=tasks).write_batch(
+    MicroBatches(on_driver, "q", task_writer=partial(RecordingWriter.to_file, str(path))).write_batch(
         _batch(spark, tasks), 7)
     return on_driver, read_records(path)
 
@@ -132,16 +132,16 @@ def test_a_kafka_partition_split_between_tasks_fails_the_batch(spark, tmp_path):
     first, second = (spark.createDataFrame(part, SCHEMA).coalesce(1) for part in (rows[:5], rows[5:]))
     split = first.union(second)
     writer = RecordingWriter(retention=RETENTION)
-    batches = MicroBatches(writer, "q", task_writer=partial(RecordingWriter.to_file, str(tmp_path / "t.pickle")),
-                           max_tasks=2)
+    batches = MicroBatches(writer, "q", task_writer=partial(RecordingWriter.to_file, str(tmp_path / "t.pickle")))
     with pytest.raises(RuntimeError, match="read by more than one Spark task"):
         batches.write_batch(split, 9)
     assert writer.records == []
 
 
-def test_a_batch_of_more_kafka_partitions_than_cores_is_read_by_one_task_per_core(spark, tmp_path):
-    """Four Kafka partitions, each its own Spark partition as the Kafka source reads them, and two
-    cores: two tasks (two writers), each applying whole partitions, every partition reported once."""
+def test_each_kafka_partition_is_applied_by_a_task_of_its_own(spark, tmp_path):
+    """Four Kafka partitions, each its own Spark partition as the Kafka source reads them, on fewer
+    cores: four tasks (four writers), none merged with another (two busy partitions merged into one
+    task are applied one after the other), every partition reported once."""
     rows = _rows()[:-1]  # without the signal table's event, which would have reads applied again
     by_partition = {}
     for r in rows:
@@ -153,8 +153,7 @@ def test_a_batch_of_more_kafka_partitions_than_cores_is_read_by_one_task_per_cor
     assert batch.rdd.getNumPartitions() == len(by_partition) == 4
     path = tmp_path / "tasks.pickle"
     on_driver = RecordingWriter(retention=RETENTION)
-    MicroBatches(on_driver, "q", task_writer=partial(RecordingWriter.to_file, str(path)), max_tasks=2).write_batch(
-        batch, 7)
+    MicroBatches(on_driver, "q", task_writer=partial(RecordingWriter.to_file, str(path))).write_batch(batch, 7)
     with path.open("rb") as f:
         writers = 0
         while True:
@@ -163,7 +162,7 @@ def test_a_batch_of_more_kafka_partitions_than_cores_is_read_by_one_task_per_cor
                 writers += 1
             except EOFError:
                 break
-    assert writers == 2
+    assert writers == 4
     progress = _progress(on_driver.records)
     assert sorted(args[1:3] for _, args in progress[:-2]) == sorted(by_partition)
     assert progress[-1][1][4] == len(rows)

@@ -17,6 +17,7 @@ from spark.writer import (
     DeadLetter,
     Offset,
     Write,
+    change_key,
     cql_row,
     cql_value,
     epoch_us,
@@ -146,6 +147,19 @@ def test_one_write_is_dead_letters_then_rows_then_the_change_log():
     assert [r[2] for r in w.records[4:]] == [
         ("recent_trades", bucket, f'{{"symbol":"BTCUSDT","bucket":1767322800000,"trade_id":{i}}}', 20 + i)
         for i in range(3)]
+
+
+def test_the_change_log_keys_a_row_as_change_key_does_from_the_source_row():
+    """The log takes a row's times and bucket from its converted values (converted once): the key is
+    still change_key's of the row as parsed, a key time floored to the ms, its decimals as their text."""
+    w = RecordingWriter()
+    rows = [kline_row(open_time=OPEN + timedelta(microseconds=1999)),
+            kline_row(open_time=DAY - timedelta(microseconds=1))]
+    w.write(BatchContext(datetime(2026, 1, 2, 3, 7, tzinfo=UTC), {}),
+            [Change(KLINES, "u", 30 + i, None, COMMIT_US, row) for i, row in enumerate(rows)])
+    logged = [args[2] for what, _, args in w.records if what == "change log"]
+    assert logged == [change_key(KLINES, row) for row in rows]
+    assert '"open_time":1767323040001' in logged[0] and '"bucket":1767225600000' in logged[1]
 
 
 # --------------------------------------------------------------------------- retention: TTLs and skips
