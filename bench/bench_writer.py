@@ -1,0 +1,120 @@
+"""Benchmark: the stream's Cassandra writer (spark/writer.py) by batch size, side by side in one run.
+
+Usage: python bench/bench_writer.py [--rows 20000] [--sizes 100,500] [--rounds 4]
+
+What one Spark task does with a busy Kafka partition: `CassandraWriter.write` of N trade changes of
+one symbol and hour (one Cassandra partition, as a busy symbol is), their rows then their change-log
+entries, as single-partition unlogged batches of each size in turn, R rounds, each round and size
+on trades of its own. Prints per size the rows written per second, the CPU this process used (the
+client's: converting, binding, sending) and, when Cassandra runs on this machine, the CPU its process
+used meanwhile, with the spread over the rounds.
+
+In a scratch keyspace (`bench_writer`, same CQL as the sink), dropped at the end. Needs the local
+stack (`make up`). Figures and machine in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from include.connections import CassandraSettings, open_cassandra  # noqa: E402
+from include.schema.cassandra import ensure_schema  # noqa: E402
+from include.tables import TABLES  # noqa: E402
+from spark.writer import BatchContext, CassandraWriter, Change, epoch_us  # noqa: E402
+from stack.localstack import load_env  # noqa: E402
+
+KEYSPACE = "bench_writer"
+SYMBOL = "BENCHWRITERUSDT"
+TRADES = TABLES["recent_trades"]
+
+
+def changes(n: int, first_id: int, at: datetime) -> list[Change]:
+    """N new trades of SYMBOL at `at` (one hour bucket), as the stream's parse hands them over."""
+    out = []
+    for i in range(n):
+        row = {"symbol": SYMBOL, "trade_id": first_id + i, "price": "64369.75000000", "qty": "0.01597000",
+               "quote_qty": "1027.98490750", "time": at, "is_buyer_maker": i % 2 == 0}
+        out.append(Change(TRADES, "c", first_id + i, at, epoch_us(at) + i, row))
+    return out
+
+
+def local_cassandra() -> psutil.Process | None:
+    """Cassandra's process, if it runs on this machine (the single-node profile: one)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any("CassandraDaemon" in part for part in p.info["cmdline"] or ()):
+            found.append(p)
+    return found[0] if len(found) == 1 else None
+
+
+def cpu_seconds(p: psutil.Process | None) -> float:
+    if p is None:
+        return float("nan")
+    t = p.cpu_times()
+    return t.user + t.system
+
+
+def spread(values: list[float], fmt: str) -> str:
+    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=20_000, help="trade changes per write")
+    parser.add_argument("--sizes", default="100,500", help="statements per batch, comma-separated")
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    sizes = [int(v) for v in args.sizes.split(",")]
+    if args.rows < 1 or args.rounds < 1 or not sizes or min(sizes) < 1:
+        raise SystemExit("--rows, --rounds and every --sizes value must be at least 1")
+    s = load_env()
+    settings = CassandraSettings((s["CASSANDRA_HOST"],), int(s["CASSANDRA_PORT"]), s["CASSANDRA_USERNAME"],
+                                 s["CASSANDRA_PASSWORD"], KEYSPACE)
+    ensure_schema(settings)
+    cluster, session = open_cassandra(settings)
+    cassandra = local_cassandra()
+    print(f"{args.rows:,} trade changes per write, {args.rounds} rounds; Cassandra's CPU "
+          f"{'from its process' if cassandra else 'not measured (not one local process)'}")
+    writer = CassandraWriter(session, KEYSPACE)
+    at = datetime.now(UTC).replace(microsecond=0)
+    context = BatchContext(at.replace(second=0), {})
+    next_id = 1
+    writer.write(context, changes(100, next_id, at))  # statements prepared, connections warm
+    next_id += 100
+    figures: dict[int, list[tuple[float, float, float]]] = {size: [] for size in sizes}
+    try:
+        for r in range(args.rounds):
+            for size in sizes:
+                batch = changes(args.rows, next_id, at)
+                next_id += args.rows
+                writer.batch_size = size
+                server, client, started = cpu_seconds(cassandra), time.process_time(), time.perf_counter()
+                writer.write(context, batch)
+                wall = time.perf_counter() - started
+                row = (args.rows / wall, (time.process_time() - client) * 10_000 / args.rows,
+                       (cpu_seconds(cassandra) - server) * 10_000 / args.rows)
+                figures[size].append(row)
+                print(f"round {r + 1} size {size:>4}: {row[0]:8,.0f} rows/s, client CPU {row[1]:.2f} s and "
+                      f"Cassandra CPU {row[2]:.2f} s per 10,000 rows (load average {psutil.getloadavg()[0]:.1f})",
+                      flush=True)
+        print("\nsize  rows/s median (min-max)   client CPU s / 10k rows   Cassandra CPU s / 10k rows")
+        for size, rows in figures.items():
+            print(f"{size:>4}  {spread([f[0] for f in rows], ',.0f'):>24}   {spread([f[1] for f in rows], '.2f'):>22}"
+                  f"   {spread([f[2] for f in rows], '.2f'):>24}")
+    finally:
+        session.execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}", timeout=120)
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main()
