@@ -7,7 +7,7 @@ one symbol and hour (one Cassandra partition, as a busy symbol is), their rows t
 entries, as single-partition unlogged batches of each size in turn, R rounds, each round and size
 on trades of its own. Prints per size the rows written per second, the CPU this process used (the
 client's: converting, binding, sending) and, when Cassandra runs on this machine, the CPU its process
-used meanwhile, with the spread over the rounds.
+used meanwhile (all its nodes on this machine, summed), with the spread over the rounds.
 
 In a scratch keyspace (`bench_writer`, same CQL as the sink), dropped at the end. Needs the local
 stack (`make up`). Figures and machine in bench/RESULTS.md.
@@ -48,20 +48,17 @@ def changes(n: int, first_id: int, at: datetime) -> list[Change]:
     return out
 
 
-def local_cassandra() -> psutil.Process | None:
-    """Cassandra's process, if it runs on this machine (the single-node profile: one)."""
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        if any("CassandraDaemon" in part for part in p.info["cmdline"] or ()):
-            found.append(p)
-    return found[0] if len(found) == 1 else None
+def local_cassandra() -> list[psutil.Process]:
+    """Cassandra's processes on this machine (one node, or the cluster profile's three)."""
+    return [p for p in psutil.process_iter(["cmdline"])
+            if any("CassandraDaemon" in part for part in p.info["cmdline"] or ())]
 
 
-def cpu_seconds(p: psutil.Process | None) -> float:
-    if p is None:
+def cpu_seconds(nodes: list[psutil.Process]) -> float:
+    """CPU seconds the nodes used so far, summed (NaN without a local node)."""
+    if not nodes:
         return float("nan")
-    t = p.cpu_times()
-    return t.user + t.system
+    return sum(t.user + t.system for t in (p.cpu_times() for p in nodes))
 
 
 def spread(values: list[float], fmt: str) -> str:
@@ -84,7 +81,7 @@ def main() -> None:
     cluster, session = open_cassandra(settings)
     cassandra = local_cassandra()
     print(f"{args.rows:,} trade changes per write, {args.rounds} rounds; Cassandra's CPU "
-          f"{'from its process' if cassandra else 'not measured (not one local process)'}")
+          f"{f'from its {len(cassandra)} local process(es)' if cassandra else 'not measured (no local node)'}")
     writer = CassandraWriter(session, KEYSPACE)
     at = datetime.now(UTC).replace(microsecond=0)
     context = BatchContext(at.replace(second=0), {})
