@@ -169,10 +169,11 @@ class MicroBatches:
         """One Spark job: every Kafka partition of the batch (or those in `only`) applied by the task
         reading it (spark/apply.py), the batch's context in the task's closure; one small result per
         Kafka partition comes back. The Kafka source plans one Spark partition per Kafka partition
-        with records in the batch (it drops empty ones), and they are not merged: merging them into
-        one task per core (coalesce, which groups neighbours in the source's order) put both
-        partitions of a busy table in one task whenever a third partition had records, and applied
-        them one after the other (bench/RESULTS.md, "One task per Kafka partition")."""
+        with records in the batch (it drops empty ones), and they are not merged. Merged into one
+        task per core (coalesce, which in local mode groups neighbours in the order the source lists
+        them, an order that changes from one start to the next), both partitions of a busy table
+        shared one task in most batches with a third partition on some starts, and were applied one
+        after the other (bench/RESULTS.md, "One task per Kafka partition")."""
         task = partial(apply_partitions, self.writer.keyspace, context, open_writer=self.task_writer, only=only)
         return batch.rdd.mapPartitions(task).collect()
 

@@ -39,8 +39,9 @@ from include.times import EPOCH, as_utc
 log = logging.getLogger("cdc_stream.writer")
 
 # statements per single-partition unlogged batch (Cassandra's batch size thresholds apply only to
-# batches over several partitions; 500 rather than 100: fewer requests, less of Cassandra's CPU per row,
-# bench/bench_writer.py), and requests in flight per writer
+# batches over several partitions; 500 rather than 100: on one node fewer requests and less of
+# Cassandra's CPU per row, on three no difference measured; bench/bench_writer.py), and requests in
+# flight per writer
 BATCH_SIZE = 500
 CONCURRENCY = 32
 # sink_retention is read again at most this often (seconds of the writer's monotonic clock)
