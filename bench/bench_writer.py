@@ -71,8 +71,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,500", help="statements per batch, comma-separated")
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
-    sizes = [int(v) for v in args.sizes.split(",")]
-    if args.rows < 1 or args.rounds < 1 or not sizes or min(sizes) < 1:
+    try:
+        sizes = [int(v) for v in args.sizes.split(",")]
+    except ValueError:
+        raise SystemExit(f"--sizes must be whole numbers, comma-separated: got {args.sizes!r}") from None
+    if args.rows < 1 or args.rounds < 1 or min(sizes) < 1:
         raise SystemExit("--rows, --rounds and every --sizes value must be at least 1")
     s = load_env()
     settings = CassandraSettings((s["CASSANDRA_HOST"],), int(s["CASSANDRA_PORT"]), s["CASSANDRA_USERNAME"],
