@@ -31,6 +31,7 @@ from include.connections import CassandraSettings, open_cassandra  # noqa: E402
 from include.schema.cassandra import ensure_schema  # noqa: E402
 from include.tables import TABLES  # noqa: E402
 from spark.writer import BatchContext, CassandraWriter, Change, epoch_us  # noqa: E402
+from stack import supervisor, topology  # noqa: E402
 from stack.localstack import load_env  # noqa: E402
 
 KEYSPACE = "bench_writer"
@@ -48,10 +49,10 @@ def changes(n: int, first_id: int, at: datetime) -> list[Change]:
     return out
 
 
-def local_cassandra() -> list[psutil.Process]:
-    """Cassandra's processes on this machine (one node, or the cluster profile's three)."""
-    return [p for p in psutil.process_iter(["cmdline"])
-            if any("CassandraDaemon" in part for part in p.info["cmdline"] or ())]
+def local_cassandra(s: dict[str, str]) -> list[psutil.Process]:
+    """The profile's Cassandra nodes that supervisord runs here (one, or the cluster profile's three)."""
+    pids = (supervisor.pid(node.name) for node in topology.of(s, "cassandra"))
+    return [psutil.Process(p) for p in pids if p is not None]
 
 
 def cpu_seconds(nodes: list[psutil.Process]) -> float:
@@ -82,7 +83,7 @@ def main() -> None:
                                  s["CASSANDRA_PASSWORD"], KEYSPACE)
     ensure_schema(settings)
     cluster, session = open_cassandra(settings)
-    cassandra = local_cassandra()
+    cassandra = local_cassandra(s)
     print(f"{args.rows:,} trade changes per write, {args.rounds} rounds; Cassandra's CPU "
           f"{f'from its {len(cassandra)} local process(es)' if cassandra else 'not measured (no local node)'}")
     writer = CassandraWriter(session, KEYSPACE)
