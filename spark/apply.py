@@ -20,7 +20,9 @@ driver applies that partition again once the batch's signal events are recorded 
 from __future__ import annotations
 
 import atexit
+import sys
 import time
+import zipimport
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
@@ -106,6 +108,22 @@ def shared_writer(keyspace: str) -> Iterator[CassandraWriter]:
     yield writer
 
 
+def forget_archive_importers() -> int:
+    """Drop the zip importers from this process's import cache; returns how many.
+
+    PySpark's worker calls importlib.invalidate_caches() before every task, and on Python 3.11 that
+    makes each cached zip importer read its archive's whole directory again. Spark puts its
+    spark-core jar (5,000 entries) and pyspark.zip on the workers' PYTHONPATH, so every task paid
+    60-100 ms of CPU (more on a busy machine) before it read a record (bench/RESULTS.md, "The
+    import cache"). Modules already imported keep their loaders; a later import through an archive
+    makes an importer again from the directory zipimport keeps in memory, and the next task's
+    end drops it."""
+    archives = [path for path, finder in sys.path_importer_cache.items() if isinstance(finder, zipimport.zipimporter)]
+    for path in archives:
+        sys.path_importer_cache.pop(path, None)
+    return len(archives)
+
+
 def _newest_ms(values: Iterable[int | None]) -> int | None:
     return max((v for v in values if v is not None), default=None)
 
@@ -148,22 +166,26 @@ def apply_partitions(keyspace: str, context: BatchContext, rows: Iterable[Any],
     """mapPartitions of a micro-batch's raw Kafka rows: each Kafka partition in the task's rows (all
     of them, or those in `only`) applied by `apply_partition`, the signal table's first, so that
     reads of a window opened in this task find it."""
-    read_started = time.perf_counter()
-    groups: dict[tuple[str, int], list[Any]] = {}
-    for r in rows:
-        if only is None or (r.topic, r.partition) in only:
-            groups.setdefault((r.topic, r.partition), []).append(r)
-    if not groups:
-        return []
-    tables = known_tables()
-    read_ms = _ms_since(read_started)
-    started = time.perf_counter()
-    with open_writer(keyspace) as writer:
-        open_ms = _ms_since(started)
-        results = [apply_partition(writer, context, tables, topic, partition, records)
-                   for (topic, partition), records in sorted(groups.items(), key=lambda g: (g[0][0] != SIGNAL_TOPIC,
-                                                                                           g[0]))]
-    return [replace(results[0], read_ms=read_ms, open_ms=open_ms), *results[1:]]
+    try:
+        read_started = time.perf_counter()
+        groups: dict[tuple[str, int], list[Any]] = {}
+        for r in rows:
+            if only is None or (r.topic, r.partition) in only:
+                groups.setdefault((r.topic, r.partition), []).append(r)
+        if not groups:
+            return []
+        tables = known_tables()
+        read_ms = _ms_since(read_started)
+        started = time.perf_counter()
+        with open_writer(keyspace) as writer:
+            open_ms = _ms_since(started)
+            results = [apply_partition(writer, context, tables, topic, partition, records)
+                       for (topic, partition), records in sorted(groups.items(),
+                                                                 key=lambda g: (g[0][0] != SIGNAL_TOPIC, g[0]))]
+        return [replace(results[0], read_ms=read_ms, open_ms=open_ms), *results[1:]]
+    finally:
+        # the worker's next task starts by invalidating the import caches
+        forget_archive_importers()
 
 
 def table_counts(results: Iterable[PartitionResult], tables: dict[str, Table]) -> str:

@@ -42,3 +42,31 @@ def test_a_task_applies_the_partitions_it_is_asked_to():
     assert upsert[-4] == 112 and str(upsert[close]) == "2"
     # a task holding none of them opens no writer
     assert apply.apply_partitions("ks", writer.context(), rows, open_writer=None, only=set()) == []
+
+
+def test_a_task_leaves_no_zip_importer_for_the_next_tasks_cache_invalidation(tmp_path, monkeypatch):
+    # PySpark's worker invalidates the import caches before every task, and on Python 3.11 a cached
+    # zip importer then reads its whole archive's directory again (the spark-core jar on the worker's
+    # PYTHONPATH)
+    import importlib
+    import sys
+    import zipfile
+    import zipimport
+
+    archive = tmp_path / "lib.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("zipped_first.py", "VALUE = 1\n")
+        z.writestr("zipped_second.py", "VALUE = 2\n")
+    monkeypatch.syspath_prepend(str(archive))
+    monkeypatch.setattr(sys, "path_importer_cache", dict(sys.path_importer_cache))
+    for name in ("zipped_first", "zipped_second"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    first = importlib.import_module("zipped_first")
+    assert isinstance(sys.path_importer_cache[str(archive)], zipimport.zipimporter)
+
+    assert apply.apply_partitions("ks", RecordingWriter().context(), [], open_writer=None) == []
+    assert not [p for p, f in sys.path_importer_cache.items() if isinstance(f, zipimport.zipimporter)]
+    # what was imported stays; the archive still serves imports after the caches are invalidated
+    importlib.invalidate_caches()
+    assert first.VALUE == 1 and importlib.import_module("zipped_second").VALUE == 2
+    assert apply.forget_archive_importers() == 1
