@@ -113,8 +113,8 @@ def forget_archive_importers() -> int:
 
     PySpark's worker calls importlib.invalidate_caches() before every task, and on Python 3.11 that
     makes each cached zip importer read its archive's whole directory again. Spark puts its
-    spark-core jar (5,000 entries) and pyspark.zip on the workers' PYTHONPATH, so every task paid
-    60-100 ms of CPU (more on a busy machine) before it read a record (bench/RESULTS.md, "The
+    spark-core jar (5,221 entries) and pyspark.zip on the workers' PYTHONPATH, so every task spent
+    63-289 ms (median 90 ms, load average 4) there before it read a record (bench/RESULTS.md, "The
     import cache"). Modules already imported keep their loaders; a later import through an archive
     makes an importer again from the directory zipimport keeps in memory, and the next task's
     end drops it."""
