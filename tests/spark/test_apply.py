@@ -1,7 +1,12 @@
-"""spark/apply.py without Spark: a Python worker keeps one writer from task to task, and a task
-applies only the Kafka partitions it is asked to."""
+"""spark/apply.py without Spark: a Python worker keeps one writer from task to task, a task
+applies only the Kafka partitions it is asked to, and leaves no zip importer in the import cache."""
 
 from __future__ import annotations
+
+import importlib
+import sys
+import zipfile
+import zipimport
 
 from include.tables import TABLES
 from spark import apply
@@ -48,11 +53,6 @@ def test_a_task_leaves_no_zip_importer_for_the_next_tasks_cache_invalidation(tmp
     # PySpark's worker invalidates the import caches before every task, and on Python 3.11 a cached
     # zip importer then reads its whole archive's directory again (the spark-core jar on the worker's
     # PYTHONPATH)
-    import importlib
-    import sys
-    import zipfile
-    import zipimport
-
     archive = tmp_path / "lib.zip"
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("zipped_first.py", "VALUE = 1\n")
