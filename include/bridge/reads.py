@@ -106,19 +106,30 @@ class CassandraReads:
 
     def paged(self, stmt: Any, params: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
         """The rows of `stmt` for each of `params` in turn, WINDOW requests in flight, each paged."""
+        for _, rows in self.paged_each(stmt, params):
+            yield from rows
+
+    def paged_each(self, stmt: Any, params: Iterable[tuple[Any, ...]]
+                   ) -> Iterator[tuple[tuple[Any, ...], Iterator[Any]]]:
+        """`paged`, one (params, rows) at a time: a read that fails raises while its rows are
+        iterated, so a caller can tell which one it was and go on with the next."""
         todo = iter(params)
-        pending: deque[Any] = deque()
+        pending: deque[tuple[tuple[Any, ...], Any]] = deque()
         for p in todo:
-            pending.append(self.session.execute_async(stmt, p))
+            pending.append((p, self.session.execute_async(stmt, p)))
             if len(pending) >= WINDOW:
                 break
         while pending:
-            result = pending.popleft().result()
+            p, future = pending.popleft()
+            try:
+                rows: Iterable[Any] = future.result()
+            except Exception as exc:  # raised to the caller as it reads this partition's rows
+                rows = _raising(exc)
             following = next(todo, None)
             if following is not None:
-                pending.append(self.session.execute_async(stmt, following))
+                pending.append((following, self.session.execute_async(stmt, following)))
             # later pages are fetched as the rows are consumed
-            yield from result
+            yield p, iter(rows)
 
     def changed_keys(self, table: str, minutes: Iterable[datetime], chunk: int) -> Iterator[set[str]]:
         """The keys logged for `table` in `minutes`, a set of up to about `chunk` distinct keys at a
@@ -206,3 +217,8 @@ def _runs(values: list[Any]) -> Iterator[tuple[Any, Any, list[Any] | None]]:
 def _comparable(key: tuple[Any, ...]) -> tuple[Any, ...]:
     """A key with its timestamps as aware UTC datetimes: Cassandra returns them naive, decode_key aware."""
     return tuple(as_utc(v) if isinstance(v, datetime) else v for v in key)
+
+
+def _raising(exc: Exception) -> Iterator[Any]:
+    raise exc
+    yield  # a generator: raises when its first row is asked for

@@ -47,6 +47,9 @@ PENDING_CHUNK = 20_000
 MAX_PENDING = 200_000
 # open differences looked at again in one run, besides the buckets in scope
 MAX_OPEN_RECHECKS = 200
+# a replica's failure code in a ReadFailure's error_code_map: the read scanned more tombstones than
+# tombstone_failure_threshold (the native protocol's READ_TOO_MANY_TOMBSTONES)
+TOMBSTONE_OVERWHELM = 0x0001
 
 
 # --------------------------------------------------------------------------- sums per slice
@@ -102,12 +105,28 @@ def change_marks(pg: Any, table: Table, schema: str, start: datetime, end: datet
     return into
 
 
+def too_many_tombstones(exc: BaseException) -> bool:
+    """A read Cassandra aborted because it scanned more than tombstone_failure_threshold tombstones."""
+    from cassandra import ReadFailure
+
+    codes = getattr(exc, "error_code_map", None) or {}
+    return isinstance(exc, ReadFailure) and (TOMBSTONE_OVERWHELM in codes.values() or "TOMBSTONES" in str(exc))
+
+
 def cassandra_sums(reads: CassandraReads, table: Table, partitions: Sequence[tuple[rc.Prefix, datetime]],
-                   into: dict[rc.SliceKey, tuple[int, int]]) -> int:
+                   into: dict[rc.SliceKey, tuple[int, int]],
+                   unreadable: list[tuple[rc.Prefix, datetime]] | None = None) -> int:
     """Cassandra's sums for `partitions` (prefix, bucket), read partition by partition (paged, a
     few partitions in flight), each row hashed here; returns the rows read. A row whose time column
     is not in its partition's bucket (set so outside the pipeline) counts in the bucket's first
-    minute: the bucket it is in differs, and its repair reaches it."""
+    minute: the bucket it is in differs, and its repair reaches it.
+
+    A partition Cassandra refuses to read for its tombstones (more than tombstone_failure_threshold,
+    as a mass delete of one symbol's hour leaves until a compaction purges them, gc_grace_seconds
+    later) is added to `unreadable`, with none of its rows summed, and the others are read on; with
+    no `unreadable` given, the refusal is raised."""
+    from cassandra import ReadFailure
+
     convs = row_converters(table)
     names = table.column_names
     prefix_at = [names.index(c) for c in table.cassandra_partition_key]
@@ -117,16 +136,30 @@ def cassandra_sums(reads: CassandraReads, table: Table, partitions: Sequence[tup
     stmt = reads.prepare(f'SELECT {cols} FROM "{reads.keyspace}"."{table.name}" WHERE {where}')
     span = table.bucket_span
     rows = 0
-    for row in reads.paged(stmt, [(*p, b) for p, b in partitions]):
-        values = tuple(row)
-        data, bucket = values[:-1], as_utc(values[-1])
-        moment = data[time_at]
-        inside = moment is not None and bucket <= as_utc(moment) < bucket + span
-        minute = rc.slice_of(moment if inside else bucket)
-        key = (tuple(data[i] for i in prefix_at), minute)
-        count, total = into.get(key, (0, 0))
-        into[key] = (count + 1, total + text_hash(SEP.join(conv(v) for conv, v in zip(convs, data, strict=True))))
-        rows += 1
+    for (*prefix, bucket_key), found in reads.paged_each(stmt, [(*p, b) for p, b in partitions]):
+        part: dict[rc.SliceKey, tuple[int, int]] = {}
+        try:
+            for row in found:
+                values = tuple(row)
+                data, bucket = values[:-1], as_utc(values[-1])
+                moment = data[time_at]
+                inside = moment is not None and bucket <= as_utc(moment) < bucket + span
+                minute = rc.slice_of(moment if inside else bucket)
+                key = (tuple(data[i] for i in prefix_at), minute)
+                count, total = part.get(key, (0, 0))
+                part[key] = (count + 1, total + text_hash(SEP.join(conv(v) for conv, v in zip(convs, data,
+                                                                                               strict=True))))
+        except ReadFailure as exc:
+            if unreadable is None or not too_many_tombstones(exc):
+                raise
+            log.warning("reconciliation: %s %s %s not read: Cassandra scanned too many tombstones (%s)", table.name,
+                        " ".join(map(str, prefix)), bucket_key, str(exc).splitlines()[0][:200])
+            unreadable.append((tuple(prefix), bucket_key))
+            continue
+        for key, (count, total) in part.items():
+            had_count, had_total = into.get(key, (0, 0))
+            into[key] = (had_count + count, had_total + total)
+            rows += count
     return rows
 
 
@@ -599,9 +632,11 @@ def run(pg: Any, session: Any, keyspace: str, admin: Any, settings: rc.Settings,
     cassandra: dict[str, dict[rc.SliceKey, tuple[int, int]]] = {}
     bridge: dict[str, dict[rc.SliceKey, tuple[int, int]]] = {}
     rows_cassandra = rows_bridge = 0
+    # partitions Cassandra refused to read for their tombstones: Cassandra is not compared there
+    unreadable: dict[str, list[tuple[rc.Prefix, datetime]]] = {}
     for name, scope in scopes.items():
-        cassandra[name] = {}
-        rows_cassandra += cassandra_sums(reads, TABLES[name], scope.partitions, cassandra[name])
+        cassandra[name], unreadable[name] = {}, []
+        rows_cassandra += cassandra_sums(reads, TABLES[name], scope.partitions, cassandra[name], unreadable[name])
     states = {s["table"]: s for s in bridge_states(pg)}
     position = reads.stream_position()
     pending: dict[str, tuple[set[rc.SliceKey], set[tuple[rc.Prefix, datetime]]]] = {}
@@ -640,7 +675,8 @@ def run(pg: Any, session: Any, keyspace: str, admin: Any, settings: rc.Settings,
     for name, scope in scopes.items():
         table = TABLES[name]
         buckets += len(scope.partitions)
-        result = rc.compare(table, rc.CASSANDRA, first[name], cassandra[name], scope.partitions,
+        readable = [p for p in scope.partitions if p not in unreadable[name]]
+        result = rc.compare(table, rc.CASSANDRA, first[name], cassandra[name], readable,
                             rc.in_flight_for_cassandra(marks[name], second[name]))
         comparisons = [result]
         if name in bridge:
@@ -674,6 +710,13 @@ def run(pg: Any, session: Any, keyspace: str, admin: Any, settings: rc.Settings,
               "rows_bridge": rows_bridge, "differences": len(differences), "repairs": len(done), "rows": rows,
               "resolved": resolved}
     skipped = f"; bridge not compared for {'; '.join(bridge_notes)}" if bridge_notes else ""
+    refused = [f"{name} {rc.prefix_text(p)} {as_utc(b):%Y-%m-%d %H:%M}" for name, parts in unreadable.items()
+               for p, b in parts]
+    if refused:
+        skipped += (f"; Cassandra not compared in {len(refused)} bucket(s) it refused to read, too many tombstones "
+                    f"(tombstone_failure_threshold): {', '.join(refused[:10])}"
+                    + (f" and {len(refused) - 10} more" if len(refused) > 10 else "")
+                    + "; a compaction purges them once gc_grace_seconds have passed (README, Reconciliation)")
     scope_text = (f"{buckets} bucket(s), {compared} minute slice(s) compared, {in_flight} in flight (changing in "
                   f"the source, or not yet copied by the bridge){skipped}{full_note}")
     if len(resolved) > len(closed):

@@ -31,8 +31,10 @@ from confluent_kafka import Consumer, TopicPartition
 from include import names
 from include.bridge.reads import CassandraReads
 from include.cdc import signals
+from include.connections import CassandraSettings
 from include.health import canonical, reconcile_io
 from include.health import reconcile as rc
+from include.schema.cassandra import ensure_schema
 from include.tables import TABLES
 from tests.faults.conftest import Load, differences, pg_connect, wait_equal
 from tests.integration.conftest import run_dag, wait_for_debezium
@@ -208,6 +210,56 @@ def test_a_row_through_the_pipeline_sums_alike_in_the_three_stores(dagbag, cdc_r
                                 [((SYMBOLS[0],), bucket)], in_cassandra)
     assert source == in_cassandra == bridge == {((SYMBOLS[0],), rc.slice_of(at)): (2, source[((SYMBOLS[0],),
                                                                                            rc.slice_of(at))][1])}
+
+
+TOMBSTONE_KEYSPACE = "reconcile_tombstones"
+# Cassandra's tombstone_failure_threshold (stack/conf/cassandra.yaml)
+TOMBSTONE_FAILURE_THRESHOLD = 100_000
+
+
+def test_a_partition_over_the_tombstone_threshold_is_named_and_the_others_are_read(settings, cassandra):
+    """Cassandra refuses to read a partition holding more tombstones than tombstone_failure_threshold,
+    as a mass delete of one symbol's hour leaves: the sums name it and go on with the others, on a
+    scratch keyspace dropped afterwards."""
+    from cassandra import ReadFailure
+    from cassandra.concurrent import execute_concurrent
+    from cassandra.query import BatchStatement, BatchType
+
+    ensure_schema(CassandraSettings((settings["CASSANDRA_HOST"],), int(settings["CASSANDRA_PORT"]),
+                                    settings["CASSANDRA_USERNAME"], settings["CASSANDRA_PASSWORD"], TOMBSTONE_KEYSPACE))
+    try:
+        table = TABLES["recent_trades"]
+        at = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+        bucket = table.bucket_of(at)
+        where = " AND ".join(f"{k} = ?" for k in table.cassandra_key)
+        delete = cassandra.prepare(f"DELETE FROM {TOMBSTONE_KEYSPACE}.{table.name} WHERE {where}")
+        batches = []
+        for first in range(0, TOMBSTONE_FAILURE_THRESHOLD + 1, 500):
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+            for trade_id in range(first, first + 500):
+                key = {"symbol": "TOMBAUSDT", "bucket": bucket, "trade_id": trade_id}
+                batch.add(delete, tuple(key[k] for k in table.cassandra_key))
+            batches.append((batch, ()))
+        assert all(ok for ok, _ in execute_concurrent(cassandra, batches, concurrency=8, raise_on_first_error=True))
+        rows = [("TOMBBUSDT", 1, Decimal("0.00000001"), Decimal("100"), Decimal("0.00000100"), at, True),
+                ("TOMBBUSDT", 2, Decimal("123.45"), Decimal("2"), Decimal("246.90"), at, False)]
+        # prepared: decimals are bound with their scale, as the stream binds them
+        insert = cassandra.prepare(f"INSERT INTO {TOMBSTONE_KEYSPACE}.{table.name} ({', '.join(table.column_names)}, "
+                                   f"bucket) VALUES ({', '.join(['?'] * (len(table.column_names) + 1))})")
+        for row in rows:
+            cassandra.execute(insert, (*row, bucket))
+
+        reads = CassandraReads.open(cassandra, TOMBSTONE_KEYSPACE)
+        parts = [(("TOMBAUSDT",), bucket), (("TOMBBUSDT",), bucket)]
+        sums: dict = {}
+        unreadable: list = []
+        assert reconcile_io.cassandra_sums(reads, table, parts, sums, unreadable) == 2
+        assert unreadable == [(("TOMBAUSDT",), bucket)]
+        assert sums == {(("TOMBBUSDT",), rc.slice_of(at)): (2, sum(canonical.row_hash(table, r) for r in rows))}
+        with pytest.raises(ReadFailure, match="TOMBSTONES"):
+            reconcile_io.cassandra_sums(reads, table, parts, {})
+    finally:
+        cassandra.execute(f"DROP KEYSPACE IF EXISTS {TOMBSTONE_KEYSPACE}", timeout=120)
 
 
 # --------------------------------------------------------------------------- differences under load

@@ -393,9 +393,10 @@ class _Reads:
     def prepare(self, cql):
         return cql
 
-    def paged(self, stmt, params):
-        self.asked.append((stmt, list(params)))
-        return iter(self.rows)
+    def paged_each(self, stmt, params):
+        params = list(params)
+        self.asked.append((stmt, params))
+        return [(p, iter(self.rows if i == 0 else [])) for i, p in enumerate(params)]
 
 
 def test_cassandras_rows_are_summed_like_the_sources_rows_per_minute():
@@ -425,6 +426,58 @@ def test_a_row_whose_time_left_its_bucket_counts_in_the_buckets_first_minute():
     sums: dict = {}
     reconcile_io.cassandra_sums(_Reads(moved), TRADES, [(("BTCUSDT",), HOUR)], sums)
     assert list(sums) == [(("BTCUSDT",), rc.slice_of(HOUR))]
+
+
+class _Refusing(_Reads):
+    """Each partition's rows from `by_symbol`; the read of `refused` fails after its first row (on a
+    later page), with `error`."""
+
+    def __init__(self, by_symbol, refused, error):
+        super().__init__([])
+        self.by_symbol, self.refused, self.error = by_symbol, refused, error
+
+    def paged_each(self, stmt, params):
+        for p in params:
+            yield p, self._rows(p)
+
+    def _rows(self, p):
+        yield from self.by_symbol[p[0]]
+        if p[0] == self.refused:
+            raise self.error
+
+
+def _trade(symbol, trade_id):
+    return (symbol, trade_id, Decimal("1"), Decimal("1"), Decimal("1"), datetime(2026, 1, 2, 3, 4), True,
+            HOUR.replace(tzinfo=None))
+
+
+def _read_failure(code):
+    from cassandra import ReadFailure
+
+    return ReadFailure("Error from server: code=1300 [Replica(s) failed to execute read]", consistency=1,
+                       required_responses=1, received_responses=0, failures=1, error_code_map={"127.0.0.1": code})
+
+
+def test_a_partition_refused_for_its_tombstones_is_named_and_none_of_its_rows_counted():
+    from cassandra import ReadFailure
+
+    by_symbol = {"A": [_trade("A", 1)], "B": [_trade("B", 2)]}
+    parts = [(("A",), HOUR), (("B",), HOUR)]
+    sums: dict = {}
+    unreadable: list = []
+    refusing = _Refusing(by_symbol, "A", _read_failure(reconcile_io.TOMBSTONE_OVERWHELM))
+    assert reconcile_io.cassandra_sums(refusing, TRADES, parts, sums, unreadable) == 1
+    assert unreadable == [(("A",), HOUR)]
+    # A's first page is not counted, B is read on
+    at = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
+    assert sums == {(("B",), rc.slice_of(at)): (1, canonical.row_hash(TRADES, ("B", 2, Decimal("1"), Decimal("1"),
+                                                                               Decimal("1"), at, True)))}
+    # without a list to name it in, the refusal is raised; any other read failure always is
+    with pytest.raises(ReadFailure):
+        reconcile_io.cassandra_sums(refusing, TRADES, parts, {})
+    other = _Refusing(by_symbol, "A", _read_failure(0x0000))
+    with pytest.raises(ReadFailure):
+        reconcile_io.cassandra_sums(other, TRADES, parts, {}, [])
 
 
 def test_a_bucket_empty_everywhere_is_equal_so_an_old_difference_there_closes():
