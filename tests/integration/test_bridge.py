@@ -205,34 +205,33 @@ def _changelog_ttl(session, keyspace: str) -> int:
                            "AND table_name = 'changed_rows'", (keyspace,)).one().default_time_to_live
 
 
-def _sleep_until(moment: datetime) -> None:
-    wait = (moment - datetime.now(UTC)).total_seconds()
-    if wait > 0:
-        time.sleep(wait)
-
-
 def test_a_bridge_paused_past_the_change_log_retention_copies_the_table_whole_by_itself(dagbag, cdc_ready, pg,
                                                                                           cassandra, settings):
     """The changes of the pause are no longer in changed_rows: the bridge sees its watermark is older than
     the change log keeps, copies every table whole, says why, and ends exact."""
     keyspace = settings["CASSANDRA_KEYSPACE"]
     sym = EXPIRY_SYMBOLS[0]
-    _clear_source(pg, EXPIRY_SYMBOLS)
     trades = [Trade(sym, n, Decimal("1.25") + n, Decimal("2"), Decimal("2.5"), T0 + timedelta(minutes=20 * n), False)
               for n in range(6)]
     kline = Kline(sym, "30m", T0, Decimal(1), Decimal(2), Decimal("0.5"), Decimal("1.5"), Decimal(10),
                   T0 + timedelta(minutes=30), Decimal(15), 3)
-    load(pg, "recent_trades", trades)
-    load(pg, "klines", [kline])
-    _flow(dagbag, pg)
-    _assert_three_way_equal(pg, cassandra, keyspace, EXPIRY_SYMBOLS)
-    watermark = max(as_utc(m[0]) for m in watermark_rows(pg).values())
-
+    # every change-log entry of the test's symbol written with a 60 s TTL, its first copy's included
     ttl = _changelog_ttl(session=cassandra, keyspace=keyspace)
     cassandra.execute(f"ALTER TABLE {keyspace}.changed_rows WITH default_time_to_live = 60")
     try:
-        # the pause's changes must be logged two minutes or more past the watermark (W < U - 60 s)
-        _sleep_until(watermark + timedelta(minutes=2, seconds=5))
+        _clear_source(pg, EXPIRY_SYMBOLS)
+        load(pg, "recent_trades", trades)
+        load(pg, "klines", [kline])
+        _flow(dagbag, pg)
+        _assert_three_way_equal(pg, cassandra, keyspace, EXPIRY_SYMBOLS)
+        # the bridge paused two minutes ago: its watermarks set two minutes older than its last run left them
+        # (rather than waiting two minutes), so the pause's changes are logged two minutes or more past them
+        # (W < U - 60 s)
+        with pg.cursor() as cur:
+            cur.execute(f'UPDATE "{BRIDGE_SCHEMA}".bridge_watermarks SET bucket = bucket - interval \'2 minutes\'')
+        pg.commit()
+        watermark = max(as_utc(m[0]) for m in watermark_rows(pg).values())
+
         load(pg, "klines", [Kline(sym, "30m", T0, Decimal(1), Decimal(4), Decimal("0.5"), Decimal("3.5"), Decimal(12),
                                   T0 + timedelta(minutes=30), Decimal(18), 5)])
         load(pg, "recent_trades", [Trade(sym, 99, Decimal("9.5"), Decimal("1"), Decimal("9.5"), HOUR, True)])
@@ -243,14 +242,20 @@ def test_a_bridge_paused_past_the_change_log_retention_copies_the_table_whole_by
         run_dag(dagbag, "cdc_stream", {"mode": "available_now"})
         position = _stream_position(cassandra, keyspace)
         assert position >= watermark + timedelta(minutes=2), (position, watermark)
-        # the entries of these changes, written with a 60 s TTL, expire
-        time.sleep(75)
-        logged = [r.key for table in ("klines", "recent_trades")
-                  for minute in minutes(watermark + timedelta(minutes=1), position)
-                  for r in cassandra.execute(f"SELECT key FROM {keyspace}.changed_rows WHERE table_name = %s "
-                                             "AND bucket = %s", (table, minute))]
-        assert not [k for k in logged if sym in k], \
-            f"change-log entries of {sym} did not expire (does the stream set its own TTL on changed_rows?)"
+
+        # the entries of these changes expire
+        def logged() -> list[str]:
+            return [r.key for table in ("klines", "recent_trades")
+                    for minute in minutes(watermark + timedelta(minutes=1), position)
+                    for r in cassandra.execute(f"SELECT key FROM {keyspace}.changed_rows WHERE table_name = %s "
+                                               "AND bucket = %s", (table, minute)) if sym in r.key]
+
+        assert logged(), f"the stream logged no change of {sym}"
+        deadline = time.monotonic() + 90
+        while logged():
+            assert time.monotonic() < deadline, \
+                f"change-log entries of {sym} did not expire (does the stream set its own TTL on changed_rows?)"
+            time.sleep(2)
         with pg.cursor() as cur:
             cur.execute("SELECT now()")
             started = cur.fetchone()[0]

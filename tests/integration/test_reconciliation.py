@@ -281,15 +281,21 @@ def _pick(pg, table: str, symbol: str, newer: datetime, older: datetime, n: int 
     return rows
 
 
-def _settled(pg, picks) -> list[list[dict]] | None:
-    """_pick's rows 1.5 to 2.5 minutes old for each (table, symbol, n) of `picks`, or None while the
-    load has not made them yet."""
-    now = datetime.now(UTC)
-    newer, older = now - timedelta(minutes=1, seconds=30), now - timedelta(minutes=2, seconds=30)
-    try:
-        return [_pick(pg, table, symbol, newer, older, n) for table, symbol, n in picks]
-    except AssertionError:
-        return None
+def _seed(pg, a: str, b: str, at: datetime) -> None:
+    """Rows in settled minutes, 5 and 6 minutes before `at`, behind the load (which writes at the
+    current time): two latest prices of `a` and two trades of `b`, a minute apart, and a daily ticker
+    of `a`; rather than waiting for the load's own rows to settle."""
+    with pg.cursor() as cur:
+        for i, when in enumerate(_ms(at - timedelta(minutes=m)) for m in (6, 5)):
+            cur.execute("INSERT INTO binance.latest_prices (symbol, price, time) VALUES (%s, %s, %s)",
+                        (a, Decimal("3.14159265") + i, when))
+            cur.execute("INSERT INTO binance.recent_trades (symbol, trade_id, price, qty, quote_qty, time, "
+                        "is_buyer_maker) VALUES (%s, %s, 2.5, 0.004, 0.01, %s, %s)", (b, 10**12 + i, when, i == 0))
+        when = _ms(at - timedelta(minutes=5))
+        cur.execute("INSERT INTO binance.daily_ticker (symbol, open_price, high_price, low_price, last_price, volume, "
+                    "quote_volume, open_time, close_time, first_id, last_id, count) VALUES "
+                    "(%s, 100, 101.5, 99, 100.25, 12, 1203, %s, %s, 1, 7, 7)", (a, when - timedelta(days=1), when))
+    pg.commit()
 
 
 def _in_cassandra(table: str, row: dict) -> tuple[str, tuple]:
@@ -329,17 +335,20 @@ def _ms(moment: datetime) -> datetime:
 
 def test_every_difference_is_reported_within_two_runs_repaired_and_the_stores_end_exact(
         dagbag, cdc_ready, pg, cassandra, settings, stream_control):
+    a, b = SYMBOLS
+    seeded_at = datetime.now(UTC)
+    _seed(pg, a, b, seeded_at)
     load = Load(settings, SYMBOLS, ticks_per_second=5)
     stream_control.start()
     load.start()
     try:
-        # the stream keeps up with the load (a backlog the stack built while it was stopped drained), and
-        # the load has rows 1.5 to 2.5 minutes old: settled minutes, behind it
+        # the stream keeps up with the load (a backlog the stack built while it was stopped drained)
         _wait("the stream to catch up with the load", lambda: _lag(settings, cassandra) < MAX_LAG, 900)
-        a, b = SYMBOLS
-        picks = (("latest_prices", a, 2), ("recent_trades", b, 2), ("daily_ticker", a, 1))
-        (price_c, price_b), (trade_c, trade_b), [ticker] = _wait(
-            "settled rows of the load", lambda: _settled(pg, picks), 300)
+        # the seeded rows, as the source holds them
+        newer, older = seeded_at - timedelta(minutes=4), seeded_at - timedelta(minutes=7)
+        (price_c, price_b), (trade_c, trade_b), [ticker] = (
+            _pick(pg, table, symbol, newer, older, n)
+            for table, symbol, n in (("latest_prices", a, 2), ("recent_trades", b, 2), ("daily_ticker", a, 1)))
         _bridge_past(dagbag, cassandra, [("latest_prices", price_c), ("latest_prices", price_b),
                                          ("recent_trades", trade_c), ("recent_trades", trade_b),
                                          ("daily_ticker", ticker)])
@@ -437,7 +446,9 @@ def _insert_prices(pg, symbol: str, n: int, start: datetime) -> None:
     pg.commit()
 
 
-def test_a_stream_held_back_gives_no_false_report(dagbag, cdc_ready, pg, cassandra, stream_control):
+def test_a_stream_held_back_gives_no_false_report(dagbag, cdc_ready, pg, cassandra, stream_control, monkeypatch):
+    # the first run waits this long for a stream that never comes before it leaves the stores out
+    monkeypatch.setenv("AIRFLOW_VAR_RECONCILIATION", json.dumps({**SETTINGS, "fence_timeout_seconds": 30}))
     stream_control.stop()
     started = datetime.now(UTC)
     # the source changes while no stream runs: inserts, updates, deletes in settled minutes
