@@ -2,6 +2,8 @@
 
 - The canonical row text and hash: the SQL Postgres runs gives what Python gives, for tricky values
   of every type; and a row written through the pipeline sums alike in all three stores.
+- A Cassandra partition over the tombstone failure threshold is named, and the ones beside it are
+  summed (a scratch keyspace).
 - Under a steady load (tests/faults/conftest.Load, the stream supervised by Airflow): in Cassandra a
   row deleted, a value changed and a stray row added with default timestamps (as cqlsh writes), in
   the bridge the same by SQL; every difference is reported within two runs of the check, repaired
