@@ -30,7 +30,7 @@ from include.bridge.state import bridge_states
 from include.cdc import signals
 from include.cdc.events import decode_key
 from include.health import reconcile as rc
-from include.health.canonical import SEP, row_converters, sql_row_hash, text_hash
+from include.health.canonical import SEP, row_converters, row_hash, sql_row_hash, text_hash
 from include.health.checks import CheckResult, kafka_end_offsets, processed_offsets
 from include.names import BRIDGE_SCHEMA, HEALTH_SCHEMA, SIGNAL_TABLE, SLOT, SOURCE_SCHEMA, topic_for
 from include.partitions import prefix_ranges
@@ -105,12 +105,12 @@ def change_marks(pg: Any, table: Table, schema: str, start: datetime, end: datet
     return into
 
 
-def too_many_tombstones(exc: BaseException) -> bool:
-    """A read Cassandra aborted because it scanned more than tombstone_failure_threshold tombstones."""
-    from cassandra import ReadFailure
-
+def _too_many_tombstones(exc: Exception) -> bool:
+    """A failed read (ReadFailure) Cassandra aborted because it scanned more than
+    tombstone_failure_threshold tombstones: the replicas' failure codes (protocol v5), or the
+    message naming it."""
     codes = getattr(exc, "error_code_map", None) or {}
-    return isinstance(exc, ReadFailure) and (TOMBSTONE_OVERWHELM in codes.values() or "TOMBSTONES" in str(exc))
+    return TOMBSTONE_OVERWHELM in codes.values() or "TOMBSTONES" in str(exc)
 
 
 def cassandra_sums(reads: CassandraReads, table: Table, partitions: Sequence[tuple[rc.Prefix, datetime]],
@@ -140,20 +140,18 @@ def cassandra_sums(reads: CassandraReads, table: Table, partitions: Sequence[tup
         part: dict[rc.SliceKey, tuple[int, int]] = {}
         try:
             for row in found:
-                values = tuple(row)
-                data, bucket = values[:-1], as_utc(values[-1])
+                *data, bucket = row
+                bucket = as_utc(bucket)
                 moment = data[time_at]
                 inside = moment is not None and bucket <= as_utc(moment) < bucket + span
-                minute = rc.slice_of(moment if inside else bucket)
-                key = (tuple(data[i] for i in prefix_at), minute)
+                key = (tuple(data[i] for i in prefix_at), rc.slice_of(moment if inside else bucket))
                 count, total = part.get(key, (0, 0))
-                part[key] = (count + 1, total + text_hash(SEP.join(conv(v) for conv, v in zip(convs, data,
-                                                                                               strict=True))))
+                part[key] = (count + 1, total + row_hash(table, data, convs))
         except ReadFailure as exc:
-            if unreadable is None or not too_many_tombstones(exc):
+            if unreadable is None or not _too_many_tombstones(exc):
                 raise
             log.warning("reconciliation: %s %s %s not read: Cassandra scanned too many tombstones (%s)", table.name,
-                        " ".join(map(str, prefix)), bucket_key, str(exc).splitlines()[0][:200])
+                        rc.prefix_text(tuple(prefix)), bucket_key, str(exc).splitlines()[0][:200])
             unreadable.append((tuple(prefix), bucket_key))
             continue
         for key, (count, total) in part.items():
