@@ -169,9 +169,11 @@ RECONNECT_BASE_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 5.0
 
 
-def cassandra_cluster(settings: CassandraSettings) -> Any:
+def cassandra_cluster(settings: CassandraSettings, schema_agreement_wait: float | None = None) -> Any:
     """A Cluster (not yet connected): token- and DC-aware, protocol v5, LOCAL_QUORUM unless a statement
-    sets its own level, TLS and authentication as the settings say, reconnecting within seconds."""
+    sets its own level, TLS and authentication as the settings say, reconnecting within seconds.
+    `schema_agreement_wait`: how long a schema change waits for every node to report the same schema
+    version before it returns (the driver's default, 10 s, when None)."""
     from cassandra import ConsistencyLevel
     from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
@@ -183,21 +185,24 @@ def cassandra_cluster(settings: CassandraSettings) -> Any:
     profile = ExecutionProfile(load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
                                request_timeout=30, consistency_level=ConsistencyLevel.LOCAL_QUORUM)
     reconnect = ExponentialReconnectionPolicy(RECONNECT_BASE_SECONDS, RECONNECT_MAX_SECONDS, max_attempts=None)
+    agreement = {} if schema_agreement_wait is None else {"max_schema_agreement_wait": schema_agreement_wait}
     return Cluster(list(settings.hosts), port=settings.port, auth_provider=auth, protocol_version=5,
                    execution_profiles={EXEC_PROFILE_DEFAULT: profile}, connect_timeout=10,
-                   ssl_context=settings.ssl_context(), reconnection_policy=reconnect)
+                   ssl_context=settings.ssl_context(), reconnection_policy=reconnect, **agreement)
 
 
-def open_cassandra(settings: CassandraSettings, keyspace: str | None = None) -> tuple[Any, Any]:
+def open_cassandra(settings: CassandraSettings, keyspace: str | None = None,
+                   schema_agreement_wait: float | None = None) -> tuple[Any, Any]:
     """A (cluster, session) pair of cassandra_cluster; the caller shuts the cluster down."""
-    cluster = cassandra_cluster(settings)
+    cluster = cassandra_cluster(settings, schema_agreement_wait)
     return cluster, cluster.connect(keyspace)
 
 
 @contextmanager
-def cassandra_session(settings: CassandraSettings, keyspace: str | None = None) -> Iterator[Any]:
+def cassandra_session(settings: CassandraSettings, keyspace: str | None = None,
+                      schema_agreement_wait: float | None = None) -> Iterator[Any]:
     """A Cassandra session for the duration of the block."""
-    cluster, session = open_cassandra(settings, keyspace)
+    cluster, session = open_cassandra(settings, keyspace, schema_agreement_wait)
     try:
         yield session
     finally:

@@ -22,6 +22,14 @@ log = logging.getLogger(__name__)
 CQL_ROOT = Path(__file__).resolve().parent / "cql" / "binance_cdc"
 _IDENT = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 DEFAULT_REPLICATION = {"class": "SimpleStrategy", "replication_factor": 1}
+# A schema change returns once its coordinator applied it; the other nodes learn it through gossip. On
+# a cluster the next statement may reach a node that has not: a CREATE TABLE IF NOT EXISTS there, after
+# a DROP it has not seen, is a no-op, and the table is then dropped. So every schema change waits until
+# all nodes report one schema version, for up to this long (the driver's default is 10 s, which three
+# nodes starting on two cores can exceed), and a change still not agreed stops the migration.
+SCHEMA_AGREEMENT_S = 120.0
+# a schema change's own timeout: its coordinator flushes and snapshots (a DROP), slow on a busy node
+DDL_TIMEOUT_S = 120.0
 
 
 class CassandraSchemaError(RuntimeError):
@@ -37,6 +45,18 @@ def replication_cql(replication: dict[str, Any]) -> str:
     return json.dumps({k: str(v) if k != "class" else v for k, v in replication.items()}).replace('"', "'")
 
 
+def schema_change(session: Any, statement: str, where: str = "") -> None:
+    """Execute a schema change and wait until every node has it (the session's cluster sets how long);
+    a CassandraSchemaError naming the statement when they still disagree."""
+    result = session.execute(statement, timeout=DDL_TIMEOUT_S)
+    if not result.response_future.is_schema_agreed:
+        first = " ".join(statement.split())[:120]
+        raise CassandraSchemaError(
+            f"the Cassandra nodes did not agree on the schema after {first!r}{f' ({where})' if where else ''}: "
+            "check that every node is up and `nodetool describecluster` shows one schema version, then run "
+            "cdc_setup again (migrations are re-runnable)")
+
+
 def migrations() -> list[Migration]:
     return discover(CQL_ROOT, "cql")
 
@@ -47,14 +67,12 @@ def ensure_schema(settings: CassandraSettings, replication: dict[str, Any] | Non
     if not _IDENT.match(keyspace):
         raise CassandraSchemaError(f"keyspace name {keyspace!r} is not a plain lower-case CQL identifier")
     applied: list[str] = []
-    with cassandra_session(settings) as session:
-        session.execute(
-            f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = "
-            f"{replication_cql(replication or DEFAULT_REPLICATION)}"
-        )
+    with cassandra_session(settings, schema_agreement_wait=SCHEMA_AGREEMENT_S) as session:
+        schema_change(session, f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = "
+                               f"{replication_cql(replication or DEFAULT_REPLICATION)}")
         session.set_keyspace(keyspace)
-        session.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, name text, "
-                        "checksum text, applied_at timestamp)")
+        schema_change(session, "CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, name text, "
+                               "checksum text, applied_at timestamp)")
         done = {r.version: r.checksum for r in session.execute("SELECT version, checksum FROM schema_migrations")}
         for mig in migrations():
             if mig.version in done:
@@ -62,7 +80,7 @@ def ensure_schema(settings: CassandraSettings, replication: dict[str, Any] | Non
                 continue
             log.info("applying CQL migration %s to keyspace %s", mig.path.name, keyspace)
             for stmt in statements(mig.text):
-                session.execute(stmt)
+                schema_change(session, stmt, mig.path.name)
             session.execute("INSERT INTO schema_migrations (version, name, checksum, applied_at) "
                             "VALUES (%s, %s, %s, toTimestamp(now()))", (mig.version, mig.name, mig.checksum))
             applied.append(mig.path.name)
