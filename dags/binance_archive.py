@@ -32,6 +32,7 @@ from datetime import timedelta
 from airflow.sdk import Param, dag, task
 
 from include.names import ARCHIVE_POOL
+from include.schedules import batch_default_args
 
 
 @dag(
@@ -39,7 +40,7 @@ from include.names import ARCHIVE_POOL
     catchup=False,
     max_active_runs=1,
     tags=["binance", "history"],
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+    default_args=batch_default_args(retries=2, retry_delay=timedelta(seconds=30)),
     params={
         "symbols": Param(["BTCUSDT"], type="array", items={"type": "string"}, minItems=1,
                          description="symbols, e.g. [\"BTCUSDT\", \"ETHUSDT\"]"),

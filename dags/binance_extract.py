@@ -43,7 +43,7 @@ from datetime import timedelta
 from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
 
 from include.names import BINANCE_POOL, SOURCE_SCHEMA
-from include.schedules import schedule
+from include.schedules import batch_default_args, schedule
 from include.tables import TABLES
 
 
@@ -60,7 +60,7 @@ def table_asset(table: str) -> Asset:
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=10),
     tags=["binance", "extract"],
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": 2.0},
+    default_args=batch_default_args(retries=2, retry_delay=timedelta(seconds=20), retry_exponential_backoff=2.0),
     params={
         "symbols": Param(None, type=["null", "array"], items={"type": "string"},
                          description="symbols for this run instead of the Variable binance_symbols"),

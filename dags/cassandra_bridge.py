@@ -15,7 +15,7 @@ from datetime import timedelta
 from airflow.sdk import Asset, dag, task
 
 from include.names import BRIDGE_SCHEMA
-from include.schedules import schedule
+from include.schedules import batch_default_args, schedule
 from include.tables import TABLES
 
 
@@ -25,7 +25,7 @@ from include.tables import TABLES
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=10),
     tags=["bridge", "cassandra", "grafana"],
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=15)},
+    default_args=batch_default_args(retries=2, retry_delay=timedelta(seconds=15)),
     doc_md=__doc__,
 )
 def cassandra_bridge():

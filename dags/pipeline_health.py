@@ -36,7 +36,7 @@ from datetime import timedelta
 from airflow.sdk import dag, task
 from health_notifier import PipelineHealthNotifier
 
-from include.schedules import schedule
+from include.schedules import batch_default_args, schedule
 
 
 @dag(
@@ -45,8 +45,8 @@ from include.schedules import schedule
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=5),
     tags=["cdc", "health", "monitoring"],
-    default_args={"retries": 1, "retry_delay": timedelta(seconds=10),
-                  "on_failure_callback": [PipelineHealthNotifier()]},
+    default_args=batch_default_args(retries=1, retry_delay=timedelta(seconds=10),
+                                    on_failure_callback=[PipelineHealthNotifier()]),
     doc_md=__doc__,
 )
 def pipeline_health():

@@ -23,7 +23,7 @@ from datetime import timedelta
 
 from airflow.sdk import dag, task
 
-from include.schedules import schedule
+from include.schedules import batch_default_args, schedule
 
 
 @dag(
@@ -32,7 +32,7 @@ from include.schedules import schedule
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=30),
     tags=["retention", "maintenance"],
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+    default_args=batch_default_args(retries=2, retry_delay=timedelta(seconds=30)),
     doc_md=__doc__,
 )
 def retention():

@@ -13,6 +13,10 @@ from stack import localstack, topology
 if topology.profile() == "cluster" and localstack.ENV_FILE.exists():
     os.environ.update(topology.cluster_changes(localstack.parse_env(localstack.ENV_FILE.read_text())))
 
+# dag.test runs each task inside this process: a batch task's lower CPU priority (include/schedules.py)
+# would stay with the whole session and with what it starts later (the tests' Spark stream among them)
+os.environ["BATCH_TASK_NICE"] = "0"
+
 
 @pytest.fixture(scope="session")
 def settings() -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,66 @@ def test_a_schedule_setting_replaces_the_default(monkeypatch):
     assert schedules.schedule("RETENTION_SCHEDULE") == "*/5 * * * *"
     monkeypatch.setenv("RETENTION_SCHEDULE", "")
     assert schedules.schedule("RETENTION_SCHEDULE") == schedules.DEFAULTS["RETENTION_SCHEDULE"]
+
+
+def _child_nice(callback, start: int, out) -> None:  # runs in a forked child
+    os.nice(start)
+    callback()
+    out.put(os.nice(0))
+
+
+@pytest.mark.parametrize(("start", "expected"), [(0, 10), (15, 15)])
+def test_a_batch_task_lowers_its_own_cpu_priority_and_never_raises_it(start, expected):
+    """The callback really changes the process's nice value (in a child, not this test process)."""
+    import multiprocessing
+
+    from include.schedules import LowerPriority
+
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_child_nice, args=(LowerPriority(10), start, out))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert out.get(timeout=5) == expected
+
+
+def test_the_batch_dags_tasks_run_below_the_stream(monkeypatch):
+    """Every task of the batch DAGs lowers its priority (include/schedules.py); the stream's and the
+    setup's do not. Parsed here with the default setting (this suite sets 0 for its own process)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from include.schedules import DEFAULT_BATCH_TASK_NICE, LowerPriority
+
+    def callbacks(task) -> list:
+        given = task.on_execute_callback
+        return list(given) if isinstance(given, list | tuple) else [given] if given else []
+
+    monkeypatch.delenv("BATCH_TASK_NICE", raising=False)
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}, bag.import_errors
+    for dag_id in (*PER_MINUTE, "binance_archive"):
+        for task in bag.dags[dag_id].tasks:
+            niced = [c.nice for c in callbacks(task) if isinstance(c, LowerPriority)]
+            assert niced == [DEFAULT_BATCH_TASK_NICE], f"{dag_id}.{task.task_id}"
+    for dag_id in ("cdc_stream", "cdc_setup"):
+        for task in bag.dags[dag_id].tasks:
+            assert not any(isinstance(c, LowerPriority) for c in callbacks(task)), task.task_id
+
+
+@pytest.mark.parametrize("value", ["-5", "20", "low", "1.5"])
+def test_a_bad_nice_setting_is_the_dags_import_error_naming_it(monkeypatch, value):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("BATCH_TASK_NICE", value)
+    bag = DagBag(dag_folder=str(DAGS / "retention.py"))
+    assert "BATCH_TASK_NICE must be a whole number from 0 to 19" in str(bag.import_errors), bag.import_errors
+
+
+def test_a_nice_setting_of_zero_leaves_the_batch_tasks_at_the_streams_priority(monkeypatch):
+    from include import schedules
+
+    monkeypatch.setenv("BATCH_TASK_NICE", "0")
+    assert "on_execute_callback" not in schedules.batch_default_args(retries=1)
+    monkeypatch.setenv("BATCH_TASK_NICE", " 7 ")
+    assert schedules.batch_default_args(retries=1)["on_execute_callback"].nice == 7
