@@ -503,7 +503,8 @@ def nodetool(s: dict[str, str], *args: str, timeout: float = 120) -> str:
     return "".join(line for line in run.stdout.splitlines(keepends=True) if not _LOG_LINE.match(line))
 
 
-def _cassandra_session(s: dict[str, str], user: str, password: str):  # noqa: ANN202 - driver type
+def _cassandra_session(s: dict[str, str], user: str, password: str,  # noqa: ANN202 - driver type
+                       schema_agreement_wait: float = 10):
     from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import WhiteListRoundRobinPolicy
@@ -515,6 +516,7 @@ def _cassandra_session(s: dict[str, str], user: str, password: str):  # noqa: AN
         auth_provider=PlainTextAuthProvider(user, password),
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         protocol_version=5, connect_timeout=5, control_connection_timeout=5,
+        max_schema_agreement_wait=schema_agreement_wait,
     )
     return cluster, cluster.connect()
 
@@ -559,13 +561,21 @@ def replicate_system_keyspaces(s: dict[str, str], nodes: list[Node]) -> None:
     marker = nodes[0].folder / ".system-keyspaces-replicated"
     if marker.exists():
         return
-    cluster, session = _cassandra_session(s, "cassandra", s["CASSANDRA_SUPERUSER_PASSWORD"])
-    try:
-        for ks in SYSTEM_KEYSPACES:
-            session.execute(f"ALTER KEYSPACE {ks} WITH replication = "
-                            f"{{'class': 'NetworkTopologyStrategy', '{topology.DATACENTER}': {len(nodes)}}}")
-    finally:
-        cluster.shutdown()
+    from include.schema.cassandra import SCHEMA_AGREEMENT_S, schema_change
+
+    def replicate() -> None:
+        cluster, session = _cassandra_session(s, "cassandra", s["CASSANDRA_SUPERUSER_PASSWORD"], SCHEMA_AGREEMENT_S)
+        try:
+            for ks in SYSTEM_KEYSPACES:
+                schema_change(session, f"ALTER KEYSPACE {ks} WITH replication = {{'class': "
+                                       f"'NetworkTopologyStrategy', '{topology.DATACENTER}': {len(nodes)}}}",
+                              "the cluster profile's system keyspaces")
+        finally:
+            cluster.shutdown()
+
+    # a node of the new ring can stall for a while on two busy cores: each change is sent again
+    # (schema_change), and the whole step once more on a new connection (ALTER ... WITH is idempotent)
+    _retry(replicate, 300, "replicating the system keyspaces")
     print(f"cassandra: {', '.join(SYSTEM_KEYSPACES)} replicated to {len(nodes)} nodes; repairing system_auth")
     nodetool(topology.node_settings(s, nodes[0]), "repair", "--full", "system_auth", timeout=300)
     marker.write_text("done\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,11 @@ DEFAULT_REPLICATION = {"class": "SimpleStrategy", "replication_factor": 1}
 SCHEMA_AGREEMENT_S = 120.0
 # a schema change's own timeout: its coordinator flushes and snapshots (a DROP), slow on a busy node
 DDL_TIMEOUT_S = 120.0
+# A node starting on a busy machine can stall long enough for the driver to drop its connection
+# ("Connection defunct by heartbeat") or time the change out. Every statement of the migrations is
+# idempotent (IF [NOT] EXISTS, ALTER ... WITH), so such a change is sent again, this many times in all.
+SCHEMA_CHANGE_ATTEMPTS = 4
+SCHEMA_CHANGE_PAUSE_S = 5.0
 
 
 class CassandraSchemaError(RuntimeError):
@@ -47,10 +53,27 @@ def replication_cql(replication: dict[str, Any]) -> str:
 
 def schema_change(session: Any, statement: str, where: str = "") -> None:
     """Execute a schema change and wait until every node has it (the session's cluster sets how long);
-    a CassandraSchemaError naming the statement when they still disagree."""
-    result = session.execute(statement, timeout=DDL_TIMEOUT_S)
+    a change that times out or finds no node is sent again (SCHEMA_CHANGE_ATTEMPTS). A
+    CassandraSchemaError names the statement when it never went through or the nodes still disagree."""
+    from cassandra import OperationTimedOut
+    from cassandra.cluster import NoHostAvailable
+
+    first = " ".join(statement.split())[:120]
+    for attempt in range(1, SCHEMA_CHANGE_ATTEMPTS + 1):
+        try:
+            result = session.execute(statement, timeout=DDL_TIMEOUT_S)
+            break
+        except (OperationTimedOut, NoHostAvailable) as exc:
+            if attempt == SCHEMA_CHANGE_ATTEMPTS:
+                raise CassandraSchemaError(
+                    f"Cassandra did not apply {first!r}{f' ({where})' if where else ''} in "
+                    f"{SCHEMA_CHANGE_ATTEMPTS} attempts, the last failing with {exc}: check that every "
+                    "node is up (`nodetool status`), then run cdc_setup again (migrations are re-runnable)"
+                ) from exc
+            log.warning("schema change %r failed (attempt %d of %d: %s); sending it again in %.0f s",
+                        first, attempt, SCHEMA_CHANGE_ATTEMPTS, exc, SCHEMA_CHANGE_PAUSE_S)
+            time.sleep(SCHEMA_CHANGE_PAUSE_S)
     if not result.response_future.is_schema_agreed:
-        first = " ".join(statement.split())[:120]
         raise CassandraSchemaError(
             f"the Cassandra nodes did not agree on the schema after {first!r}{f' ({where})' if where else ''}: "
             "check that every node is up and `nodetool describecluster` shows one schema version, then run "
