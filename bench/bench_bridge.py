@@ -31,6 +31,7 @@ import resource
 import statistics
 import sys
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -45,6 +46,7 @@ from include.names import BRIDGE_SCHEMA, STREAM_QUERY_NAME  # noqa: E402
 from include.schema.cassandra import ensure_schema  # noqa: E402
 from include.schema.postgres import apply  # noqa: E402
 from include.tables import TABLES  # noqa: E402
+from spark.writer import LOG_GROUP_KEYS  # noqa: E402
 from stack.localstack import load_env  # noqa: E402
 
 KEYSPACE = SCHEMA = "bench_bridge"
@@ -102,6 +104,19 @@ def fill_source(pg, rows: int) -> None:
     pg.commit()
 
 
+def log_changes(session, minute: datetime, keys: list[str], lsn: int) -> None:
+    """`keys` in the change log of `minute` as the stream logs them: LOG_GROUP_KEYS to an entry, each
+    entry under an id of its own (spark/writer.py, CassandraWriter.log_writes)."""
+    from cassandra.concurrent import execute_concurrent_with_args
+
+    log = session.prepare(f"INSERT INTO {KEYSPACE}.changed_rows (table_name, bucket, key, cdc_lsn, keys) VALUES "
+                          "('recent_trades', ?, ?, ?, ?)")
+    ordered = sorted(keys)
+    entries = [(minute, f"#{uuid.uuid4().hex}", lsn, ordered[i:i + LOG_GROUP_KEYS])
+               for i in range(0, len(ordered), LOG_GROUP_KEYS)]
+    execute_concurrent_with_args(session, log, entries, concurrency=50, raise_on_first_error=True)
+
+
 def finish_batch(session, changelog_bucket: datetime, batch_id: int) -> None:
     """The stream's position after a finished batch: what the bridge reads the change log up to."""
     session.execute(f"INSERT INTO {KEYSPACE}.stream_position (query_name, batch_id, finished_at, changelog_bucket) "
@@ -118,26 +133,20 @@ def change(session, rows: int, changed: int) -> None:
                           "WHERE symbol = ? AND bucket = ? AND trade_id = ?")
     dele = session.prepare(f"DELETE FROM {KEYSPACE}.recent_trades USING TIMESTAMP 2 "
                            "WHERE symbol = ? AND bucket = ? AND trade_id = ?")
-    log = session.prepare(f"INSERT INTO {KEYSPACE}.changed_rows (table_name, bucket, key, cdc_lsn) VALUES "
-                          "('recent_trades', ?, ?, 2)")
     for i, n in enumerate(picks):
         key = trade_key(n)
         if i % 2:
             session.execute(dele, key)
         else:
             session.execute(upd, (Decimal("0.75"), *key))
-        session.execute(log, (minute, logged_key(n)))
+    log_changes(session, minute, [logged_key(n) for n in picks], 2)
     finish_batch(session, minute, 2)
 
 
 def slices_ab(pg, session, rows: int, changed: int, rounds: int) -> None:
     """Incremental runs over `changed` new trades in a row, re-read as slices or by name, alternating."""
-    from cassandra.concurrent import execute_concurrent_with_args
-
     from include.bridge import reads
 
-    log = session.prepare(f"INSERT INTO {KEYSPACE}.changed_rows (table_name, bucket, key, cdc_lsn) VALUES "
-                          "('recent_trades', ?, ?, 1)")
     by_name = 10**9  # more keys than a run has: every piece is read by name
     slices_min = reads.SLICE_MIN_KEYS
     times: dict[str, list[float]] = {"slices": [], "by name": []}
@@ -153,8 +162,8 @@ def slices_ab(pg, session, rows: int, changed: int, rounds: int) -> None:
                             (rows_of_round[0], rows_of_round[-1]))
             pg.commit()
             minute = datetime.now(UTC).replace(second=0, microsecond=0)
-            keys = [(minute, logged_key(n)) for n in rows_of_round]
-            execute_concurrent_with_args(session, log, keys, concurrency=200, raise_on_first_error=True)
+            keys = [logged_key(n) for n in rows_of_round]
+            log_changes(session, minute, keys, 1)
             finish_batch(session, minute, 3 + r)
             reads.SLICE_MIN_KEYS = slices_min if mode == "slices" else by_name
             try:

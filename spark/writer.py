@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -44,6 +45,10 @@ log = logging.getLogger("cdc_stream.writer")
 # flight per writer
 BATCH_SIZE = 500
 CONCURRENCY = 32
+# keys of one table per change-log entry (`changed_rows.keys`): one entry per key cost a statement and
+# a Cassandra row per change, about as much as the row written (bench/RESULTS.md, "The change log in
+# groups"); 100 keys are a few KiB, so the bridge's pages of entries stay small
+LOG_GROUP_KEYS = 100
 # sink_retention is read again at most this often (seconds of the writer's monotonic clock)
 RETENTION_REFRESH_SECONDS = 60.0
 # Cassandra's largest TTL (20 years): a longer retention is written as this
@@ -323,8 +328,8 @@ class CassandraWriter:
         return f'DELETE FROM "{self.keyspace}"."{table.name}" USING TIMESTAMP ? WHERE {where}'
 
     def change_log_statement(self) -> Any:
-        return self._prepare(f'INSERT INTO "{self.keyspace}".changed_rows (table_name, bucket, key, cdc_lsn) '
-                             "VALUES (?, ?, ?, ?)")
+        return self._prepare(f'INSERT INTO "{self.keyspace}".changed_rows (table_name, bucket, key, cdc_lsn, keys) '
+                             "VALUES (?, ?, ?, ?, ?)")
 
     def dead_letter_statement(self) -> Any:
         return self._prepare(f'INSERT INTO "{self.keyspace}".dead_letters (topic, partition, offset, raw_value, '
@@ -406,12 +411,24 @@ class CassandraWriter:
         return out
 
     def log_writes(self, planned: Iterable[Planned], bucket: datetime) -> list[Write]:
-        """One `changed_rows` entry per change written, in the minute `bucket` (the batch's)."""
+        """The keys of the changes written (change_key), in `changed_rows` entries of the minute
+        `bucket` (the batch's), up to LOG_GROUP_KEYS keys of one table each (`keys`, in key order,
+        so that the same changes make the same groups), with the newest LSN among them. An entry's
+        own `key` is '#' and a random id: it never replaces another entry, of this batch or of a
+        replay (a replay only logs its keys again)."""
         stmt = self.change_log_statement()
-        out = []
+        by_table: dict[str, list[tuple[str, int]]] = {}
         for p in planned:
-            values = (p.change.table.name, bucket, change_key(p.change.table, p.change.row, p.row), p.change.lsn)
-            out.append(Write(values[:2], stmt, values))
+            by_table.setdefault(p.change.table.name, []).append(
+                (change_key(p.change.table, p.change.row, p.row), p.change.lsn))
+        out = []
+        for name, logged in by_table.items():
+            logged.sort()
+            for start in range(0, len(logged), LOG_GROUP_KEYS):
+                group = logged[start:start + LOG_GROUP_KEYS]
+                values = (name, bucket, f"#{uuid.uuid4().hex}", max(lsn for _, lsn in group),
+                          [key for key, _ in group])
+                out.append(Write(values[:2], stmt, values))
         return out
 
     def write(self, batch: BatchContext, changes: Sequence[Change],

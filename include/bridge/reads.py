@@ -1,8 +1,9 @@
 """Everything the bridge reads from Cassandra, at one consistency level chosen per run (plan.choose_consistency).
 
-Every statement is prepared with that level and pages 5,000 rows at a time. Reads of many partitions
-keep a few requests in flight (WINDOW) and hand rows on in order, so what is held is at most the
-WINDOW pages coming in plus the page being read, whatever the partitions hold.
+Every statement is prepared with that level and pages 5,000 rows at a time (the change log's entries,
+up to 100 keys each, 200 at a time). Reads of many partitions keep a few requests in flight (WINDOW)
+and hand rows on in order, so what is held is at most the WINDOW pages coming in plus the page being
+read, whatever the partitions hold.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from include.times import as_utc
 log = logging.getLogger(__name__)
 
 FETCH_SIZE = 5000
+# change-log entries per page: an entry holds up to spark.writer.LOG_GROUP_KEYS keys (a few KiB)
+CHANGELOG_FETCH_SIZE = 200
 # partition reads in flight while a full copy or the change log is read
 WINDOW = 8
 # changed keys are re-read partition by partition, up to KEYS_PER_READ keys of one partition in a
@@ -133,11 +136,17 @@ class CassandraReads:
 
     def changed_keys(self, table: str, minutes: Iterable[datetime], chunk: int) -> Iterator[set[str]]:
         """The keys logged for `table` in `minutes`, a set of up to about `chunk` distinct keys at a
-        time (a key logged in two chunks comes twice: re-reading it is harmless)."""
-        stmt = self.prepare(f'SELECT key FROM "{self.keyspace}".changed_rows WHERE table_name = ? AND bucket = ?')
+        time (a key logged in two chunks comes twice: re-reading it is harmless). An entry holds its
+        keys in `keys`; one written before the log kept keys in groups is its own `key`."""
+        stmt = self.prepare(f'SELECT key, keys FROM "{self.keyspace}".changed_rows WHERE table_name = ? '
+                            "AND bucket = ?")
+        stmt.fetch_size = CHANGELOG_FETCH_SIZE
         keys: set[str] = set()
         for row in self.paged(stmt, ((table, m) for m in minutes)):
-            keys.add(row.key)
+            if row.keys is not None:
+                keys.update(row.keys)
+            else:
+                keys.add(row.key)
             if len(keys) >= chunk:
                 yield keys
                 keys = set()

@@ -88,7 +88,8 @@ class RecordingWriter(CassandraWriter):
     """Writes nothing, the clock held at `clock` (NOW unless set), the monotonic clock at `ticks`:
     `records` lists in order what the session executed ("execute": dead letters, "execute_async":
     progress) and each write `_send` would have batched ("upsert/delete", "change log"), as
-    (what, cql, values). `to_file`'s writers append them to a file when closed."""
+    (what, cql, values), a change-log entry's random id as "#". `to_file`'s writers append them to a
+    file when closed."""
 
     def __init__(self, keyspace: str = "ks", path: Path | None = None,
                  retention: Mapping[str, int | None] | None = None,
@@ -119,7 +120,12 @@ class RecordingWriter(CassandraWriter):
         return BatchContext(bucket, self.retention(), dict(windows or {}))
 
     def _send(self, writes: list[Write], what: str, target: str) -> None:
-        self.records += [(what, w.statement.cql, w.values) for w in writes]
+        for w in writes:
+            values = w.values
+            if what == "change log":
+                assert values[2].startswith("#"), values
+                values = (*values[:2], "#", *values[3:])
+            self.records.append((what, w.statement.cql, values))
 
     def close(self) -> None:
         if self.path is not None:

@@ -11,6 +11,7 @@ import pytest
 
 from include.tables import TABLES
 from spark.writer import (
+    LOG_GROUP_KEYS,
     MAX_TTL,
     BatchContext,
     Change,
@@ -107,7 +108,7 @@ def test_statements_are_prepared_once_at_local_quorum():
         "USING TIMESTAMP ? AND TTL ?",
         'DELETE FROM "binance_test"."klines" USING TIMESTAMP ? WHERE "symbol" = ? AND "interval" = ? '
         'AND "bucket" = ? AND "open_time" = ?',
-        'INSERT INTO "binance_test".changed_rows (table_name, bucket, key, cdc_lsn) VALUES (?, ?, ?, ?)',
+        'INSERT INTO "binance_test".changed_rows (table_name, bucket, key, cdc_lsn, keys) VALUES (?, ?, ?, ?, ?)',
         'INSERT INTO "binance_test".dead_letters (topic, partition, offset, raw_value, error, recorded_at) '
         "VALUES (?, ?, ?, ?, ?, ?)",
     ]
@@ -140,13 +141,37 @@ def test_one_write_is_dead_letters_then_rows_then_the_change_log():
                       [DeadLetter("binance.binance.recent_trades", 0, 9, "{not json", "not a Debezium change event")])
     assert written == (3, 0, 0)
     kinds = [what for what, _, _ in w.records]
-    assert kinds == ["execute", "upsert/delete", "upsert/delete", "upsert/delete", "change log", "change log",
-                     "change log"]
+    assert kinds == ["execute", "upsert/delete", "upsert/delete", "upsert/delete", "change log"]
     assert w.records[0][2] == ("binance.binance.recent_trades", 0, 9, "{not json", "not a Debezium change event", NOW)
     assert [r[2][-3] for r in w.records[1:4]] == [NOW] * 3  # cdc_written_at: when the batch is written
-    assert [r[2] for r in w.records[4:]] == [
-        ("recent_trades", bucket, f'{{"symbol":"BTCUSDT","bucket":1767322800000,"trade_id":{i}}}', 20 + i)
-        for i in range(3)]
+    # one entry holds the three keys, with the newest LSN; its own key is an id no row key can be
+    [(table, minute, entry, lsn, keys)] = [r[2] for r in w.records[4:]]
+    assert (table, minute, entry, lsn) == ("recent_trades", bucket, "#", 22)
+    assert keys == [f'{{"symbol":"BTCUSDT","bucket":1767322800000,"trade_id":{i}}}' for i in range(3)]
+
+
+def test_the_change_log_holds_a_table_s_keys_in_groups_under_ids_of_their_own():
+    """Every key written is in exactly one entry of its table, LOG_GROUP_KEYS at most to an entry; no
+    two entries share an id, in one write or the next (a replay must never replace an entry)."""
+    w = RecordingWriter()
+    n = 2 * LOG_GROUP_KEYS + 7
+    bucket = datetime(2026, 1, 2, 3, 7, tzinfo=UTC)
+    changes = [Change(TRADES, "c", 100 + i, None, COMMIT_US, trade_row(i)) for i in range(n)]
+    changes += [Change(KLINES, "u", 5000, None, COMMIT_US, kline_row())]
+    planned = w.plan(changes, {}, NOW)[0]
+    entries = [write.values for _ in range(2) for write in w.log_writes(planned, bucket)]
+    assert all(e[2].startswith("#") and len(e[2]) == 33 for e in entries)
+    assert len({e[2] for e in entries}) == len(entries) == 2 * 4
+    assert {write.partition for write in w.log_writes(planned, bucket)} == {("recent_trades", bucket),
+                                                                              ("klines", bucket)}
+    first = entries[:4]
+    trades = [e for e in first if e[0] == "recent_trades"]
+    assert [len(e[4]) for e in trades] == [LOG_GROUP_KEYS, LOG_GROUP_KEYS, 7]
+    lsn_of = {change_key(TRADES, c.row): c.lsn for c in changes[:n]}
+    assert [k for e in trades for k in e[4]] == sorted(lsn_of)  # key order: the same changes, the same groups
+    assert [e[3] for e in trades] == [max(lsn_of[k] for k in e[4]) for e in trades]  # the newest LSN of each
+    [kline] = [e for e in first if e[0] == "klines"]
+    assert kline[4] == [change_key(KLINES, kline_row())] and kline[3] == 5000
 
 
 def test_the_change_log_keys_a_row_as_change_key_does_from_the_source_row():
@@ -157,9 +182,9 @@ def test_the_change_log_keys_a_row_as_change_key_does_from_the_source_row():
             kline_row(open_time=DAY - timedelta(microseconds=1))]
     w.write(BatchContext(datetime(2026, 1, 2, 3, 7, tzinfo=UTC), {}),
             [Change(KLINES, "u", 30 + i, None, COMMIT_US, row) for i, row in enumerate(rows)])
-    logged = [args[2] for what, _, args in w.records if what == "change log"]
-    assert logged == [change_key(KLINES, row) for row in rows]
-    assert '"open_time":1767323040001' in logged[0] and '"bucket":1767225600000' in logged[1]
+    logged = [key for what, _, args in w.records if what == "change log" for key in args[4]]
+    assert logged == sorted(change_key(KLINES, row) for row in rows)
+    assert '"open_time":1767323040001' in logged[1] and '"bucket":1767225600000' in logged[0]
 
 
 # --------------------------------------------------------------------------- retention: TTLs and skips
@@ -191,8 +216,9 @@ def test_changes_outside_the_retention_window_are_neither_written_nor_logged():
     ]
     assert w.write(w.context(), changes) == (2, 1, 3)
     data = [args for what, _, args in w.records if what == "upsert/delete"]
-    logged = [args[3] for what, _, args in w.records if what == "change log"]
-    assert logged == [4, 5, 6]
+    logged = [key for what, _, args in w.records if what == "change log" for key in args[4]]
+    assert logged == [change_key(TRADES, trade_row(4, fresh)), change_key(TRADES, trade_row(5, fresh)),
+                      change_key(KLINES, changes[5].row)]
     [trade, delete, kline] = data
     assert trade[-1] == 1800 and trade[-2] == COMMIT_US  # ceil(1799.5): TTL, after the write time
     assert delete == (COMMIT_US, "BTCUSDT", datetime(2026, 1, 2, 2, tzinfo=UTC), 5)  # inside: written as ever

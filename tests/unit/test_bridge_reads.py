@@ -85,12 +85,24 @@ def test_partitions_are_read_in_order_with_a_bounded_window_in_flight():
 
 def test_changed_keys_come_in_chunks_of_distinct_keys():
     minutes = [datetime(2026, 3, 1, 0, m, tzinfo=UTC) for m in range(3)]
-    logged = {("klines", m): [SimpleNamespace(key=f"k{n % 4}") for n in range(5)] for m in minutes}
+    logged = {("klines", m): [SimpleNamespace(key=f"k{n % 4}", keys=None) for n in range(5)] for m in minutes}
     reads = CassandraReads(_Session(partitions=logged), "ks", "ONE")
     assert list(reads.changed_keys("klines", minutes, chunk=100)) == [{"k0", "k1", "k2", "k3"}]
     # smaller chunks bound what is held; a key may come again in a later chunk (re-reading it is harmless)
     chunks = list(reads.changed_keys("klines", minutes, chunk=3))
     assert all(len(c) <= 3 for c in chunks) and set().union(*chunks) == {"k0", "k1", "k2", "k3"}
+
+
+def test_changed_keys_are_read_from_grouped_entries_and_from_entries_of_one_key():
+    """The stream logs keys in groups (`keys`); entries written one per key before that are still read."""
+    minutes = [datetime(2026, 3, 1, 0, m, tzinfo=UTC) for m in range(2)]
+    logged = {("klines", minutes[0]): [SimpleNamespace(key="#a", keys=["k1", "k2"]),
+                                       SimpleNamespace(key="k3", keys=None)],
+              ("klines", minutes[1]): [SimpleNamespace(key="#b", keys=["k2", "k4", "k5"])]}
+    session = _Session(partitions=logged)
+    reads = CassandraReads(session, "ks", "ONE")
+    assert set().union(*reads.changed_keys("klines", minutes, chunk=100)) == {"k1", "k2", "k3", "k4", "k5"}
+    assert session.prepared[-1].fetch_size == reads_module.CHANGELOG_FETCH_SIZE < reads_module.FETCH_SIZE
 
 
 class _RangeCursor:

@@ -120,7 +120,7 @@ def parse(texts: list[str], dialect: str) -> dict[str, Parsed]:
                 tables[m.group(2)].indexed.add(_names(m.group(3))[0])
             elif m := _ALTER.match(stmt):
                 t, action = tables[m.group(2)], m.group(3)
-                if a := re.match(r"ADD COLUMN (?:IF NOT EXISTS )?(\w+) (\w+)", action, re.I):
+                if a := re.match(r"ADD (?:COLUMN )?(?:IF NOT EXISTS )?(\w+) (\w+)", action, re.I):
                     t.columns[a.group(1)] = a.group(2).lower()
                 elif a := re.match(r"DROP COLUMN (?:IF EXISTS )?(\w+)", action, re.I):
                     t.columns.pop(a.group(1))
