@@ -22,8 +22,10 @@ the events' ISO-8601 text into aware UTC datetimes (spark/python_events.py), nev
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import struct
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -224,6 +226,70 @@ def partition_groups(writes: Iterable[Write], size: int = BATCH_SIZE) -> list[li
     return [group[start:start + size] for group in by_partition.values() for start in range(0, len(group), size)]
 
 
+# --------------------------------------------------------------------------- binding: the driver's bytes, sooner
+
+
+def decimal_bytes(value: Any) -> bytes:
+    """What the Cassandra driver's DecimalType.serialize makes of `value` (a Decimal, or what Decimal()
+    takes), byte for byte: the scale as a 4-byte signed int, then the unscaled value as the shortest
+    two's-complement big-endian integer. The driver's own builds the unscaled value from the digits'
+    text and packs it a byte at a time in Python: 15 us a decimal, and a trade has three, a kline six
+    (bench/RESULTS.md, "Binding"). A NaN or an infinity is refused, as by the driver."""
+    sign, digits, exponent = (value if isinstance(value, Decimal) else Decimal(value)).as_tuple()
+    if not isinstance(exponent, int):
+        raise TypeError(f"Invalid type for Decimal value: {value!r}")
+    unscaled = 0
+    for digit in digits:
+        unscaled = unscaled * 10 + digit
+    if sign:
+        unscaled = -unscaled
+    return _INT32.pack(-exponent) + unscaled.to_bytes((unscaled if unscaled >= 0 else ~unscaled).bit_length() // 8 + 1,
+                                                      "big", signed=True)
+
+
+def timestamp_bytes(value: Any) -> bytes | None:
+    """What the driver's DateType.serialize makes of an aware datetime at or after the epoch (its
+    milliseconds as an 8-byte signed int), from integers instead of a time tuple and floats; None
+    for anything else, which the driver's own serializer then takes."""
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        return None
+    delta = value - EPOCH
+    if delta.days < 0:
+        return None
+    return _INT64.pack((delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000)
+
+
+_INT32 = struct.Struct(">i")
+_INT64 = struct.Struct(">q")
+
+
+@functools.cache
+def _quick_types() -> dict[type, type]:
+    """The driver's decimal and timestamp types, each with a serializer giving the same bytes sooner;
+    the leading underscore keeps them out of the driver's type registry."""
+    from cassandra.cqltypes import DateType, DecimalType
+
+    class _QuickDecimal(DecimalType):
+        @staticmethod
+        def serialize(dec: Any, protocol_version: int) -> bytes:
+            return decimal_bytes(dec)
+
+    class _QuickTimestamp(DateType):
+        @staticmethod
+        def serialize(v: Any, protocol_version: int) -> bytes:
+            out = timestamp_bytes(v)
+            return DateType.serialize(v, protocol_version) if out is None else out
+
+    return {DecimalType: _QuickDecimal, DateType: _QuickTimestamp}
+
+
+def quick_binding(prepared: Any) -> Any:
+    """`prepared` binding its decimals and timestamps through _quick_types (the bytes are the driver's)."""
+    quick = _quick_types()
+    prepared.column_metadata = [m._replace(type=quick.get(m.type, m.type)) for m in prepared.column_metadata]
+    return prepared
+
+
 # --------------------------------------------------------------------------- the writer
 
 
@@ -295,7 +361,7 @@ class CassandraWriter:
         if cql not in self._prepared:
             from cassandra import ConsistencyLevel
 
-            stmt = self.session.prepare(cql)
+            stmt = quick_binding(self.session.prepare(cql))
             stmt.consistency_level = ConsistencyLevel.LOCAL_QUORUM
             self._prepared[cql] = stmt
         return self._prepared[cql]

@@ -31,6 +31,7 @@ class Prepared:
     def __init__(self, cql: str) -> None:
         self.cql = cql
         self.consistency_level = None
+        self.column_metadata: list[Any] = []  # the fake binds nothing
 
 
 class Done:

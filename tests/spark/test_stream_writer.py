@@ -4,12 +4,14 @@ session records the calls (unit tests only)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+import random
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
 
 from include.tables import TABLES
+from include.times import EPOCH
 from spark.writer import (
     LOG_GROUP_KEYS,
     MAX_TTL,
@@ -21,8 +23,11 @@ from spark.writer import (
     change_key,
     cql_row,
     cql_value,
+    decimal_bytes,
     epoch_us,
     partition_groups,
+    quick_binding,
+    timestamp_bytes,
     ttl_of,
 )
 from tests.spark.fakes import NOW, RecordingWriter
@@ -277,3 +282,63 @@ def test_the_last_changelog_bucket_is_read_from_the_stream_position():
     assert w.last_changelog_bucket("q") == datetime(2026, 1, 2, 3, 9, tzinfo=UTC)
     assert w.last_changelog_bucket("other") is None
     assert w.session.reads[0] == ('SELECT changelog_bucket FROM "ks".stream_position WHERE query_name = ?', ("q",))
+
+
+# --------------------------------------------------------------------------- binding: the driver's bytes
+
+
+def _decimals() -> list[Decimal]:
+    rng = random.Random(7)
+    edge = ["0", "-0", "0.00", "1", "-1", "127", "128", "255", "256", "-128", "-129", "-256", "-257", "1E+2", "-1E+2",
+            "1E-30", "0.00000001", "64369.75000000", "-0.01597000", "1027.98490750", "9" * 40, "-" + "9" * 40 + ".5",
+            "123456789012345678901234567890.123456789"]
+    randoms = [f"{'-' if rng.random() < 0.3 else ''}{rng.randrange(10 ** rng.randrange(1, 30))}e{rng.randrange(-20, 5)}"
+               for _ in range(2000)]
+    return [Decimal(v) for v in edge + randoms]
+
+
+def test_decimals_bind_to_the_drivers_bytes():
+    from cassandra.cqltypes import DecimalType
+
+    for value in _decimals():
+        assert decimal_bytes(value) == DecimalType.serialize(value, 5), value
+    assert decimal_bytes("1.50") == DecimalType.serialize("1.50", 5)  # text, as the driver takes it too
+    for bad in (Decimal("NaN"), Decimal("-Infinity")):
+        with pytest.raises(TypeError):
+            decimal_bytes(bad)
+
+
+def test_timestamps_bind_to_the_drivers_bytes():
+    from cassandra.cqltypes import DateType
+
+    rng = random.Random(11)
+    moments = [EPOCH, EPOCH + timedelta(microseconds=999), OPEN, NOW, datetime(2026, 1, 2, 3, 4, 5, 999999, tzinfo=UTC),
+               datetime(2100, 12, 31, 23, 59, 59, 999000, tzinfo=UTC),
+               datetime(2026, 1, 2, 5, 4, 5, 123456, tzinfo=timezone(timedelta(hours=2)))]
+    moments += [EPOCH + timedelta(microseconds=rng.randrange(4 * 10 ** 15)) for _ in range(2000)]
+    for moment in moments:
+        assert timestamp_bytes(moment) == DateType.serialize(moment, 5), moment
+    # anything else is left to the driver's own serializer
+    for other in (datetime(2026, 1, 2, 3, 4, 5), datetime(1969, 12, 31, 23, 59, 59, 999500, tzinfo=UTC),
+                  date(2026, 1, 2), 1767323045000):
+        assert timestamp_bytes(other) is None
+
+
+def test_a_prepared_statement_binds_the_same_bytes_with_the_quick_types():
+    from cassandra.cqltypes import BooleanType, DateType, DecimalType, LongType, VarcharType
+    from cassandra.protocol import ColumnMetadata
+    from cassandra.query import BoundStatement, PreparedStatement
+
+    def prepared() -> PreparedStatement:
+        meta = [ColumnMetadata("ks", "t", name, kind) for name, kind in
+                (("symbol", VarcharType), ("bucket", DateType), ("trade_id", LongType), ("price", DecimalType),
+                 ("time", DateType), ("is_buyer_maker", BooleanType))]
+        return PreparedStatement(meta, b"id", [0, 1], "INSERT", "ks", 5, [], None)
+
+    quick = quick_binding(prepared())
+    assert [m.type.__name__ for m in quick.column_metadata] == [
+        "VarcharType", "_QuickTimestamp", "LongType", "_QuickDecimal", "_QuickTimestamp", "BooleanType"]
+    rows = [("BTCUSDT", OPEN, 7, Decimal("64369.75000000"), NOW, True),
+            ("ETHUSDT", datetime(2026, 1, 2, 3, 4), -1, Decimal("-1E+2"), 1767323045123, None)]
+    for row in rows:
+        assert BoundStatement(quick).bind(row).values == BoundStatement(prepared()).bind(row).values
