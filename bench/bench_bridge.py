@@ -31,7 +31,6 @@ import resource
 import statistics
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -46,7 +45,7 @@ from include.names import BRIDGE_SCHEMA, STREAM_QUERY_NAME  # noqa: E402
 from include.schema.cassandra import ensure_schema  # noqa: E402
 from include.schema.postgres import apply  # noqa: E402
 from include.tables import TABLES  # noqa: E402
-from spark.writer import LOG_GROUP_KEYS  # noqa: E402
+from spark.writer import change_log_entries  # noqa: E402
 from stack.localstack import load_env  # noqa: E402
 
 KEYSPACE = SCHEMA = "bench_bridge"
@@ -105,15 +104,12 @@ def fill_source(pg, rows: int) -> None:
 
 
 def log_changes(session, minute: datetime, keys: list[str], lsn: int) -> None:
-    """`keys` in the change log of `minute` as the stream logs them: LOG_GROUP_KEYS to an entry, each
-    entry under an id of its own (spark/writer.py, CassandraWriter.log_writes)."""
+    """`keys` in the change log of `minute` as the stream logs them (spark/writer.py, change_log_entries)."""
     from cassandra.concurrent import execute_concurrent_with_args
 
     log = session.prepare(f"INSERT INTO {KEYSPACE}.changed_rows (table_name, bucket, key, cdc_lsn, keys) VALUES "
                           "('recent_trades', ?, ?, ?, ?)")
-    ordered = sorted(keys)
-    entries = [(minute, f"#{uuid.uuid4().hex}", lsn, ordered[i:i + LOG_GROUP_KEYS])
-               for i in range(0, len(ordered), LOG_GROUP_KEYS)]
+    entries = [(minute, *entry) for entry in change_log_entries((key, lsn) for key in keys)]
     execute_concurrent_with_args(session, log, entries, concurrency=50, raise_on_first_error=True)
 
 

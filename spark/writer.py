@@ -226,6 +226,14 @@ def partition_groups(writes: Iterable[Write], size: int = BATCH_SIZE) -> list[li
     return [group[start:start + size] for group in by_partition.values() for start in range(0, len(group), size)]
 
 
+def change_log_entries(logged: Iterable[tuple[str, int]]) -> list[tuple[str, int, list[str]]]:
+    """(change-log key, LSN) pairs of one table as `changed_rows` entries: (its id, '#' and a random
+    hex; the newest LSN; up to LOG_GROUP_KEYS keys, in key order)."""
+    ordered = sorted(logged)
+    return [(f"#{uuid.uuid4().hex}", max(lsn for _, lsn in group), [key for key, _ in group])
+            for group in (ordered[i:i + LOG_GROUP_KEYS] for i in range(0, len(ordered), LOG_GROUP_KEYS))]
+
+
 # --------------------------------------------------------------------------- binding: the driver's bytes, sooner
 
 
@@ -487,15 +495,8 @@ class CassandraWriter:
         for p in planned:
             by_table.setdefault(p.change.table.name, []).append(
                 (change_key(p.change.table, p.change.row, p.row), p.change.lsn))
-        out = []
-        for name, logged in by_table.items():
-            logged.sort()
-            for start in range(0, len(logged), LOG_GROUP_KEYS):
-                group = logged[start:start + LOG_GROUP_KEYS]
-                values = (name, bucket, f"#{uuid.uuid4().hex}", max(lsn for _, lsn in group),
-                          [key for key, _ in group])
-                out.append(Write(values[:2], stmt, values))
-        return out
+        return [Write((name, bucket), stmt, (name, bucket, *entry))
+                for name, logged in by_table.items() for entry in change_log_entries(logged)]
 
     def write(self, batch: BatchContext, changes: Sequence[Change],
               dead_letters: Sequence[DeadLetter] = ()) -> Written:
