@@ -52,6 +52,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from functools import partial
 from typing import Any
+from urllib.parse import urlparse
 
 from pyspark import SparkConf
 from pyspark.sql import DataFrame, SparkSession
@@ -274,6 +275,29 @@ def executor_env(env: Mapping[str, str]) -> dict[str, str]:
     return {f"spark.executorEnv.{name}": env[name] for name in names if env.get(name)}
 
 
+# Hadoop's local file system, without the native library Spark's jars lack, forks a `readlink` for
+# every rename and a `chmod` for every file it creates, its checksum (.crc) files included: about 9
+# processes per micro-batch on the stream's one thread, 150 ms of a 550 ms batch at 1,000 rows/s
+# (bench/RESULTS.md). Its raw local file system (no checksum files) under Spark's FileSystem-based
+# checkpoint manager (not the FileContext API, whose rename asks for the link status) renames in
+# Java: 2 processes per batch remain, a `chmod` per offsets and commits file. A POSIX rename is
+# atomic, which is what the manager needs.
+LOCAL_CHECKPOINT_CONF = {
+    "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
+    "spark.sql.streaming.checkpointFileManagerClass":
+        "org.apache.spark.sql.execution.streaming.FileSystemBasedCheckpointFileManager",
+}
+
+
+def local_checkpoint_conf(checkpoint: str, conf: Any) -> dict[str, str]:
+    """LOCAL_CHECKPOINT_CONF for a checkpoint on the local file system (a path, or file:), minus what
+    spark-submit's conf already sets; nothing for HDFS, S3 or any other scheme."""
+    scheme = urlparse(checkpoint).scheme
+    if scheme not in ("", "file"):
+        return {}
+    return {k: v for k, v in LOCAL_CHECKPOINT_CONF.items() if not conf.contains(k)}
+
+
 def build_stream(spark: SparkSession, args: argparse.Namespace, batches: MicroBatches,
                  kafka_security: Mapping[str, str] | None = None) -> Any:
     source = (
@@ -314,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     # unless spark-submit's conf says otherwise
     if not SparkConf().contains("spark.locality.wait"):
         builder = builder.config("spark.locality.wait", "0s")
+    for key, value in local_checkpoint_conf(args.checkpoint, SparkConf()).items():
+        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     writer = CassandraWriter.open(args.keyspace)
