@@ -49,7 +49,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 from urllib.parse import urlparse
@@ -57,7 +57,6 @@ from urllib.parse import urlparse
 from pyspark import SparkConf
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.streaming import StreamingQueryListener
 
 from include.connections import CassandraSettings, ConnectionSettingsError, kafka_java_config_from_env
 from include.names import CDC_TOPIC_PREFIX, STREAM_QUERY_NAME
@@ -107,6 +106,8 @@ class MicroBatches:
         self.query_name = query_name
         self.tables = known_tables()
         self.last_changelog_bucket: datetime | None = writer.last_changelog_bucket(query_name)
+        # where Spark says the previous batch's time went, logged as each batch starts
+        self.spark_times = SparkTimes()
 
     def start_batch(self) -> BatchContext:
         """What every writer of the batch shares: its change-log minute and each table's retention."""
@@ -120,6 +121,7 @@ class MicroBatches:
         cluster restarting) is applied again, every write being idempotent, for up to
         outage_seconds: the stream rides out the outage instead of ending and waiting for Airflow
         to start it again. Any other failure ends the stream at once."""
+        self.spark_times.log_last()
         first_failure = None
         attempt = 0
         while True:
@@ -198,31 +200,42 @@ class MicroBatches:
                  f" ({lag_ms:.0f} ms ago)" if lag_ms is not None else "")
 
 
-class SparkTimes(StreamingQueryListener):
+class SparkTimes:
     """Logs, per micro-batch with input, where Spark says its time went (`durationMs`): asking Kafka
     for the latest offsets, writing the offsets log, planning, the batch itself (`addBatch`, the
     MicroBatches call above), committing; `triggerExecution` is the whole, and the gap since the
-    previous batch ended is the trigger's wait."""
+    previous batch ended is the trigger's wait.
+
+    A batch's times are logged when the next batch starts (MicroBatches calls `log_last`), from the
+    query's `lastProgress`: two calls into the JVM. A Python StreamingQueryListener, which this
+    replaced, had every progress event (one a batch) converted into Python objects by PySpark, whose
+    lookups of py4j classes by name made the JVM search Spark's 250 jars: 43 % of the driver JVM's
+    sampled CPU at 1,000 rows/s (bench/RESULTS.md)."""
 
     def __init__(self) -> None:
-        self.last_end: float | None = None
+        self.query: Any = None  # set once the query has started
+        self.logged: tuple[Any, Any] | None = None
+        self.last_end: datetime | None = None
 
-    def onQueryStarted(self, event: Any) -> None:
-        pass
+    def log_last(self) -> None:
+        """Log the query's last finished batch, if it had input and is not logged yet."""
+        if self.query is not None:
+            self.log(self.query.lastProgress)
 
-    def onQueryProgress(self, event: Any) -> None:
-        progress = event.progress
-        now = time.monotonic()
-        times = dict(progress.durationMs)
-        if progress.numInputRows:
-            idle = "" if self.last_end is None else \
-                f", idle before it {max(0.0, (now - self.last_end) * 1000 - times.get('triggerExecution', 0)):.0f}"
-            log.info("batch %d: Spark's times (ms): %s%s", progress.batchId,
+    def log(self, progress: Mapping[str, Any] | None) -> None:
+        # a trigger that found no data reports progress too, under the id of the batch still to run
+        key = (progress.get("batchId"), progress.get("timestamp")) if progress else None
+        if key is None or key == self.logged:
+            return
+        self.logged = key
+        times = progress.get("durationMs") or {}
+        started = datetime.fromisoformat(progress["timestamp"].replace("Z", "+00:00"))
+        idle = "" if self.last_end is None else \
+            f", idle before it {max(0.0, (started - self.last_end).total_seconds() * 1000):.0f}"
+        self.last_end = started + timedelta(milliseconds=times.get("triggerExecution", 0))
+        if progress.get("numInputRows"):
+            log.info("batch %d: Spark's times (ms): %s%s", progress["batchId"],
                      ", ".join(f"{k} {v}" for k, v in sorted(times.items())), idle)
-        self.last_end = now
-
-    def onQueryTerminated(self, event: Any) -> None:
-        pass
 
 
 # how long the broker may hold a fetch of the stream's consumers that finds no new record (ms)
@@ -345,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     writer = CassandraWriter.open(args.keyspace)
     try:
         batches = MicroBatches(writer, args.query_name, outage_seconds=args.cassandra_outage_seconds)
-        spark.streams.addListener(SparkTimes())
         query = build_stream(spark, args, batches, kafka_security)
+        batches.spark_times.query = query
         log.info("stream %s started (%s), checkpoint %s", args.query_name,
                  "availableNow" if args.available_now else f"every {args.trigger_seconds}s", args.checkpoint)
         # any query dying ends the job with its error, so the supervisor (Airflow) restarts it

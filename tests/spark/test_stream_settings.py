@@ -65,26 +65,56 @@ def test_bad_settings_stop_the_job_before_spark_starts(monkeypatch, env, message
 
 
 def test_each_batch_logs_where_spark_says_its_time_went(spark, caplog):
-    """SparkTimes on a real query: every batch with input logs Spark's own durations, the batch's
-    foreachBatch call (addBatch) included."""
+    """SparkTimes on a real query, fed as the stream feeds it (at the start of each foreachBatch
+    call): every batch with input logs Spark's own durations, the batch's foreachBatch call
+    (addBatch) included, each batch once, in order."""
     from spark.cdc_stream import SparkTimes
 
-    listener = SparkTimes()
-    spark.streams.addListener(listener)
+    times = SparkTimes()
     source = spark.readStream.format("rate").option("rowsPerSecond", 50).load()
     seen: list[int] = []
-    query = source.writeStream.foreachBatch(lambda df, batch_id: seen.append(df.count())) \
-        .trigger(processingTime="200 milliseconds").start()
+
+    def each_batch(df, batch_id):
+        times.log_last()
+        if df.count():  # a batch's input rows are counted as it is read
+            seen.append(batch_id)
+
+    query = source.writeStream.foreachBatch(each_batch).trigger(processingTime="200 milliseconds").start()
+    times.query = query
     try:
         with caplog.at_level(logging.INFO, logger="cdc_stream"):
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and sum(1 for r in caplog.records if "Spark's times" in r.message) < 2:
+            while time.monotonic() < deadline and sum(1 for r in caplog.records if "Spark's times" in r.message) < 3:
                 time.sleep(0.1)
     finally:
         query.stop()
-        spark.streams.removeListener(listener)
     lines = [r.message for r in caplog.records if "Spark's times" in r.message]
-    assert len(lines) >= 2 and any(seen), (lines, seen)
+    assert len(lines) >= 3, (lines, seen)
     assert all("addBatch" in line and "triggerExecution" in line and "walCommit" in line for line in lines)
+    logged = [int(line.split()[1].rstrip(":")) for line in lines]
+    # batches that read input, each once, in order (the first ones may precede `times.query`)
+    assert logged == sorted(set(logged)) and set(logged) <= set(seen)
+    assert logged == list(range(logged[0], logged[0] + len(logged)))
     # from the second batch on, the wait since the batch before is reported
     assert "idle before it" in lines[-1]
+
+
+def test_a_trigger_without_data_is_not_logged_and_does_not_hide_the_batch_after_it(caplog):
+    """Spark reports progress for a trigger that found no data under the id of the batch still to
+    run: that batch is still logged once it has run."""
+    from spark.cdc_stream import SparkTimes
+
+    times = SparkTimes()
+    run = {"batchId": 7, "timestamp": "2026-12-06T03:00:00.000Z", "numInputRows": 40,
+           "durationMs": {"addBatch": 300, "triggerExecution": 400, "walCommit": 20}}
+    idle = {"batchId": 8, "timestamp": "2026-12-06T03:00:10.000Z", "numInputRows": 0,
+            "durationMs": {"triggerExecution": 1, "latestOffset": 1}}
+    after = {"batchId": 8, "timestamp": "2026-12-06T03:00:12.500Z", "numInputRows": 5,
+             "durationMs": {"addBatch": 100, "triggerExecution": 150, "walCommit": 10}}
+    with caplog.at_level(logging.INFO, logger="cdc_stream"):
+        for progress in (None, run, run, idle, idle, after, after):
+            times.log(progress)
+    lines = [r.message for r in caplog.records if "Spark's times" in r.message]
+    assert lines == ["batch 7: Spark's times (ms): addBatch 300, triggerExecution 400, walCommit 20",
+                     "batch 8: Spark's times (ms): addBatch 100, triggerExecution 150, walCommit 10, "
+                     "idle before it 2499"]
