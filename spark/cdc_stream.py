@@ -218,9 +218,14 @@ class SparkTimes:
         self.last_end: datetime | None = None
 
     def log_last(self) -> None:
-        """Log the query's last finished batch, if it had input and is not logged yet."""
-        if self.query is not None:
+        """Log the query's last finished batch, if it had input and is not logged yet. A failure
+        here is logged and the batch goes on: these times are for reading, not for the stream."""
+        if self.query is None:
+            return
+        try:
             self.log(self.query.lastProgress)
+        except Exception as exc:  # noqa: BLE001 - never let the log of times stop a batch
+            log.warning("Spark's times of the last batch not logged: %s: %s", type(exc).__name__, exc)
 
     def log(self, progress: Mapping[str, Any] | None) -> None:
         # a trigger that found no data reports progress too, under the id of the batch still to run

@@ -118,3 +118,24 @@ def test_a_trigger_without_data_is_not_logged_and_does_not_hide_the_batch_after_
     assert lines == ["batch 7: Spark's times (ms): addBatch 300, triggerExecution 400, walCommit 20",
                      "batch 8: Spark's times (ms): addBatch 100, triggerExecution 150, walCommit 10, "
                      "idle before it 2499"]
+
+
+def test_a_progress_that_cannot_be_read_is_logged_and_the_batch_goes_on(caplog):
+    """log_last never raises into the batch: an unreachable JVM or a progress without its fields is a warning."""
+    from spark.cdc_stream import SparkTimes
+
+    class Unreachable:
+        @property
+        def lastProgress(self):  # noqa: N802 - PySpark's name
+            raise RuntimeError("py4j: connection reset")
+
+    class Malformed:
+        lastProgress = {"batchId": 3, "numInputRows": 1}  # noqa: N815 - PySpark's name; no timestamp
+
+    times = SparkTimes()
+    with caplog.at_level(logging.WARNING, logger="cdc_stream"):
+        for query in (Unreachable(), Malformed()):
+            times.query = query
+            times.log_last()
+    assert "Spark's times of the last batch not logged: RuntimeError: py4j: connection reset" in caplog.text
+    assert "Spark's times of the last batch not logged: KeyError: 'timestamp'" in caplog.text
