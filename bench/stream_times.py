@@ -1,6 +1,7 @@
 """Where the stream's micro-batches spent their time, from its log: the median and 90th percentile of
 each of Spark's own durations (the driver's `Spark's times (ms)` lines, spark/cdc_stream.py
-SparkTimes) over the batches logged between two times of day, UTC.
+SparkTimes) over the batches logged between two times of day, UTC, of one day (a batch is logged
+as the next one starts).
 
 Usage: python bench/stream_times.py LOG FROM TO     (FROM, TO as HH:MM:SS; LOG: the cdc_stream task's
        log, .run/airflow/logs/dag_id=cdc_stream/run_id=*/task_id=run_cdc_stream/attempt=N.log)

@@ -207,14 +207,15 @@ class SparkTimes:
     previous batch ended is the trigger's wait.
 
     A batch's times are logged when the next batch starts (MicroBatches calls `log_last`), from the
-    query's `lastProgress`: two calls into the JVM. A Python StreamingQueryListener, which this
-    replaced, had every progress event (one a batch) converted into Python objects by PySpark, whose
-    lookups of py4j classes by name made the JVM search Spark's 250 jars: 43 % of the driver JVM's
-    sampled CPU at 1,000 rows/s (bench/RESULTS.md)."""
+    query's `lastProgress`: two calls into the JVM. The last batch before a stop, or before 10 s
+    without data, is not logged. A Python StreamingQueryListener, which this replaced, had every
+    progress event (one a batch) converted into Python objects by PySpark, whose lookups of py4j
+    classes by name made the JVM search Spark's 252 jars: 43 % of the driver JVM's sampled CPU at
+    1,000 rows/s (bench/RESULTS.md)."""
 
     def __init__(self) -> None:
         self.query: Any = None  # set once the query has started
-        self.logged: tuple[Any, Any] | None = None
+        self.logged: int | None = None
         self.last_end: datetime | None = None
 
     def log_last(self) -> None:
@@ -228,19 +229,20 @@ class SparkTimes:
             log.warning("Spark's times of the last batch not logged: %s: %s", type(exc).__name__, exc)
 
     def log(self, progress: Mapping[str, Any] | None) -> None:
-        # a trigger that found no data reports progress too, under the id of the batch still to run
-        key = (progress.get("batchId"), progress.get("timestamp")) if progress else None
-        if key is None or key == self.logged:
+        # a trigger that found no data (reported after 10 s without any) ran no batch: nothing to log;
+        # it does replace lastProgress, so the batch before such a pause is not logged
+        if not progress or not progress.get("numInputRows") or progress.get("batchId") == self.logged:
             return
-        self.logged = key
+        batch_id = progress["batchId"]
         times = progress.get("durationMs") or {}
         started = datetime.fromisoformat(progress["timestamp"].replace("Z", "+00:00"))
-        idle = "" if self.last_end is None else \
+        # the trigger's wait, when the batch before is the one logged last
+        idle = "" if self.last_end is None or self.logged != batch_id - 1 else \
             f", idle before it {max(0.0, (started - self.last_end).total_seconds() * 1000):.0f}"
+        self.logged = batch_id
         self.last_end = started + timedelta(milliseconds=times.get("triggerExecution", 0))
-        if progress.get("numInputRows"):
-            log.info("batch %d: Spark's times (ms): %s%s", progress["batchId"],
-                     ", ".join(f"{k} {v}" for k, v in sorted(times.items())), idle)
+        spent = ", ".join(f"{k} {v}" for k, v in sorted(times.items()))
+        log.info("batch %d: Spark's times (ms): %s%s", batch_id, spent, idle)
 
 
 # how long the broker may hold a fetch of the stream's consumers that finds no new record (ms)
@@ -293,27 +295,28 @@ def executor_env(env: Mapping[str, str]) -> dict[str, str]:
     return {f"spark.executorEnv.{name}": env[name] for name in names if env.get(name)}
 
 
-# Hadoop's local file system, without the native library Spark's jars lack, forks a `readlink` for
-# every rename and a `chmod` for every file it creates, its checksum (.crc) files included: about 9
-# processes per micro-batch on the stream's one thread, 150 ms of a 550 ms batch at 1,000 rows/s
-# (bench/RESULTS.md). Its raw local file system (no checksum files) under Spark's FileSystem-based
-# checkpoint manager (not the FileContext API, whose rename asks for the link status) renames in
-# Java: 2 processes per batch remain, a `chmod` per offsets and commits file. A POSIX rename is
-# atomic, which is what the manager needs.
-LOCAL_CHECKPOINT_CONF = {
-    "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
-    "spark.sql.streaming.checkpointFileManagerClass":
-        "org.apache.spark.sql.execution.streaming.FileSystemBasedCheckpointFileManager",
-}
+# Spark's default checkpoint manager renames each offsets and commits file through Hadoop's
+# FileContext API, which asks for the destination's link status first; Hadoop's local file system,
+# without the native library Spark's jars lack, forks a `readlink` for that (twice a rename, for the
+# file and its .crc checksum), besides a `chmod` for each file it creates: about 9 processes per
+# micro-batch on the query's one thread, 150 ms of a 550 ms batch at 1,000 rows/s
+# (bench/RESULTS.md). Spark's FileSystem-based manager renames with FileSystem.rename, a Java rename
+# on the local file system: the `chmod`s remain. A POSIX rename is atomic, as the manager needs.
+CHECKPOINT_MANAGER = ("spark.sql.streaming.checkpointFileManagerClass",
+                      "org.apache.spark.sql.execution.streaming.FileSystemBasedCheckpointFileManager")
 
 
-def local_checkpoint_conf(checkpoint: str, conf: Any) -> dict[str, str]:
-    """LOCAL_CHECKPOINT_CONF for a checkpoint on the local file system (a path, or file:), minus what
-    spark-submit's conf already sets; nothing for HDFS, S3 or any other scheme."""
-    scheme = urlparse(checkpoint).scheme
-    if scheme not in ("", "file"):
-        return {}
-    return {k: v for k, v in LOCAL_CHECKPOINT_CONF.items() if not conf.contains(k)}
+def use_local_checkpoint_manager(spark: SparkSession, checkpoint: str) -> bool:
+    """Have a checkpoint that is a path or a file: URI written by the FileSystem-based manager,
+    unless the session's conf (spark-submit's --conf, spark-defaults.conf) names a manager already.
+    hdfs:, s3a: and other schemes keep Spark's default. A path is taken as local; were Hadoop's
+    default file system HDFS, the FileSystem-based manager is correct there too (an HDFS rename is
+    atomic). Returns whether the manager was set."""
+    key, manager = CHECKPOINT_MANAGER
+    if urlparse(checkpoint).scheme not in ("", "file") or spark.conf.get(key, None) is not None:
+        return False
+    spark.conf.set(key, manager)
+    return True
 
 
 def build_stream(spark: SparkSession, args: argparse.Namespace, batches: MicroBatches,
@@ -356,10 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     # unless spark-submit's conf says otherwise
     if not SparkConf().contains("spark.locality.wait"):
         builder = builder.config("spark.locality.wait", "0s")
-    for key, value in local_checkpoint_conf(args.checkpoint, SparkConf()).items():
-        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    use_local_checkpoint_manager(spark, args.checkpoint)
     writer = CassandraWriter.open(args.keyspace)
     try:
         batches = MicroBatches(writer, args.query_name, outage_seconds=args.cassandra_outage_seconds)

@@ -1,7 +1,6 @@
 """Runs a short stream (Spark's rate source, foreachBatch) checkpointed in a local folder, in a fresh
-process (a fresh JVM: Hadoop's file systems are chosen when the first one is made), with the conf
-spark/cdc_stream.py gives a local checkpoint or with Spark's defaults, and writes as JSON the batch
-ids it ran and the class Hadoop uses for file: paths. For test_checkpoint.py.
+process, with the checkpoint manager spark/cdc_stream.py gives a local checkpoint or with Spark's
+defaults, and writes as JSON the batch ids it ran and the manager it used. For test_checkpoint.py.
 
 Usage: python -m tests.spark.checkpoint_probe CHECKPOINT OUT.json stream|defaults BATCHES
 """
@@ -12,20 +11,17 @@ import json
 import sys
 import time
 
-from pyspark import SparkConf
 from pyspark.sql import SparkSession
 
-from spark.cdc_stream import local_checkpoint_conf
+from spark.cdc_stream import CHECKPOINT_MANAGER, use_local_checkpoint_manager
 
 
 def main(checkpoint: str, out: str, conf_name: str, batches: int) -> None:
-    builder = (SparkSession.builder.master("local[1]").appName("cdc-checkpoint-probe")
-               .config("spark.ui.enabled", "false"))
-    if conf_name == "stream":
-        for key, value in local_checkpoint_conf(checkpoint, SparkConf()).items():
-            builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    spark = (SparkSession.builder.master("local[1]").appName("cdc-checkpoint-probe")
+             .config("spark.ui.enabled", "false").getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
+    if conf_name == "stream":
+        use_local_checkpoint_manager(spark, checkpoint)
     ran: list[int] = []
     try:
         source = spark.readStream.format("rate").option("rowsPerSecond", 20).load()
@@ -36,10 +32,7 @@ def main(checkpoint: str, out: str, conf_name: str, batches: int) -> None:
         while len(ran) < batches and time.monotonic() < deadline:
             time.sleep(0.05)
         query.stop()
-        jvm = spark.sparkContext._jvm
-        file_system = jvm.org.apache.hadoop.fs.FileSystem.get(jvm.java.net.URI("file:///"),
-                                                             spark.sparkContext._jsc.hadoopConfiguration())
-        result = {"batches": ran, "file_system": file_system.getClass().getName()}
+        result = {"batches": ran, "manager": spark.conf.get(CHECKPOINT_MANAGER[0], None)}
     finally:
         spark.stop()
     with open(out, "w") as f:

@@ -101,23 +101,24 @@ def test_each_batch_logs_where_spark_says_its_time_went(spark, caplog):
 
 def test_a_trigger_without_data_is_not_logged_and_does_not_hide_the_batch_after_it(caplog):
     """Spark reports progress for a trigger that found no data under the id of the batch still to
-    run: that batch is still logged once it has run."""
+    run: that batch is still logged once it has run, with the wait since the batch before it; after
+    a batch that was not seen, no wait is reported."""
     from spark.cdc_stream import SparkTimes
 
+    def progress(batch_id, at, rows, trigger):
+        return {"batchId": batch_id, "timestamp": f"2026-12-06T03:00:{at}Z", "numInputRows": rows,
+                "durationMs": {"addBatch": trigger - 50, "triggerExecution": trigger}}
+
     times = SparkTimes()
-    run = {"batchId": 7, "timestamp": "2026-12-06T03:00:00.000Z", "numInputRows": 40,
-           "durationMs": {"addBatch": 300, "triggerExecution": 400, "walCommit": 20}}
-    idle = {"batchId": 8, "timestamp": "2026-12-06T03:00:10.000Z", "numInputRows": 0,
-            "durationMs": {"triggerExecution": 1, "latestOffset": 1}}
-    after = {"batchId": 8, "timestamp": "2026-12-06T03:00:12.500Z", "numInputRows": 5,
-             "durationMs": {"addBatch": 100, "triggerExecution": 150, "walCommit": 10}}
     with caplog.at_level(logging.INFO, logger="cdc_stream"):
-        for progress in (None, run, run, idle, idle, after, after):
-            times.log(progress)
+        for p in (None, progress(7, "00.000", 40, 400), progress(7, "00.000", 40, 400),
+                  progress(8, "10.000", 0, 1), progress(8, "12.500", 5, 150),
+                  progress(11, "40.000", 9, 200)):
+            times.log(p)
     lines = [r.message for r in caplog.records if "Spark's times" in r.message]
-    assert lines == ["batch 7: Spark's times (ms): addBatch 300, triggerExecution 400, walCommit 20",
-                     "batch 8: Spark's times (ms): addBatch 100, triggerExecution 150, walCommit 10, "
-                     "idle before it 2499"]
+    assert lines == ["batch 7: Spark's times (ms): addBatch 350, triggerExecution 400",
+                     "batch 8: Spark's times (ms): addBatch 100, triggerExecution 150, idle before it 12100",
+                     "batch 11: Spark's times (ms): addBatch 150, triggerExecution 200"]
 
 
 def test_a_progress_that_cannot_be_read_is_logged_and_the_batch_goes_on(caplog):
