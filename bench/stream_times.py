@@ -10,8 +10,12 @@ Usage: python bench/stream_times.py LOG FROM TO     (FROM, TO as HH:MM:SS; LOG: 
 from __future__ import annotations
 
 import re
-import statistics
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_cdc_latency import pct  # noqa: E402 - the latency bench's percentile, for the same figures
 
 LINE = re.compile(r"(\d\d:\d\d:\d\d)(?:\.\d+)?Z?.*Spark's times \(ms\): ([^\"]*)")
 TIME = re.compile(r"([A-Za-z]+(?: before it)?) (\d+)")
@@ -39,8 +43,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"no `Spark's times` line between {since} and {until} in {path}")
     print(f"{'duration':>18} {'batches':>7} {'p50 ms':>7} {'p90 ms':>7}")
     for name, values in found.items():
-        values.sort()
-        print(f"{name:>18} {len(values):>7} {statistics.median(values):>7.0f} {values[int(len(values) * 0.9)]:>7}")
+        print(f"{name:>18} {len(values):>7} {pct(values, 50):>7.0f} {pct(values, 90):>7}")
 
 
 if __name__ == "__main__":
