@@ -36,6 +36,8 @@ from spark.writer import BatchContext, CassandraWriter
 
 # the signal table's topic: nothing of it is applied, its events place incremental snapshot windows in time
 SIGNAL_TOPIC = topic_for(SIGNAL_TABLE)
+# the Kafka source's columns the stream selects (the value as text), in the order the tasks unpack them
+KAFKA_COLUMNS = ("topic", "partition", "offset", "value")
 
 
 def known_tables() -> dict[str, Table]:
@@ -129,20 +131,20 @@ def _newest_ms(values: Iterable[int | None]) -> int | None:
 
 
 def apply_partition(writer: CassandraWriter, context: BatchContext, tables: dict[str, Table], topic: str,
-                    partition: int, records: list[Any]) -> PartitionResult:
-    """One Kafka partition's records ((topic, partition, offset, value) rows, in offset order) applied:
+                    partition: int, records: list[tuple[int, str | None]]) -> PartitionResult:
+    """One Kafka partition's records ((offset, value) pairs, in offset order) applied:
     the signal table's events recorded, a table's events parsed, collapsed and written under the
     batch's context with the windows of its incremental reads; anything else only counted."""
     started = time.perf_counter()
-    next_offset = max(r.offset for r in records) + 1
+    next_offset = max(offset for offset, _ in records) + 1
     table = tables.get(topic)
     if table is None:
-        markers = [m for r in records if (m := signal_marker(r.value)) is not None] if topic == SIGNAL_TOPIC else []
+        markers = [m for _, v in records if (m := signal_marker(v)) is not None] if topic == SIGNAL_TOPIC else []
         writer.record_windows(topic, markers)
         return PartitionResult(topic, partition, len(records), next_offset,
-                               _newest_ms(python_events.source_ts_ms(r.value) for r in records), markers=len(markers),
+                               _newest_ms(python_events.source_ts_ms(v) for _, v in records), markers=len(markers),
                                write_ms=_ms_since(started))
-    events = [e for r in records if (e := python_events.parse_event(table, partition, r.offset, r.value))]
+    events = [e for offset, v in records if (e := python_events.parse_event(table, partition, offset, v))]
     newest = _newest_ms(e.source["ts_ms"] for e in events)
     lsns = {e.cdc_lsn for e in events if e.incremental_read}
     windows = writer.window_times(SIGNAL_TOPIC, lsns) if lsns else {}
@@ -163,15 +165,17 @@ def _ms_since(start: float) -> float:
 def apply_partitions(keyspace: str, context: BatchContext, rows: Iterable[Any],
                      open_writer: Callable[[str], AbstractContextManager[CassandraWriter]] = shared_writer,
                      only: Collection[tuple[str, int]] | None = None) -> list[PartitionResult]:
-    """mapPartitions of a micro-batch's raw Kafka rows: each Kafka partition in the task's rows (all
-    of them, or those in `only`) applied by `apply_partition`, the signal table's first, so that
-    reads of a window opened in this task find it."""
+    """mapPartitions of a micro-batch's raw Kafka rows (KAFKA_COLUMNS): each Kafka partition in the
+    task's rows (all of them, or those in `only`) applied by `apply_partition`, the signal table's
+    first, so that reads of a window opened in this task find it."""
     try:
         read_started = time.perf_counter()
-        groups: dict[tuple[str, int], list[Any]] = {}
-        for r in rows:
-            if only is None or (r.topic, r.partition) in only:
-                groups.setdefault((r.topic, r.partition), []).append(r)
+        groups: dict[tuple[str, int], list[tuple[int, str | None]]] = {}
+        # rows as the stream selects them (KAFKA_COLUMNS), unpacked: a Row's fields by name cost a
+        # search of its field names each
+        for topic, partition, offset, value in rows:
+            if only is None or (topic, partition) in only:
+                groups.setdefault((topic, partition), []).append((offset, value))
         if not groups:
             return []
         tables = known_tables()

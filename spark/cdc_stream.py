@@ -61,7 +61,15 @@ from pyspark.sql import functions as F
 from include.connections import CassandraSettings, ConnectionSettingsError, kafka_java_config_from_env
 from include.names import CDC_TOPIC_PREFIX, STREAM_QUERY_NAME
 from include.times import from_epoch_ms
-from spark.apply import PartitionResult, apply_partitions, check_topics, known_tables, shared_writer, table_counts
+from spark.apply import (
+    KAFKA_COLUMNS,
+    PartitionResult,
+    apply_partitions,
+    check_topics,
+    known_tables,
+    shared_writer,
+    table_counts,
+)
 from spark.writer import BatchContext, CassandraWriter, Offset, cassandra_unreachable
 
 log = logging.getLogger("cdc_stream")
@@ -325,7 +333,7 @@ def build_stream(spark: SparkSession, args: argparse.Namespace, batches: MicroBa
         spark.readStream.format("kafka")
         .options(**kafka_source_options(args, kafka_security or {}))
         .load()
-        .select("topic", "partition", "offset", F.col("value").cast("string").alias("value"))
+        .select(*(F.col(c).cast("string").alias(c) if c == "value" else F.col(c) for c in KAFKA_COLUMNS))
     )
     writer = (
         source.writeStream.queryName(args.query_name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,7 +37,7 @@ from include.cdc.events import (
     write_time,
 )
 from include.tables import Table
-from spark.writer import Change, DeadLetter, cql_key, from_epoch_us
+from spark.writer import Change, DeadLetter, cql_row, from_epoch_us
 
 
 class _Number(str):
@@ -121,11 +121,20 @@ class Event:
     kafka_offset: int
     raw_value: str
     error: str | None
+    # the row as written (spark.writer.cql_row), converted once for the key and the write
+    _converted: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def converted(self, table: Table) -> dict[str, Any]:
+        """The row as the writer binds it (spark.writer.cql_row: decimals, times to the ms, the bucket)."""
+        if self._converted is None:
+            self._converted = cql_row(table, self.row)
+        return self._converted
 
     def key(self, table: Table) -> tuple[Any, ...]:
         """The Cassandra key (bucket included), as the values written (so 1.50 and 1.5 are one key, as
-        in Cassandra)."""
-        return cql_key(table, self.row)
+        in Cassandra): the key columns of the converted row."""
+        converted = self.converted(table)
+        return tuple(converted[name] for name in table.cassandra_key)
 
     @property
     def cdc_source_ts(self) -> datetime | None:
@@ -146,15 +155,16 @@ class Event:
         assert self.cdc_op is not None and self.cdc_lsn is not None, "only an applicable event is a change"
         window = (windows or {}).get(self.cdc_lsn) if self.incremental_read else None
         return Change(table, self.cdc_op, self.cdc_lsn, self.cdc_source_ts,
-                      write_time(self.cdc_op, self.source, window), self.row)
+                      write_time(self.cdc_op, self.source, window), self.row, self.converted(table))
 
     def dead_letter(self, topic: str) -> DeadLetter:
         assert self.error is not None, "only an event that cannot be applied is a dead letter"
         return DeadLetter(topic, self.kafka_partition, self.kafka_offset, self.raw_value, self.error)
 
 
-def _problem(table: Table, env: Any, row: dict[str, Any] | None) -> str | None:
-    """The first reason, in spark/envelope.py's order, that the event cannot be applied."""
+def _problem(table: Table, env: Any, row: dict[str, Any] | None, typed: dict[str, Any] | None) -> str | None:
+    """The first reason, in spark/envelope.py's order, that the event cannot be applied; `typed` is
+    `_typed(row)` (a timestamp it could not parse is None there)."""
     op = env.get("op") if isinstance(env, dict) else None
     op = _as_string(op)
     if op is None:
@@ -176,7 +186,7 @@ def _problem(table: Table, env: Any, row: dict[str, Any] | None) -> str | None:
         value = row[col.name]
         if value is None:
             continue
-        if col.type == "timestamptz" and parse_timestamp(value) is None:
+        if col.type == "timestamptz" and typed is not None and typed[col.name] is None:
             return not_a_timestamp(col.name)
         if col.type == "numeric" and not is_decimal_text(value):
             return not_a_decimal(col.name)
@@ -184,7 +194,8 @@ def _problem(table: Table, env: Any, row: dict[str, Any] | None) -> str | None:
 
 
 def _typed(table: Table, row: dict[str, Any]) -> dict[str, Any]:
-    """Wire values as parse_envelope types them: timestamps parsed, everything else as it came."""
+    """Wire values as parse_envelope types them: timestamps parsed (None: not a timestamp), everything
+    else as it came."""
     out = dict(row)
     for col in table.columns:
         if col.type == "timestamptz" and row[col.name] is not None:
@@ -213,11 +224,12 @@ def _parse_event(table: Table, partition: int, offset: int, value: str, loads: A
     op = _as_string(env.get("op")) if env else None
     raw_row = (env.get("before") if op == "d" else env.get("after")) if env else None
     row = _wire_row(table, raw_row)
-    error = _problem(table, env, row)
+    typed = None if row is None else _typed(table, row)
+    error = _problem(table, env, row, typed)
     source = env.get("source") if env else None
     source = source if isinstance(source, dict) else {}
     return Event(
-        row=_typed(table, row) if row is not None and error is None else (row or {}),
+        row=typed if typed is not None and error is None else (row or {}),
         cdc_op=op,
         cdc_lsn=_lsn(source),
         source={"ts_us": _as_long(source.get("ts_us")), "ts_ms": _as_long(source.get("ts_ms")),

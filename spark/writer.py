@@ -62,7 +62,9 @@ class Change:
     """One change to apply: the last event on its key in the batch. `row` maps the table's columns to
     their values as parsed (decimals as the source's text, timestamps as aware datetimes); for a
     delete it is `before`, which holds the key and time_column. `write_time` is the Cassandra write
-    timestamp (include.cdc.events.write_time), `lsn` the source LSN (column cdc_lsn)."""
+    timestamp (include.cdc.events.write_time), `lsn` the source LSN (column cdc_lsn). `converted`
+    is `cql_row(table, row)` when the caller has it already (the stream's parse does, from the key
+    it collapsed by); the writer computes it otherwise."""
 
     table: Table
     op: str
@@ -70,6 +72,7 @@ class Change:
     source_ts: datetime | None
     write_time: int
     row: Mapping[str, Any]
+    converted: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,10 @@ def cql_value(kind: str, value: Any) -> Any:
     if kind == "numeric":
         return value if isinstance(value, Decimal) else Decimal(value)
     if kind == "timestamptz":
+        if type(value) is datetime and value.tzinfo is UTC:
+            # what the stream's parse gives: already UTC (its offset is not asked for again)
+            micros = value.microsecond
+            return value if micros % 1000 == 0 else value.replace(microsecond=micros - micros % 1000)
         if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
             raise ValueError(f"a timestamp must be an aware datetime, got {value!r}")
         moment = as_utc(value)
@@ -162,9 +169,13 @@ def cql_value(kind: str, value: Any) -> Any:
 
 def bucket_value(table: Table, row: Mapping[str, Any]) -> datetime | None:
     """The `bucket` of a row's Cassandra key: Table.bucket_of its time_column (as written, to the ms).
-    The one place a bucket is computed, for the values bound, the batches' partitions, the change-log
-    key and the driver's collapse."""
-    moment = cql_value("timestamptz", row.get(table.time_column))
+    The one place a bucket is computed, for the values bound (cql_row, whose key columns the tasks
+    collapse by), the batches' partitions and the change-log key."""
+    return _bucket_of(table, cql_value("timestamptz", row.get(table.time_column)))
+
+
+def _bucket_of(table: Table, moment: datetime | None) -> datetime | None:
+    """The bucket of a time_column already converted by cql_value."""
     return None if moment is None else table.bucket_of(moment)
 
 
@@ -178,14 +189,8 @@ def cql_row(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
     the `bucket` its time_column falls in."""
     out = {c.name: cql_value(c.type, row.get(c.name)) for c in table.columns}
     if table.bucket:
-        out[BUCKET.name] = bucket_value(table, row)
+        out[BUCKET.name] = _bucket_of(table, out[table.time_column])
     return out
-
-
-def cql_key(table: Table, row: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The row's Cassandra key as bound (`bucket` included): 1.50 and 1.5 are one key, as in Cassandra."""
-    return tuple(bucket_value(table, row) if name == BUCKET.name else cql_value(table.column(name).type, row.get(name))
-                 for name in table.cassandra_key)
 
 
 def change_key(table: Table, row: Mapping[str, Any], converted: Mapping[str, Any] | None = None) -> str:
@@ -242,17 +247,32 @@ def decimal_bytes(value: Any) -> bytes:
     takes), byte for byte: the scale as a 4-byte signed int, then the unscaled value as the shortest
     two's-complement big-endian integer. The driver's own builds the unscaled value from the digits'
     text and packs it a byte at a time in Python: 15 us a decimal, and a trade has three, a kline six
-    (bench/RESULTS.md, "Binding"). A NaN or an infinity is refused, as by the driver."""
+    (bench/RESULTS.md, "Binding"). A NaN or an infinity is refused, as by the driver.
+
+    A value written in plain notation (its text, or str() of its Decimal: '-64369.75000000') is
+    read from that text by int(), without Decimal's digit tuple: 1.3 us rather than 2.8 for a
+    trade's price (bench/RESULTS.md, "The task's own CPU")."""
+    text = value if isinstance(value, str) else str(value) if isinstance(value, Decimal) else None
+    if text is not None:
+        negative = text[:1] == "-"
+        whole, dot, fraction = (text[1:] if negative else text).partition(".")
+        # ASCII digits only: int() would also take spaces, '_' and other scripts' digits
+        if whole.isdigit() and whole.isascii() and (not dot or (fraction.isdigit() and fraction.isascii())):
+            unscaled = int(whole + fraction)
+            return _scaled_bytes(len(fraction), -unscaled if negative else unscaled)
     sign, digits, exponent = (value if isinstance(value, Decimal) else Decimal(value)).as_tuple()
     if not isinstance(exponent, int):
         raise TypeError(f"Invalid type for Decimal value: {value!r}")
     unscaled = 0
     for digit in digits:
         unscaled = unscaled * 10 + digit
-    if sign:
-        unscaled = -unscaled
-    return _INT32.pack(-exponent) + unscaled.to_bytes((unscaled if unscaled >= 0 else ~unscaled).bit_length() // 8 + 1,
-                                                      "big", signed=True)
+    return _scaled_bytes(-exponent, -unscaled if sign else unscaled)
+
+
+def _scaled_bytes(scale: int, unscaled: int) -> bytes:
+    """A decimal as Cassandra's `decimal` type holds it: the scale, then the unscaled value."""
+    return _INT32.pack(scale) + unscaled.to_bytes((unscaled if unscaled >= 0 else ~unscaled).bit_length() // 8 + 1,
+                                                  "big", signed=True)
 
 
 def timestamp_bytes(value: Any) -> bytes | None:
@@ -298,6 +318,39 @@ def quick_binding(prepared: Any) -> Any:
     return prepared
 
 
+class Binder:
+    """Binds values to one prepared statement as its `bind` does, to the same bytes and routing key,
+    at about 60 % of the cost (bench/RESULTS.md, "The task's own CPU"): the driver's bind builds a
+    column descriptor, a namedtuple, for every value it serializes, to ask a column encryption
+    policy about it. A statement with such a policy, or values of another length, is left to the
+    driver's own bind."""
+
+    def __init__(self, prepared: Any) -> None:
+        self.prepared = prepared
+        self.protocol_version = prepared.protocol_version
+        self.columns = [(m.name, m.type.serialize) for m in prepared.column_metadata]
+
+    def bind(self, values: Sequence[Any]) -> Any:
+        """A BoundStatement of `values`, ready for BatchStatement.add."""
+        from cassandra.query import BoundStatement
+
+        if len(values) != len(self.columns) or self.prepared.column_encryption_policy is not None:
+            return self.prepared.bind(values)
+        out = []
+        for value, (name, serialize) in zip(values, self.columns, strict=True):
+            if value is None:
+                out.append(None)
+                continue
+            try:
+                out.append(serialize(value, self.protocol_version))
+            except (TypeError, struct.error) as exc:
+                raise TypeError(f'Received an argument of invalid type for column "{name}": {value!r} ({exc})') from exc
+        bound = BoundStatement(self.prepared)
+        bound.raw_values = values
+        bound.values = out
+        return bound
+
+
 # --------------------------------------------------------------------------- the writer
 
 
@@ -332,6 +385,8 @@ class CassandraWriter:
         self.keyspace = keyspace
         self._shutdown = shutdown
         self._prepared: dict[str, Any] = {}
+        # a Binder per prepared statement written in batches, by the statement's id()
+        self._binders: dict[int, Binder] = {}
         # a table's upsert and delete (_for_table), by (kind, table name)
         self._by_table: dict[tuple[str, str], Any] = {}
         self._retention: dict[str, int | None] | None = None
@@ -461,7 +516,7 @@ class CassandraWriter:
         planned, skipped = [], 0
         for change in changes:
             table = change.table
-            row = cql_row(table, change.row)
+            row = cql_row(table, change.row) if change.converted is None else change.converted
             ttl = ttl_of(row[table.time_column], keep_seconds.get(table.name), now)
             if ttl is None:
                 skipped += 1
@@ -525,7 +580,10 @@ class CassandraWriter:
         for group in partition_groups(writes, self.batch_size):
             batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=ConsistencyLevel.LOCAL_QUORUM)
             for w in group:
-                batch.add(w.statement, w.values)
+                binder = self._binders.get(id(w.statement))
+                if binder is None:
+                    binder = self._binders[id(w.statement)] = Binder(w.statement)
+                batch.add(binder.bind(w.values))
             batches.append((batch, None))
         results = execute_concurrent(self.session, batches, concurrency=CONCURRENCY, raise_on_first_error=False)
         failed = [r.result_or_exc for r in results if not r.success]

@@ -236,7 +236,32 @@ def encode_key(table: Table, values: Mapping[str, Any]) -> str:
         elif kind == "numeric" and not isinstance(value, str):
             raise TypeError(f"{table.name}.{name}: a key decimal must be its source text, got {value!r}")
         parts[name] = value
-    return json.dumps(parts, separators=(",", ":"), ensure_ascii=False)
+    return _compact_json(parts)
+
+
+# json.dumps(..., separators=(",", ":"), ensure_ascii=False) spends about 4 us setting up its encoder
+# for a three-value key; a key's values are text, integers or booleans, and those are written here
+# as json writes them (strings by json's own escaping): the same bytes in a third of the time
+_JSON_TEXT = json.encoder.encode_basestring  # what json.dumps uses for strings with ensure_ascii=False
+
+
+def _compact_json(parts: Mapping[str, Any]) -> str:
+    """json.dumps(parts, separators=(",", ":"), ensure_ascii=False), byte for byte."""
+    out = []
+    for name, value in parts.items():
+        kind = type(value)
+        if kind is str:
+            text = _JSON_TEXT(value)
+        elif kind is int:
+            text = int.__repr__(value)
+        elif kind is bool:
+            text = "true" if value else "false"
+        elif value is None:
+            text = "null"
+        else:
+            return json.dumps(parts, separators=(",", ":"), ensure_ascii=False)
+        out.append(f"{_JSON_TEXT(name)}:{text}")
+    return "{" + ",".join(out) + "}"
 
 
 def decode_key(table: Table, key: str) -> tuple[Any, ...]:

@@ -184,7 +184,7 @@ def _floor(micros: Column, step_us: int) -> Column:
 
 
 def sink_key(table: Table) -> list[Column]:
-    """The Cassandra key of parse_envelope's rows, as the writer binds it (spark/writer.py cql_key):
+    """The Cassandra key of parse_envelope's rows, as the writer binds it (spark/writer.py cql_row's key columns):
     times at Cassandra's millisecond precision, `bucket` the start of time_column's hour or day
     (Table.bucket_of, in epoch arithmetic, so the session time zone plays no part)."""
     out = []

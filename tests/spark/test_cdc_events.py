@@ -62,6 +62,18 @@ def test_known_keys_are_exact_bytes():
     assert KLINES.column("bucket") == Column("bucket", "timestamptz")
 
 
+def test_keys_are_the_json_modules_compact_text():
+    # encode_key writes the JSON itself: the same bytes as json.dumps for every kind of key value
+    values = ["BTCUSDT", "", 'a"b\\c', "line\nbreak\ttab\x01", "é€😀", "\ud800", 0, -1, 2**63 - 1, -(2**70), True,
+              False, None]
+    for value in values:
+        for name in ("symbol", "sym\"bol", "ñ"):
+            parts = {name: value, "n": 7}
+            assert events._compact_json(parts) == json.dumps(parts, separators=(",", ":"), ensure_ascii=False)
+    assert events._compact_json({}) == "{}"
+    assert events._compact_json({"x": 1.5, "y": "z"}) == '{"x":1.5,"y":"z"}'  # other values: json.dumps itself
+
+
 def test_keys_refuse_what_would_change_their_bytes():
     naive = {"symbol": "BTCUSDT", "interval": "1m", "bucket": datetime(2026, 1, 2),
              "open_time": datetime(2026, 1, 2, 3, 4)}

@@ -17,7 +17,7 @@ from include.tables import TABLES
 from spark import python_events
 from spark.apply import apply_partition, apply_partitions, known_tables
 from spark.writer import change_key, cql_row, cql_value
-from tests.spark.fakes import KafkaRow, RecordingWriter, read_records, seed_windows
+from tests.spark.fakes import RecordingWriter, read_records, seed_windows
 from tests.spark.reference_envelope import (
     batch_summary,
     collapse_last,
@@ -153,7 +153,7 @@ def _stream_side(table, values):
     out = {w.kafka_offset: _decision(table, w.change(table, WINDOWS)) for w in winners}
     writer = RecordingWriter(retention=RETENTION, windows=WINDOWS)
     result = apply_partition(writer, writer.context(), known_tables(), topic, 0,
-                             [KafkaRow(topic, 0, o, v) for o, v in enumerate(values)])
+                             list(enumerate(values)))
     summary = [(result.topic, result.partition, result.events, result.next_offset, result.newest_source_ms)]
     return {e.kafka_offset: e.error for e in bad}, out, summary
 

@@ -16,6 +16,7 @@ from spark.writer import (
     LOG_GROUP_KEYS,
     MAX_TTL,
     BatchContext,
+    Binder,
     Change,
     DeadLetter,
     Offset,
@@ -303,6 +304,11 @@ def test_decimals_bind_to_the_drivers_bytes():
     for value in _decimals():
         assert decimal_bytes(value) == DecimalType.serialize(value, 5), value
     assert decimal_bytes("1.50") == DecimalType.serialize("1.50", 5)  # text, as the driver takes it too
+    # text in plain notation is read by int(); anything else int() would misread goes through Decimal
+    texts = [str(v) for v in _decimals()] + [f"{v:f}" for v in _decimals()] + [
+        "0064369.75", "-000.010", "5.", ".5", "-.5", " 1.5", "1.5 ", "+1.5", "1_000.5", "1.5_0", "١٢.٣", "-0", "-0.00"]
+    for text in texts:
+        assert decimal_bytes(text) == DecimalType.serialize(Decimal(text), 5), text
     for bad in (Decimal("NaN"), Decimal("-Infinity")):
         with pytest.raises(TypeError):
             decimal_bytes(bad)
@@ -342,3 +348,36 @@ def test_a_prepared_statement_binds_the_same_bytes_with_the_quick_types():
             ("ETHUSDT", datetime(2026, 1, 2, 3, 4), -1, Decimal("-1E+2"), 1767323045123, None)]
     for row in rows:
         assert BoundStatement(quick).bind(row).values == BoundStatement(prepared()).bind(row).values
+
+
+def test_the_writers_binder_binds_what_the_driver_binds():
+    from cassandra.cqltypes import BooleanType, DateType, DecimalType, LongType, VarcharType
+    from cassandra.protocol import ColumnMetadata
+    from cassandra.query import BatchStatement, BatchType, PreparedStatement
+
+    meta = [ColumnMetadata("ks", "t", name, kind) for name, kind in
+            (("symbol", VarcharType), ("bucket", DateType), ("trade_id", LongType), ("price", DecimalType),
+             ("time", DateType), ("is_buyer_maker", BooleanType))]
+    quick = quick_binding(PreparedStatement(meta, b"id", [0, 1], "INSERT", "ks", 5, [], None))
+    binder = Binder(quick)
+    rows = [("BTCUSDT", OPEN, 7, Decimal("64369.75000000"), NOW, True),
+            ("ETHUSDT", datetime(2026, 1, 2, 3, 4), -1, Decimal("-1E+2"), 1767323045123, None),
+            ("BTCUSDT", OPEN, None, None, None, False)]
+    for row in rows:
+        ours, drivers = binder.bind(row), quick.bind(row)
+        assert ours.values == drivers.values and ours.routing_key == drivers.routing_key
+        assert ours.keyspace == drivers.keyspace == "ks" and ours.consistency_level == drivers.consistency_level
+        # in a batch: the same statement and values, and the batch routed by the first statement's key
+        batches = [BatchStatement(batch_type=BatchType.UNLOGGED) for _ in range(2)]
+        batches[0].add(ours)
+        batches[1].add(quick, row)
+        assert batches[0]._statements_and_parameters == batches[1]._statements_and_parameters
+        assert batches[0].routing_key == batches[1].routing_key and batches[0].keyspace == "ks"
+    # a value of the wrong type names its column, as the driver's bind does
+    with pytest.raises(TypeError, match='column "trade_id"'):
+        binder.bind(("BTCUSDT", OPEN, "seven", Decimal("1"), NOW, True))
+    # too few values (UNSET padding) and a column encryption policy are left to the driver
+    assert binder.bind(("BTCUSDT", OPEN)).values == quick.bind(("BTCUSDT", OPEN)).values
+    quick.column_encryption_policy = object()
+    with pytest.raises(AttributeError):  # the driver's bind asks the policy, which has no such method
+        binder.bind(rows[0])
