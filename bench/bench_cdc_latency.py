@@ -16,7 +16,8 @@ binance.recent_trades for a fixed time while another process polls Cassandra eve
 when each trade becomes visible. Prints latency p50/p95/p99 from commit to visible, where the time
 goes (commit -> record in Kafka, read from the records' CreateTime; the stream's micro-batches from
 `stream_progress`: how many, their median processing time and the median gap between them), and
-whether the lag stayed flat (the backlog at the end of the run no larger than in its middle).
+whether the lag stayed flat (the backlog at the end of the run no larger than in its middle), with
+the backlog's trend over the last three quarters of the run (rows/s, its slope sampled every second).
 `--by-second` adds p50/p99 by the 10-s window of the minute the rows were committed in: the
 per-minute DAGs start at their own seconds (include/schedules.py), so run `--seconds 60` or longer.
 Bounded: loopback only, rates x seconds rows per run, and the bench rows are deleted at the end.
@@ -25,6 +26,8 @@ Bounded: loopback only, rates x seconds rows per run, and the bench rows are del
 from __future__ import annotations
 
 import argparse
+import bisect
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -267,6 +270,7 @@ def run_rate(s: dict[str, str], rate: int, seconds: float, commit_rows: int, fir
         return done - vis
 
     mid, end = backlog(t_start + seconds / 2), backlog(t_start + seconds)
+    trend = backlog_trend(commits, seen, t_start + seconds / 4, t_start + seconds)
     dbz = debezium_lags(s, start_offsets, first_id, last_id)
     batches = stream_batches(s, began, datetime.now(UTC))
     gaps = [(b[0] - a[0]).total_seconds() for a, b in zip(batches, batches[1:], strict=False)]
@@ -276,7 +280,7 @@ def run_rate(s: dict[str, str], rate: int, seconds: float, commit_rows: int, fir
         "achieved": round(rows / (commits[-1][2] - t_start + TICK)),
         "p50": pct(latencies, 50), "p95": pct(latencies, 95), "p99": pct(latencies, 99),
         "max": max(latencies) if latencies else float("nan"), "missing": missing,
-        "backlog_mid": mid, "backlog_end": end,
+        "backlog_mid": mid, "backlog_end": end, "backlog_trend": trend,
         "dbz_p50": pct(dbz, 50) if dbz else float("nan"), "dbz_p99": pct(dbz, 99) if dbz else float("nan"),
         "flat": missing == 0 and end <= max(mid * 1.5, rate),
         "windows": {w: (pct(v, 50), pct(v, 99), len(v)) for w, v in sorted(by_window.items())},
@@ -284,16 +288,41 @@ def run_rate(s: dict[str, str], rate: int, seconds: float, commit_rows: int, fir
     return result, last_id + 1
 
 
+def backlog_trend(commits: list[tuple[int, int, float]], seen: dict[int, float], t_from: float, t_to: float) -> float:
+    """How fast the backlog (rows committed, not yet visible) grew from t_from to t_to, in rows/s:
+    the least-squares slope of the backlog sampled every second. Two samples (mid and end) move by a
+    whole micro-batch as it lands; the slope over every second is what a stream falling behind, or
+    catching up, shows. NaN for fewer than 3 samples."""
+    committed_at = sorted((c, hi - lo + 1) for lo, hi, c in commits)
+    times = [c for c, _ in committed_at]
+    totals = list(itertools.accumulate(n for _, n in committed_at))
+    visible = sorted(seen.values())
+    samples = []
+    t = t_from
+    while t <= t_to:
+        i = bisect.bisect_right(times, t)
+        samples.append((t, (totals[i - 1] if i else 0) - bisect.bisect_right(visible, t)))
+        t += 1.0
+    if len(samples) < 3:
+        return float("nan")
+    mean_t = sum(t for t, _ in samples) / len(samples)
+    mean_b = sum(b for _, b in samples) / len(samples)
+    spread = sum((t - mean_t) ** 2 for t, _ in samples)
+    return sum((t - mean_t) * (b - mean_b) for t, b in samples) / spread
+
+
 def print_row(label: str, r: dict) -> None:
     print(f"{label:>9} {r['rate']:>6} {r['commit_rows'] or 'tick':>6} {r['rows']:>6} {r['achieved']:>8} "
           f"{r['p50']:6.2f} {r['p95']:6.2f} {r['p99']:6.2f} {r['max']:6.2f} {r['missing']:>7} "
-          f"{r['backlog_mid']:>7}/{r['backlog_end']:<7} {r['dbz_p50']:>6.2f}/{r['dbz_p99']:<6.2f} "
+          f"{r['backlog_mid']:>7}/{r['backlog_end']:<7} {r['backlog_trend']:>7.0f} "
+          f"{r['dbz_p50']:>6.2f}/{r['dbz_p99']:<6.2f} "
           f"{r['batches']:>7} {r['batch_ms_p50']:>8.0f} {r['gap_p50']:>6.2f}  {'flat' if r['flat'] else 'GROWING'}",
           flush=True)
 
 
 HEADER = (f"{'stream':>9} {'rate/s':>6} {'rows/tx':>6} {'rows':>6} {'achieved':>8} {'p50 s':>6} {'p95 s':>6} "
-          f"{'p99 s':>6} {'max s':>6} {'missing':>7} {'backlog mid/end':>15} {'kafka p50/p99':>13} {'batches':>7} "
+          f"{'p99 s':>6} {'max s':>6} {'missing':>7} {'backlog mid/end':>15} {'trend/s':>7} {'kafka p50/p99':>13} "
+          f"{'batches':>7} "
           f"{'batch ms':>8} {'gap s':>6}  lag")
 
 
