@@ -83,12 +83,13 @@ def _as_bool(value: Any) -> bool | None:
 
 
 def parse_timestamp(text: str) -> datetime | None:
-    """An ISO-8601 timestamp as Debezium writes timestamptz (UTC when no offset); None if it is not one."""
+    """An ISO-8601 timestamp as Debezium writes timestamptz (UTC when no offset); None if it is not one,
+    or if it is not one in UTC either (the first or last hours of years 1 and 9999 with an offset)."""
     try:
         moment = datetime.fromisoformat(text.strip())
-    except ValueError:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _wire_row(table: Table, raw: Any) -> dict[str, Any] | None:

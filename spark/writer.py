@@ -168,9 +168,9 @@ def cql_value(kind: str, value: Any) -> Any:
 
 
 def bucket_value(table: Table, row: Mapping[str, Any]) -> datetime | None:
-    """The `bucket` of a row's Cassandra key: Table.bucket_of its time_column (as written, to the ms).
-    The one place a bucket is computed, for the values bound (cql_row, whose key columns the tasks
-    collapse by), the batches' partitions and the change-log key."""
+    """The `bucket` of a row's Cassandra key: Table.bucket_of its time_column (as written, to the ms),
+    as cql_row computes it (for the values bound, the key the tasks collapse by and the batches'
+    partitions) and change_key without a converted row."""
     return _bucket_of(table, cql_value("timestamptz", row.get(table.time_column)))
 
 
@@ -256,8 +256,10 @@ def decimal_bytes(value: Any) -> bytes:
     if text is not None:
         negative = text[:1] == "-"
         whole, dot, fraction = (text[1:] if negative else text).partition(".")
-        # ASCII digits only: int() would also take spaces, '_' and other scripts' digits
-        if whole.isdigit() and whole.isascii() and (not dot or (fraction.isdigit() and fraction.isascii())):
+        # ASCII digits only: int() would also take spaces, '_' and other scripts' digits; and no more
+        # than int() reads from text (Python's limit on digits, 4,300 by default)
+        if whole.isdigit() and whole.isascii() and (not dot or (fraction.isdigit() and fraction.isascii())) \
+                and len(whole) + len(fraction) <= _INT_DIGITS:
             unscaled = int(whole + fraction)
             return _scaled_bytes(len(fraction), -unscaled if negative else unscaled)
     sign, digits, exponent = (value if isinstance(value, Decimal) else Decimal(value)).as_tuple()
@@ -288,6 +290,7 @@ def timestamp_bytes(value: Any) -> bytes | None:
 
 
 _INT32 = struct.Struct(">i")
+_INT_DIGITS = 4000
 _INT64 = struct.Struct(">q")
 
 
@@ -319,11 +322,11 @@ def quick_binding(prepared: Any) -> Any:
 
 
 class Binder:
-    """Binds values to one prepared statement as its `bind` does, to the same bytes and routing key,
-    at about 60 % of the cost (bench/RESULTS.md, "The task's own CPU"): the driver's bind builds a
-    column descriptor, a namedtuple, for every value it serializes, to ask a column encryption
-    policy about it. A statement with such a policy, or values of another length, is left to the
-    driver's own bind."""
+    """Binds a tuple or list of values, one per column, to one prepared statement as its `bind` does:
+    the same bytes and routing key, at about 60 % of the cost (bench/RESULTS.md, "The task's own
+    CPU"). The driver's bind builds a column descriptor, a namedtuple, for every value it
+    serializes, to ask a column encryption policy about it. A statement with such a policy, and
+    values in a dict, of another length or with UNSET_VALUE, are left to the driver's own bind."""
 
     def __init__(self, prepared: Any) -> None:
         self.prepared = prepared
@@ -332,15 +335,18 @@ class Binder:
 
     def bind(self, values: Sequence[Any]) -> Any:
         """A BoundStatement of `values`, ready for BatchStatement.add."""
-        from cassandra.query import BoundStatement
+        from cassandra.query import UNSET_VALUE, BoundStatement
 
-        if len(values) != len(self.columns) or self.prepared.column_encryption_policy is not None:
+        if type(values) not in (tuple, list) or len(values) != len(self.columns) \
+                or self.prepared.column_encryption_policy is not None:
             return self.prepared.bind(values)
         out = []
         for value, (name, serialize) in zip(values, self.columns, strict=True):
             if value is None:
                 out.append(None)
                 continue
+            if value is UNSET_VALUE:
+                return self.prepared.bind(values)
             try:
                 out.append(serialize(value, self.protocol_version))
             except (TypeError, struct.error) as exc:

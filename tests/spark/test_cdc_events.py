@@ -188,6 +188,18 @@ def test_the_stream_and_the_reference_find_an_incremental_reads_lsn_alike(spark)
     assert lsns == [9, 11, 12]
 
 
+def test_a_time_outside_utcs_range_is_a_dead_letter_whatever_else_is_wrong():
+    # 0001-01-01T00:00+01:00 is in year 0 in UTC: no datetime holds it, and the event cannot be applied
+    early = {**kline("1"), "close_time": "0001-01-01T00:00:00+01:00"}
+    late = {**kline("1"), "open_time": "9999-12-31T23:30:00-01:00"}
+    cases = [(envelope("c", None, early, 5), events.not_a_timestamp("close_time")),
+             (envelope("c", None, late, 5), events.not_a_timestamp("open_time")),
+             (json.dumps({"after": early, "source": {"lsn": 5, "ts_us": SOURCE_US}}), events.NOT_AN_EVENT),
+             (envelope("c", None, late, None), events.NO_LSN)]
+    for value, reason in cases:
+        assert python_events.parse_event(KLINES, 0, 7, value).error == reason
+
+
 def test_write_time_falls_back_to_ts_ms_and_needs_one_of_them():
     assert events.write_time("c", {"ts_ms": 1_767_323_044_123, "snapshot": "false"}) == 1_767_323_044_123_000
     assert events.write_time("r", {"ts_ms": 1_767_323_044_123, "snapshot": "last"}) == 1_767_323_034_123_000

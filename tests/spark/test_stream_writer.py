@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, date, datetime, timedelta, timezone
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 import pytest
 
@@ -309,6 +309,13 @@ def test_decimals_bind_to_the_drivers_bytes():
         "0064369.75", "-000.010", "5.", ".5", "-.5", " 1.5", "1.5 ", "+1.5", "1_000.5", "1.5_0", "١٢.٣", "-0", "-0.00"]
     for text in texts:
         assert decimal_bytes(text) == DecimalType.serialize(Decimal(text), 5), text
+    # more digits than int() reads from text: through the digits, as before (the driver refuses both ways)
+    for text in ("9" * 4001, "-1." + "0" * 4500 + "7"):
+        out = decimal_bytes(text)
+        scale, unscaled = int.from_bytes(out[:4], "big", signed=True), int.from_bytes(out[4:], "big", signed=True)
+        with localcontext() as exact:
+            exact.prec = 10_000
+            assert Decimal(unscaled).scaleb(-scale) == Decimal(text) and scale == len(text.partition(".")[2])
     for bad in (Decimal("NaN"), Decimal("-Infinity")):
         with pytest.raises(TypeError):
             decimal_bytes(bad)
@@ -353,7 +360,7 @@ def test_a_prepared_statement_binds_the_same_bytes_with_the_quick_types():
 def test_the_writers_binder_binds_what_the_driver_binds():
     from cassandra.cqltypes import BooleanType, DateType, DecimalType, LongType, VarcharType
     from cassandra.protocol import ColumnMetadata
-    from cassandra.query import BatchStatement, BatchType, PreparedStatement
+    from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
 
     meta = [ColumnMetadata("ks", "t", name, kind) for name, kind in
             (("symbol", VarcharType), ("bucket", DateType), ("trade_id", LongType), ("price", DecimalType),
@@ -376,8 +383,13 @@ def test_the_writers_binder_binds_what_the_driver_binds():
     # a value of the wrong type names its column, as the driver's bind does
     with pytest.raises(TypeError, match='column "trade_id"'):
         binder.bind(("BTCUSDT", OPEN, "seven", Decimal("1"), NOW, True))
-    # too few values (UNSET padding) and a column encryption policy are left to the driver
+    # too few values (UNSET padding), UNSET_VALUE, a dict and a column encryption policy are left to the driver
     assert binder.bind(("BTCUSDT", OPEN)).values == quick.bind(("BTCUSDT", OPEN)).values
+    unset = ("BTCUSDT", OPEN, UNSET_VALUE, Decimal("1"), NOW, True)
+    assert binder.bind(unset).values == quick.bind(unset).values and UNSET_VALUE in binder.bind(unset).values
+    by_name = {"is_buyer_maker": True, "symbol": "BTCUSDT", "bucket": OPEN, "trade_id": 7, "price": Decimal("1"),
+               "time": NOW}
+    assert binder.bind(by_name).values == quick.bind(by_name).values
     quick.column_encryption_policy = object()
     with pytest.raises(AttributeError):  # the driver's bind asks the policy, which has no such method
         binder.bind(rows[0])
