@@ -10,7 +10,7 @@ them, and the record dataclasses of include/binance/models.py, against these def
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 
 from include.names import SOURCE_SCHEMA
@@ -73,11 +73,9 @@ class Table:
 
     def bucket_of(self, moment: datetime) -> datetime:
         """The start (UTC) of the bucket holding a row whose time_column is `moment` (naive = UTC)."""
-        if moment.tzinfo is not UTC:
-            moment = as_utc(moment)
-        if self.bucket == "day":
-            return moment.replace(hour=0, minute=0, second=0, microsecond=0)
-        return moment.replace(minute=0, second=0, microsecond=0)
+        moment = as_utc(moment)
+        start = moment.replace(minute=0, second=0, microsecond=0)
+        return start.replace(hour=0) if self.bucket == "day" else start
 
     def column(self, name: str) -> Column:
         """A column of the table, or `bucket`, the Cassandra key's time bucket."""

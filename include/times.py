@@ -24,5 +24,8 @@ def to_epoch_ms(moment: datetime) -> int:
 
 
 def as_utc(moment: datetime) -> datetime:
-    """An aware datetime in UTC; a naive one is read as UTC (what the Cassandra driver returns)."""
+    """An aware datetime in UTC; a naive one is read as UTC (what the Cassandra driver returns). One
+    already in UTC is returned as it is (the stream converts every row's times through here)."""
+    if moment.tzinfo is UTC:
+        return moment
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

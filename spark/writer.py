@@ -156,10 +156,6 @@ def cql_value(kind: str, value: Any) -> Any:
     if kind == "numeric":
         return value if isinstance(value, Decimal) else Decimal(value)
     if kind == "timestamptz":
-        if type(value) is datetime and value.tzinfo is UTC:
-            # what the stream's parse gives: already UTC (its offset is not asked for again)
-            micros = value.microsecond
-            return value if micros % 1000 == 0 else value.replace(microsecond=micros - micros % 1000)
         if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
             raise ValueError(f"a timestamp must be an aware datetime, got {value!r}")
         moment = as_utc(value)
