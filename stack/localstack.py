@@ -481,6 +481,11 @@ def cassandra_command(s: dict[str, str], node: Node) -> Command:
         f"-Dlogback.configurationFile={CONF / 'cassandra-logback.xml'}",
         "-Dcassandra.superuser_setup_delay_ms=0", "-Dcassandra.skip_wait_for_gossip_to_settle=0",
         "-Dcassandra.ring_delay_ms=1000", "-Dcassandra.initial_token_allocation_delay_ms=0",
+        # A node that misses a schema change's push (sent once, to the peers it sees alive then) learns
+        # the new version through gossip and, a minute after its start, postpones pulling it by
+        # migration_delay_ms and re-checks every schema_pull_interval_ms, both 60 s by default: the
+        # cluster's migrations then waited about 60 s per statement for agreement. Seconds on this ring.
+        "-Dcassandra.migration_delay_ms=1000", "-Dcassandra.schema_pull_interval_ms=5000",
         f"-Djava.io.tmpdir={RUN / 'tmp'}", "-Djava.net.preferIPv4Stack=true",
         # JMX bound to loopback, no authentication (cassandra-env.sh's LOCAL_JMX): what nodetool talks to
         f"-Dcassandra.jmx.local.port={ns['CASSANDRA_JMX_PORT']}",
