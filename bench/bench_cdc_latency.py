@@ -113,6 +113,7 @@ def poller(s: dict[str, str], first_id: int, last_id: int, deadline: float, out:
     seen: dict[int, float] = {}
     low = first_id
     timed_out = 0
+    read = polls = 0
     while time.time() < deadline and low <= last_id:
         now = time.time()
         try:
@@ -121,6 +122,8 @@ def poller(s: dict[str, str], first_id: int, last_id: int, deadline: float, out:
             timed_out += 1
             print(f"poll {timed_out} timed out, polling again: {exc}", file=sys.stderr, flush=True)
             ids = []
+        read += len(ids)
+        polls += 1
         for trade_id in ids:
             if trade_id not in seen and trade_id <= last_id:
                 seen[trade_id] = now
@@ -128,6 +131,7 @@ def poller(s: dict[str, str], first_id: int, last_id: int, deadline: float, out:
             low += 1
         time.sleep(0.05)
     cluster.shutdown()
+    print(f"poller: {polls} polls, {read} rows read", file=sys.stderr, flush=True)
     out.put(seen)
 
 
