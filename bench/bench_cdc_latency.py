@@ -2,7 +2,7 @@
 
 Usage: python bench/bench_cdc_latency.py [--stream deployed|own] [--rates 200,1000,3000,5000]
                                          [--seconds 20] [--commit-rows 1,0] [--rounds 1] [--trigger 0.5]
-                                         [--by-second]
+                                         [--by-second] [--connections 1]
 
 `--stream deployed` (the default) measures the stream users run: the one the `cdc_stream` DAG
 launched, reading every topic, with the demo's DAGs running beside it (`make demo OFFLINE=1` first;
@@ -12,7 +12,8 @@ which needs only the stack up with the connector RUNNING.
 
 For each rate, each transaction size of `--commit-rows` (1: one row per transaction; 0: all the
 rows of a 100-ms tick in one) and each round, it inserts trades of a bench-only symbol into
-binance.recent_trades for a fixed time while another process polls Cassandra every 50 ms and notes
+binance.recent_trades for a fixed time, from `--connections` Postgres connections (one cannot commit
+1,000 single-row transactions a second here), while another process polls Cassandra every 50 ms and notes
 when each trade becomes visible. Prints latency p50/p95/p99 from commit to visible, where the time
 goes (commit -> record in Kafka, read from the records' CreateTime; the stream's micro-batches from
 `stream_progress`: how many, their median processing time and the median gap between them), and
@@ -68,14 +69,15 @@ def cassandra(s: dict[str, str]):
                                      s["CASSANDRA_PASSWORD"], s["CASSANDRA_KEYSPACE"]), s["CASSANDRA_KEYSPACE"])
 
 
-def writer(s: dict[str, str], first_id: int, rate: int, seconds: float, commit_rows: int, out: mp.Queue) -> None:
-    """Insert `rate` rows/s, a tick's rows every 100 ms, `commit_rows` per transaction (0: the whole
-    tick in one); report (first_id, last_id, commit time) per transaction."""
+def writer(s: dict[str, str], first_id: int, rate: int, seconds: float, commit_rows: int, out: mp.Queue,
+           start: float, connection: int = 0, connections: int = 1) -> None:
+    """Insert `rate` rows/s, a tick's rows every 100 ms from `start`, `commit_rows` per transaction (0:
+    the whole tick in one); report (first_id, last_id, commit time) per transaction. With several
+    connections, this one commits the tick's transactions number `connection`, `connection` +
+    `connections`, ... (trade ids as with one connection)."""
     conn = pg_connect(s)
     per_tick = max(1, round(rate * TICK))
     size = commit_rows or per_tick
-    next_id = first_id
-    start = time.time()
     ticks = int(seconds / TICK)
     commits = []
     for i in range(ticks):
@@ -83,14 +85,14 @@ def writer(s: dict[str, str], first_id: int, rate: int, seconds: float, commit_r
         delay = target - time.time()
         if delay > 0:
             time.sleep(delay)
-        for lo in range(0, per_tick, size):
+        for lo in range(connection * size, per_tick, size * connections):
             n = min(size, per_tick - lo)
+            first = first_id + i * per_tick + lo
             now = datetime.now(UTC)
-            rows = [Trade(SYMBOL, next_id + k, Decimal("1.00000001"), Decimal("0.5"), Decimal("0.500000005"), now,
+            rows = [Trade(SYMBOL, first + k, Decimal("1.00000001"), Decimal("0.5"), Decimal("0.500000005"), now,
                           False) for k in range(n)]
             load(conn, "recent_trades", rows)
-            commits.append((next_id, next_id + n - 1, time.time()))
-            next_id += n
+            commits.append((first, first + n - 1, time.time()))
     conn.close()
     out.put(commits)
 
@@ -240,20 +242,26 @@ def deployed_stream_running(s: dict[str, str]) -> bool:
     return bool(stream_batches(s, now - timedelta(seconds=30), now + timedelta(seconds=5)))
 
 
-def run_rate(s: dict[str, str], rate: int, seconds: float, commit_rows: int, first_id: int) -> tuple[dict, int]:
+def run_rate(s: dict[str, str], rate: int, seconds: float, commit_rows: int, first_id: int,
+             connections: int = 1) -> tuple[dict, int]:
     rows = int(rate * TICK) * int(seconds / TICK)
     last_id = first_id + rows - 1
     start_offsets = kafka_positions(s)
     q_w, q_p = mp.Queue(), mp.Queue()
     deadline = time.time() + seconds + 60
     p = mp.Process(target=poller, args=(s, first_id, last_id, deadline, q_p))
-    w = mp.Process(target=writer, args=(s, first_id, rate, seconds, commit_rows, q_w))
+    # the writers' first tick, late enough for each to have connected
+    start = time.time() + 1.0
+    writers = [mp.Process(target=writer, args=(s, first_id, rate, seconds, commit_rows, q_w, start, k, connections))
+               for k in range(connections)]
     began = datetime.now(UTC)
     p.start()
-    w.start()
-    commits = q_w.get()
+    for w in writers:
+        w.start()
+    commits = sorted((c for _ in writers for c in q_w.get()), key=lambda c: c[2])
     seen = q_p.get()
-    w.join()
+    for w in writers:
+        w.join()
     p.join()
     latencies, missing = [], 0
     by_window: dict[int, list[float]] = {}
@@ -336,12 +344,12 @@ def print_windows(r: dict) -> None:
 
 
 def run_all(s: dict[str, str], label: str, rates: list[int], commit_rows: list[int], rounds: int, seconds: float,
-            next_id: int, by_second: bool = False) -> int:
+            next_id: int, by_second: bool = False, connections: int = 1) -> int:
     print(HEADER)
     for rate in rates:
         for size in commit_rows:
             for _ in range(rounds):
-                r, next_id = run_rate(s, rate, seconds, size, next_id)
+                r, next_id = run_rate(s, rate, seconds, size, next_id, connections)
                 print_row(label, r)
                 if by_second:
                     print_windows(r)
@@ -358,9 +366,14 @@ def main() -> None:
                         help="rows per transaction, comma-separated (0: a 100-ms tick's rows in one)")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each rate and transaction size")
     parser.add_argument("--trigger", type=float, default=0.5, help="--stream own: the stream's trigger, seconds")
+    parser.add_argument("--connections", type=int, default=1,
+                        help="Postgres connections committing the rows, each its share of a tick's transactions "
+                             "(one connection commits about 600-800 single-row transactions a second here)")
     parser.add_argument("--by-second", action="store_true",
                         help="also print p50/p99 by the 10-s window of the minute the rows were committed in")
     args = parser.parse_args()
+    if args.connections < 1:
+        parser.error(f"--connections must be at least 1, got {args.connections}")
     rates = [int(r) for r in args.rates.split(",")]
     commit_rows = [int(n) for n in args.commit_rows.split(",")]
     s = load_env()
@@ -372,7 +385,8 @@ def main() -> None:
                                  "`make demo OFFLINE=1` (the cdc_stream DAG), or use --stream own")
             print("measuring the deployed stream (the cdc_stream DAG's); warming up")
             next_id = wait_visible(s, next_id, timeout=180)
-            run_all(s, "deployed", rates, commit_rows, args.rounds, args.seconds, next_id, args.by_second)
+            run_all(s, "deployed", rates, commit_rows, args.rounds, args.seconds, next_id, args.by_second,
+                    args.connections)
             return
         tmp = Path(tempfile.mkdtemp(prefix="bench-cdc-", dir=REPO / ".run"))
         stream = start_stream(s, tmp / "checkpoint", args.trigger)
@@ -380,7 +394,8 @@ def main() -> None:
             print(f"stream of its own starting (trigger {args.trigger}s, log {tmp / 'stream.log'}); warming up")
             time.sleep(5)
             next_id = wait_visible(s, next_id, timeout=180)
-            run_all(s, "own", rates, commit_rows, args.rounds, args.seconds, next_id, args.by_second)
+            run_all(s, "own", rates, commit_rows, args.rounds, args.seconds, next_id, args.by_second,
+                    args.connections)
         finally:
             os.killpg(stream.pid, signal.SIGTERM)
             try:
