@@ -27,9 +27,9 @@ read, a savepoint and a COPY per transaction: six statements for one row). Both 
 rows, hence the same change events, in the WAL; they differ in what the writes cost Postgres and
 the bench on the machine the pipeline shares.
 `--nice N` runs the writers and their Postgres backends at niceness N, so that the pipeline gets
-the CPU first when both want it: on a machine of two cores, what the load costs the source
-database and the bench otherwise slows the stream (bench/RESULTS.md); the walsender and the
-poller keep their priority.
+the CPU first when both want it; the walsender and the poller keep their priority. It tells how
+much of a latency the load's own CPU causes on a machine it shares with the pipeline (on the
+cluster profile at 1,000 single-row commits a second it lowered no p99: bench/RESULTS.md).
 `--by-second` adds p50/p99 by the 10-s window of the minute the rows were committed in: the
 per-minute DAGs start at their own seconds (include/schedules.py), so run `--seconds 60` or longer.
 Bounded: loopback only, rates x seconds rows per run, and the bench rows are deleted at the end.
@@ -96,9 +96,8 @@ def insert_rows(conn, rows: list[Trade]) -> None:
 
 def yield_cpu(conn, nice: int) -> None:
     """Lower the priority of this process and of the connection's Postgres backend by `nice`: the
-    load and the commits it costs give the CPU to the pipeline when both want it, much as when the
-    source database and the load generator have machines of their own. The walsender keeps its
-    priority: decoding the WAL is the pipeline's work."""
+    load and the commits it costs give the CPU to the pipeline when both want it. The walsender
+    keeps its priority: decoding the WAL is the pipeline's work."""
     import psutil
 
     with conn.cursor() as cur:
@@ -434,7 +433,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=1,
                         help="Postgres connections committing the rows, each its share of a tick's transactions "
                              "(one connection commits about 1,000 single-row transactions a second here with "
-                             "--write insert, 700-800 with loader)")
+                             "--write insert, 700-850 with loader)")
     parser.add_argument("--write", default="insert",
                         help="how a transaction writes its rows, comma-separated: insert (one INSERT statement), "
                              "loader (the DAGs' include.loader.load)")
