@@ -297,6 +297,29 @@ def deployed_stream_running(s: dict[str, str]) -> bool:
     return bool(stream_batches(s, now - timedelta(seconds=30), now + timedelta(seconds=5)))
 
 
+def receive(q: mp.Queue, procs: list[mp.Process], what: str) -> list:
+    """One report from each of `procs` through `q`. A process that ended without reporting (an
+    error, a kill) raises SystemExit naming it and its exit code, rather than the bench waiting for
+    ever; its traceback, if any, is on stderr above."""
+    import queue
+
+    reports: list = []
+    all_ended = False
+    while len(reports) < len(procs):
+        try:
+            reports.append(q.get(timeout=1.0))
+        except queue.Empty:
+            failed = [proc for proc in procs if proc.exitcode not in (None, 0)]
+            # a process flushes what it put before it exits: once all have ended, one more wait
+            # empties the queue
+            if failed or all_ended:
+                ended = ", ".join(f"PID {proc.pid} exit code {proc.exitcode}" for proc in failed or procs)
+                raise SystemExit(f"the bench's {what} process ended without reporting its results ({ended}); "
+                                 "this round is not measured") from None
+            all_ended = all(proc.exitcode is not None for proc in procs)
+    return reports
+
+
 def run_rate(s: dict[str, str], rate: int, seconds: float, commit_rows: int, first_id: int,
              connections: int = 1, write: str = "insert", nice: int = 0) -> tuple[dict, int]:
     rows = int(rate * TICK) * int(seconds / TICK)
@@ -314,8 +337,14 @@ def run_rate(s: dict[str, str], rate: int, seconds: float, commit_rows: int, fir
     p.start()
     for w in writers:
         w.start()
-    commits = sorted((c for _ in writers for c in q_w.get()), key=lambda c: c[2])
-    seen = q_p.get()
+    try:
+        commits = sorted((c for part in receive(q_w, writers, "writer") for c in part), key=lambda c: c[2])
+        seen = receive(q_p, [p], "poller")[0]
+    except BaseException:
+        for proc in (p, *writers):
+            if proc.is_alive():
+                proc.terminate()
+        raise
     for w in writers:
         w.join()
     p.join()
