@@ -54,6 +54,9 @@ from include.tables import TABLES  # noqa: E402
 from stack.exchange import TRADING_SYMBOLS, BinanceTestServer  # noqa: E402
 from stack.localstack import load_env  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+from bench_cdc_latency import pct  # noqa: E402 - the latency bench's percentile, for the same figures
+
 INTERVAL = "1m"
 KLINES = TABLES["klines"]
 PROBE = f"PROBE{int(time.time()) % 10**6}USDT"
@@ -271,11 +274,6 @@ def panel_times(s: dict[str, str], symbols: list[str], start: datetime, end: dat
     finally:
         conn.close()
     return out
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))] if ordered else float("nan")
 
 
 # --------------------------------------------------------------------------- main
