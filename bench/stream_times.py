@@ -1,34 +1,56 @@
 """Where the stream's micro-batches spent their time, from its log: the median and 90th percentile of
 each of Spark's own durations (the driver's `Spark's times (ms)` lines, spark/cdc_stream.py
-SparkTimes) over the batches logged between two times of day, UTC, of one day (a batch is logged
-as the next one starts).
+SparkTimes) over the batches logged between two times, UTC (a batch is logged as the next one
+starts). Times of day (HH:MM:SS) select those times on every day of the log; dated times
+(YYYY-MM-DDTHH:MM:SS, or with a space) select one span, across midnight if need be.
 
-Usage: python bench/stream_times.py LOG FROM TO     (FROM, TO as HH:MM:SS; LOG: the cdc_stream task's
-       log, .run/airflow/logs/dag_id=cdc_stream/run_id=*/task_id=run_cdc_stream/attempt=N.log)
+Usage: python bench/stream_times.py LOG FROM TO     (FROM, TO as HH:MM:SS or YYYY-MM-DDTHH:MM:SS; LOG:
+       the cdc_stream task's log, .run/airflow/logs/dag_id=cdc_stream/run_id=*/task_id=run_cdc_stream/attempt=N.log)
 """
 
 from __future__ import annotations
 
 import re
 import sys
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_cdc_latency import pct  # noqa: E402 - the latency bench's percentile, for the same figures
 
-LINE = re.compile(r"(\d\d:\d\d:\d\d)(?:\.\d+)?Z?.*Spark's times \(ms\): ([^\"]*)")
+LINE = re.compile(r"(?:(\d{4}-\d\d-\d\d)[T ])?(\d\d:\d\d:\d\d)(?:\.\d+)?Z?.*Spark's times \(ms\): ([^\"]*)")
 TIME = re.compile(r"([A-Za-z]+(?: before it)?) (\d+)")
 
 
+def bound(text: str) -> str:
+    """`text` as a comparable bound: HH:MM:SS as given, a dated time as "YYYY-MM-DD HH:MM:SS"."""
+    for form, dated in (("%H:%M:%S", False), ("%Y-%m-%dT%H:%M:%S", True), ("%Y-%m-%d %H:%M:%S", True)):
+        try:
+            moment = datetime.strptime(text, form)
+        except ValueError:
+            continue
+        return moment.strftime("%Y-%m-%d %H:%M:%S") if dated else text
+    raise SystemExit(f"stream_times: {text!r} is not a time HH:MM:SS or YYYY-MM-DDTHH:MM:SS")
+
+
 def durations(lines: list[str], since: str, until: str) -> dict[str, list[int]]:
-    """Each duration's values over the batches logged from `since` to `until` (HH:MM:SS, both included)."""
+    """Each duration's values over the batches logged from `since` to `until` (both included; both
+    HH:MM:SS, or both dated)."""
+    since, until = bound(since), bound(until)
+    dated = len(since) > 8
+    if dated != (len(until) > 8):
+        raise SystemExit(f"stream_times: give FROM and TO both as times of day or both dated, got {since!r} and "
+                         f"{until!r}")
     out: dict[str, list[int]] = {}
     for line in lines:
         m = LINE.search(line)
-        if m is None or not since <= m.group(1) <= until:
+        if m is None or (dated and m.group(1) is None):
             continue
-        for name, value in TIME.findall(m.group(2)):
+        logged = f"{m.group(1)} {m.group(2)}" if dated else m.group(2)
+        if not since <= logged <= until:
+            continue
+        for name, value in TIME.findall(m.group(3)):
             out.setdefault(name, []).append(int(value))
     return out
 
