@@ -721,7 +721,11 @@ def airflow_command(part: str, s: dict[str, str]) -> Command:
     return Command(_airflow(s, *args), service_env(s), cwd=Path(s["AIRFLOW_HOME"]))
 
 
-def start_airflow(s: dict[str, str]) -> None:
+def start_airflow(s: dict[str, str], timeout: float = 180.0) -> None:
+    """Start Airflow's services that do not run, the API server first: every task run reports to
+    its execution API, and a run the scheduler started before the API server answered ended at once
+    ('Connection refused', the task process killed), each first attempt after a start, cdc_stream's
+    included, then waited for its retry. The others start once it answers."""
     started_mode = Path(s["AIRFLOW_HOME"]) / ".binance_api_mode"
     wanted = f"{binance_mode()} {topology.profile()}"
     running = [p for p in AIRFLOW_PARTS if read_pid(p) is not None]
@@ -735,8 +739,11 @@ def start_airflow(s: dict[str, str]) -> None:
     for part in hung_airflow_parts(airflow_health(s), datetime.now(UTC), running_since(AIRFLOW_PARTS)):
         print(f"{part}: running but its heartbeat stopped; restarting it")
         supervisor.stop(part)
-    for part in AIRFLOW_PARTS:
-        _start(part, s["AIRFLOW_HOST"], s["AIRFLOW_PORT"] if part == "airflow-api-server" else None)
+    api, *others = AIRFLOW_PARTS
+    _start(api, s["AIRFLOW_HOST"], s["AIRFLOW_PORT"])
+    wait_for(api, lambda: airflow_health(s) is not None, timeout, log_file(api))
+    for part in others:
+        _start(part)
 
 
 # heartbeat components of /api/v2/monitor/health, by the service that sends it
@@ -920,7 +927,7 @@ def up(timeout: float = 180.0, profile: str | None = None) -> None:
     else:
         supervisor.stop("binance-api")
     prepare_airflow(s)
-    start_airflow(s)
+    start_airflow(s, timeout)
     for node in kafka:
         ns = topology.node_settings(s, node)
         _timed(node.name, lambda ns=ns, node=node: wait_for(node.name, lambda: kafka_healthy(ns), timeout,

@@ -202,3 +202,40 @@ def test_every_airflow_process_imports_the_preloaded_libraries_at_start(tmp_path
     assert out.returncode == 0, out.stderr[-2000:]
     assert "missing []" in out.stdout and "copied False" in out.stdout, out.stdout + out.stderr[-2000:]
     assert "could not preload" not in out.stderr
+
+
+def test_airflow_starts_its_api_server_first_and_the_rest_once_it_answers(tmp_path, monkeypatch):
+    events: list[str] = []
+    answers = iter([None, None, {"metadatabase": {"status": "healthy"}}])
+
+    def health(s):
+        reply = next(answers, {"metadatabase": {"status": "healthy"}})
+        events.append("answers" if reply else "silent")
+        return reply
+
+    monkeypatch.setattr(ls, "read_pid", lambda name: None)
+    monkeypatch.setattr(ls, "running_since", lambda names: {})
+    monkeypatch.setattr(ls, "airflow_health", health)
+    monkeypatch.setattr(ls, "_start", lambda name, host=None, port=None: events.append(f"start {name}"))
+    monkeypatch.setattr(ls.supervisor, "info", lambda name: {"statename": "RUNNING"})
+    monkeypatch.setattr(ls.time, "sleep", lambda seconds: None)
+    ls.start_airflow({"AIRFLOW_HOME": str(tmp_path), "AIRFLOW_HOST": "127.0.0.1", "AIRFLOW_PORT": "8080"}, timeout=5)
+    # the hung-heartbeat check asks first; then the API server starts, and nothing else until it answers
+    first = events.index("start airflow-api-server")
+    answered = events.index("answers", first)
+    assert events[first + 1:answered + 1] == ["silent", "answers"]
+    assert events[answered + 1:] == [f"start {part}" for part in ("airflow-scheduler", "airflow-dag-processor",
+                                                                  "airflow-triggerer")]
+
+
+def test_airflow_start_fails_naming_the_api_server_when_it_never_answers(tmp_path, monkeypatch):
+    monkeypatch.setattr(ls, "read_pid", lambda name: None)
+    monkeypatch.setattr(ls, "running_since", lambda names: {})
+    monkeypatch.setattr(ls, "airflow_health", lambda s: None)
+    started: list[str] = []
+    monkeypatch.setattr(ls, "_start", lambda name, host=None, port=None: started.append(name))
+    monkeypatch.setattr(ls.supervisor, "info", lambda name: {"statename": "RUNNING"})
+    with pytest.raises(ls.StackError, match="airflow-api-server not healthy after 0s"):
+        ls.start_airflow({"AIRFLOW_HOME": str(tmp_path), "AIRFLOW_HOST": "127.0.0.1", "AIRFLOW_PORT": "8080"},
+                         timeout=0.01)
+    assert started == ["airflow-api-server"]
