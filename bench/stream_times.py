@@ -24,13 +24,14 @@ TIME = re.compile(r"([A-Za-z]+(?: before it)?) (\d+)")
 
 
 def bound(text: str) -> str:
-    """`text` as a comparable bound: HH:MM:SS as given, a dated time as "YYYY-MM-DD HH:MM:SS"."""
+    """`text` as a comparable bound, written as the log writes times: "HH:MM:SS", or a dated time
+    as "YYYY-MM-DD HH:MM:SS" (strptime also takes "9:05:00", which must compare as "09:05:00")."""
     for form, dated in (("%H:%M:%S", False), ("%Y-%m-%dT%H:%M:%S", True), ("%Y-%m-%d %H:%M:%S", True)):
         try:
             moment = datetime.strptime(text, form)
         except ValueError:
             continue
-        return moment.strftime("%Y-%m-%d %H:%M:%S") if dated else text
+        return moment.strftime("%Y-%m-%d %H:%M:%S" if dated else "%H:%M:%S")
     raise SystemExit(f"stream_times: {text!r} is not a time HH:MM:SS or YYYY-MM-DDTHH:MM:SS")
 
 

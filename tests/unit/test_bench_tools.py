@@ -87,6 +87,8 @@ def test_dated_times_select_one_span_across_midnight():
 
 def test_times_of_day_select_those_times_on_every_day():
     assert _load("stream_times").durations(LOG, "23:59:00", "23:59:59")["addBatch"] == [100, 400]
+    # a one-digit hour is the same time as the log's two digits
+    assert _load("stream_times").durations(LOG, "0:00:00", "0:01:00")["addBatch"] == [200]
 
 
 @pytest.mark.parametrize("since, until, message", [
