@@ -43,6 +43,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -301,8 +302,6 @@ def receive(q: mp.Queue, procs: list[mp.Process], what: str) -> list:
     """One report from each of `procs` through `q`. A process that ended without reporting (an
     error, a kill) raises SystemExit naming it and its exit code, rather than the bench waiting for
     ever; its traceback, if any, is on stderr above."""
-    import queue
-
     reports: list = []
     all_ended = False
     while len(reports) < len(procs):

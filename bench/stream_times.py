@@ -39,8 +39,8 @@ def durations(lines: list[str], since: str, until: str) -> dict[str, list[int]]:
     """Each duration's values over the batches logged from `since` to `until` (both included; both
     HH:MM:SS, or both dated)."""
     since, until = bound(since), bound(until)
-    dated = len(since) > 8
-    if dated != (len(until) > 8):
+    dated = " " in since
+    if dated != (" " in until):
         raise SystemExit(f"stream_times: give FROM and TO both as times of day or both dated, got {since!r} and "
                          f"{until!r}")
     out: dict[str, list[int]] = {}

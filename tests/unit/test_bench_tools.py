@@ -12,15 +12,11 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_cdc_latency.py"
-
-
-def _bench():
-    return _load("bench_cdc_latency")
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH.with_name(f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -49,7 +45,7 @@ def _run(target_args: list[tuple]) -> tuple[mp.Queue, list[mp.Process]]:
 
 def test_every_report_is_returned():
     q, procs = _run([(_reports, 1), (_reports, 2)])
-    assert sorted(r[0] for r in _bench().receive(q, procs, "writer")) == [1, 2]
+    assert sorted(r[0] for r in _load("bench_cdc_latency").receive(q, procs, "writer")) == [1, 2]
     for p in procs:
         p.join()
 
@@ -57,7 +53,7 @@ def test_every_report_is_returned():
 def test_a_child_that_dies_is_named_with_its_exit_code():
     q, procs = _run([(_reports, 1), (_dies, 3)])
     with pytest.raises(SystemExit, match=rf"writer process ended without reporting.*PID {procs[1].pid} exit code 3"):
-        _bench().receive(q, procs, "writer")
+        _load("bench_cdc_latency").receive(q, procs, "writer")
     for p in procs:
         p.join()
 
@@ -65,7 +61,7 @@ def test_a_child_that_dies_is_named_with_its_exit_code():
 def test_a_child_that_ends_without_reporting_is_an_error():
     q, procs = _run([(_ends_silently,)])
     with pytest.raises(SystemExit, match="poller process ended without reporting"):
-        _bench().receive(q, procs, "poller")
+        _load("bench_cdc_latency").receive(q, procs, "poller")
     procs[0].join()
 
 
