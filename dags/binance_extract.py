@@ -92,7 +92,7 @@ def binance_extract():
 
     for dataset in TABLES:
 
-        @task(task_id=f"load_{dataset}", pool=BINANCE_POOL, outlets=[table_asset(dataset)])
+        @task(task_id=f"load_{dataset}", pool=BINANCE_POOL, multiple_outputs=False, outlets=[table_asset(dataset)])
         def load(dataset: str = dataset, data_interval_start=None, data_interval_end=None,
                  params: dict | None = None, prev_data_interval_end_success=None, dag_run=None) -> dict:
             from include.binance import tasks

@@ -59,19 +59,19 @@ from airflow.sdk import Param, dag, task
     doc_md=__doc__,
 )
 def cdc_setup():
-    @task
+    @task(multiple_outputs=False)
     def ensure_postgres_side() -> dict:
         from include.cdc import tasks
 
         return tasks.prepare_postgres()
 
-    @task
+    @task(multiple_outputs=False)
     def ensure_cassandra_schema() -> dict:
         from include.cdc import tasks
 
         return tasks.prepare_cassandra()
 
-    @task
+    @task(multiple_outputs=False)
     def resnapshot(cassandra: dict, params: dict | None = None) -> dict:
         from include.cdc import tasks
 
@@ -84,7 +84,7 @@ def cdc_setup():
 
         return tasks.register_connector(started_over["resnapshot"])
 
-    @task
+    @task(multiple_outputs=False)
     def wait_for_connector() -> dict:
         from include.cdc import tasks
 

@@ -98,7 +98,7 @@ def pipeline_health():
 
         return tasks.record_stream_batches()
 
-    @task
+    @task(multiple_outputs=False)
     def prune_history() -> dict:
         from include.health import tasks
 

@@ -36,19 +36,19 @@ from include.schedules import batch_default_args, schedule
     doc_md=__doc__,
 )
 def retention():
-    @task
+    @task(multiple_outputs=False)
     def publish_cassandra_window() -> dict:
         from include.retention import tasks
 
         return tasks.publish_cassandra()
 
-    @task
+    @task(multiple_outputs=False)
     def prune_source() -> dict:
         from include.retention import tasks
 
         return tasks.prune_source()
 
-    @task
+    @task(multiple_outputs=False)
     def prune_bridge() -> dict:
         from include.retention import tasks
 

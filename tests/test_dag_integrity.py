@@ -39,6 +39,13 @@ def test_dags_have_tags_retries_docs_and_no_catchup(dagbag):
                 f"{dag_id}.{task.task_id}: retry_exponential_backoff must be a multiplier (2.0), not a bool"
 
 
+def test_no_task_pushes_its_dict_return_key_by_key(dagbag):
+    """TaskFlow turns a `-> dict` annotation into multiple_outputs: one extra XCom push per key, each an
+    API call and a metadata write, on tasks that run every minute. No DAG reads a task's output by key."""
+    split = [f"{dag_id}.{task.task_id}" for dag_id, dag in dagbag.dags.items() for task in dag.tasks
+             if getattr(task, "multiple_outputs", False)]
+    assert split == [], f"set multiple_outputs=False on {split}"
+
 def test_the_continuous_stream_gets_a_new_run_after_each_one(dagbag):
     """Airflow starts a continuous DAG's next run where the last one's data interval ended; a
     zero-length first interval (no start_date) would give the second run the first one's logical
