@@ -106,7 +106,9 @@ def _run_two(server: BinanceTestServer, clock: _Shifted, tmp_path: Path, shared:
         time.sleep(0.05)
     now = time.time()
     clock.offset = (second - now % 60) % 60  # the shifted clock reads hh:mm:<second> now
-    go.write_text(repr(clock.offset))
+    # written whole, then renamed: a worker polling for the file must never read it empty
+    (tmp_path / "go.tmp").write_text(repr(clock.offset))
+    (tmp_path / "go.tmp").replace(go)
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         # without the shared record a client meets the 429 and, waiting no more, stops
