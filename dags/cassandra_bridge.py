@@ -38,8 +38,8 @@ def cassandra_bridge():
     ready = apply_migrations()
     for table in TABLES:
 
-        @task(task_id=f"sync_{table}", multiple_outputs=False, outlets=[Asset(name=f"{BRIDGE_SCHEMA}.{table}",
-                                                       uri=f"postgres-table://binance/{BRIDGE_SCHEMA}/{table}")])
+        @task(task_id=f"sync_{table}", multiple_outputs=False,
+              outlets=[Asset(name=f"{BRIDGE_SCHEMA}.{table}", uri=f"postgres-table://binance/{BRIDGE_SCHEMA}/{table}")])
         def sync(table: str = table) -> dict:
             from include.bridge import tasks
 

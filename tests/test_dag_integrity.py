@@ -46,6 +46,7 @@ def test_no_task_pushes_its_dict_return_key_by_key(dagbag):
              if getattr(task, "multiple_outputs", False)]
     assert split == [], f"set multiple_outputs=False on {split}"
 
+
 def test_the_continuous_stream_gets_a_new_run_after_each_one(dagbag):
     """Airflow starts a continuous DAG's next run where the last one's data interval ended; a
     zero-length first interval (no start_date) would give the second run the first one's logical
