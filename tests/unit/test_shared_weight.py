@@ -107,8 +107,9 @@ def _run_two(server: BinanceTestServer, clock: _Shifted, tmp_path: Path, shared:
     now = time.time()
     clock.offset = (second - now % 60) % 60  # the shifted clock reads hh:mm:<second> now
     # written whole, then renamed: a worker polling for the file must never read it empty
-    (tmp_path / "go.tmp").write_text(repr(clock.offset))
-    (tmp_path / "go.tmp").replace(go)
+    pending = go.with_suffix(".tmp")
+    pending.write_text(repr(clock.offset))
+    pending.replace(go)
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         # without the shared record a client meets the 429 and, waiting no more, stops
