@@ -349,16 +349,31 @@ def postgres(conn_id: str = POSTGRES_CONN_ID) -> Iterator[Any]:
         conn.close()
 
 
+def http_base_urls(conn_id: str, host: str | None, schema: str | None, port: int | None) -> list[str]:
+    """The base URL of each comma-separated host of an HTTP connection, each built as HttpHook builds
+    its one: a host holding `://` is a URL as it stands, any other is `schema://host` (schema http by
+    default); the connection's port, if set, is appended to each."""
+    hosts = [h.strip() for h in (host or "").split(",")]
+    if not any(hosts) or not all(hosts):
+        raise ConnectionSettingsError(f"connection {conn_id}: host {host!r} names no host, or an empty one "
+                                      "between commas (one host, or several separated by commas)")
+    urls = [h if "://" in h else f"{schema or 'http'}://{h}" for h in hosts]
+    return [f"{u}:{port}" if port else u for u in urls]
+
+
 @contextmanager
-def http(conn_id: str = KAFKA_CONNECT_CONN_ID) -> Iterator[tuple[str, Any]]:
-    """(base URL, requests session) of an Airflow HTTP connection: scheme, host, port, auth and
-    headers as HttpHook builds them (include.cdc.kafka_connect.client() wraps Kafka Connect's)."""
+def http(conn_id: str = KAFKA_CONNECT_CONN_ID) -> Iterator[tuple[list[str], Any]]:
+    """(base URLs, requests session) of an Airflow HTTP connection: scheme, host, port, auth and
+    headers as HttpHook builds them; a base URL per comma-separated host (`http_base_urls`), e.g. the
+    workers of a Kafka Connect group (include.cdc.kafka_connect.client() tries them in turn)."""
     from airflow.providers.http.hooks.http import HttpHook
 
     hook = HttpHook(method="GET", http_conn_id=conn_id)
+    conn = hook.get_connection(conn_id)
+    urls = http_base_urls(conn_id, conn.host, conn.schema, conn.port)
     session = hook.get_conn()
     try:
-        yield hook.base_url, session
+        yield urls, session
     finally:
         session.close()
 

@@ -985,7 +985,7 @@ def hand_over_capture(s: dict[str, str]) -> None:
     profile = topology.profile()
     last = CAPTURE_PROFILE.read_text().strip() if CAPTURE_PROFILE.exists() else profile
     if last != profile:
-        client = KafkaConnectClient(s["KAFKA_CONNECT_URL"])
+        client = KafkaConnectClient(topology.connect_urls(s))
         if client.get_config(CONNECTOR) is not None:
             print(f"capture: the {last} profile read the replication slot since this one's connector last ran: "
                   f"{CONNECTOR} starts over from a snapshot")

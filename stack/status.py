@@ -190,7 +190,7 @@ def health_lines(s: dict[str, str]) -> list[str]:
             lines.append(f"  {name:<17} unavailable: {type(exc).__name__}: {str(exc)[:120]}")
 
     def connector() -> list[str]:
-        r = checks.check_connector(KafkaConnectClient(s["KAFKA_CONNECT_URL"]), th, heal=False)
+        r = checks.check_connector(KafkaConnectClient(topology.connect_urls(s)), th, heal=False)
         return [f"  {'connector':<17} {verdict(r)} {r.message.splitlines()[0][:160]}"]
 
     def slot() -> list[str]:

@@ -61,6 +61,11 @@ def cluster_hosts(s: dict[str, str]) -> list[str]:
     return hosts
 
 
+def connect_urls(s: dict[str, str]) -> list[str]:
+    """The REST URL of every Kafka Connect worker of the profile (any of them answers for the group)."""
+    return [f"http://{n.host}:{s['KAFKA_CONNECT_PORT']}" for n in of(s, "kafka-connect")]
+
+
 def nodes(s: dict[str, str], chosen: str | None = None) -> list[Node]:
     """Every engine node of a profile, in start order within each engine."""
     if (chosen or s.get("STACK_PROFILE") or profile()) == "single":
@@ -106,8 +111,10 @@ def overlay(s: dict[str, str], chosen: str | None = None) -> dict[str, str]:
         "conn_type": "cassandra", "host": out["CASSANDRA_HOSTS"], "port": int(s["CASSANDRA_PORT"]),
         "login": s["CASSANDRA_USERNAME"], "password": s["CASSANDRA_PASSWORD"], "schema": s["CASSANDRA_KEYSPACE"]})
     out["AIRFLOW_CONN_KAFKA_DEFAULT"] = json.dumps({"conn_type": "kafka", "extra": {"bootstrap.servers": brokers}})
-    out["AIRFLOW_CONN_KAFKA_CONNECT"] = json.dumps({"conn_type": "http", "host": hosts[0],
-                                                    "port": int(s["KAFKA_CONNECT_PORT"]), "schema": "http"})
+    # every worker of the group: a task reaches the group through the other when one is down
+    out["AIRFLOW_CONN_KAFKA_CONNECT"] = json.dumps({
+        "conn_type": "http", "host": ",".join(n.host for n in of(out, "kafka-connect")),
+        "port": int(s["KAFKA_CONNECT_PORT"]), "schema": "http"})
     out["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps({
         "conn_type": "spark", "host": f"spark://{hosts[0]}", "port": int(s.get("SPARK_MASTER_PORT", "7077")),
         "extra": {"deploy-mode": "client"}})

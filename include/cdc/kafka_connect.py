@@ -1,8 +1,12 @@
 """Kafka Connect REST: register or update a connector from its JSON file, wait until it runs.
 
 Plain `requests`, no Airflow: include/connections.py builds the client from the `kafka_connect`
-connection. Registration is `PUT /connectors/<name>/config`, which creates or updates in place, so a
-changed config never deletes the connector (no re-snapshot) and an unchanged one is not sent.
+connection, which may name several workers of one Connect group (comma-separated hosts). Any
+worker answers for the group (it forwards writes to the leader), so a request that cannot reach
+one worker goes to the next, and a lost worker fails no task while another is up.
+
+Registration is `PUT /connectors/<name>/config`, which creates or updates in place, so a changed
+config never deletes the connector (no re-snapshot) and an unchanged one is not sent.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,17 +47,44 @@ def load_connector(name: str) -> dict[str, str]:
 
 
 class KafkaConnectClient:
-    def __init__(self, base_url: str, session: requests.Session | None = None, timeout: float = 15.0,
+    def __init__(self, base_url: str | Sequence[str], session: requests.Session | None = None, timeout: float = 15.0,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        self.base_url = base_url.rstrip("/")
+        """`base_url`: the REST URL of one worker, or of several workers of one group, tried in turn."""
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        self.base_urls = [u.strip().rstrip("/") for u in urls]
+        if not self.base_urls or not all(self.base_urls):
+            raise ValueError(f"Kafka Connect REST URL(s) {urls!r}: an empty URL")
         self.session = session or requests.Session()
         self.timeout = timeout
         self._sleep = sleep
 
+    @property
+    def base_url(self) -> str:
+        """The worker the next request goes to first: the last one that answered."""
+        return self.base_urls[0]
+
+    def _send(self, method: str, path: str, body: Any) -> requests.Response:
+        """One request to the first worker that accepts a connection; the others are tried in order
+        when one refuses it or does not answer the connection in time (a worker down). The one that
+        answered is tried first next time. Raises the last connection error when none answered."""
+        for i, base in enumerate(self.base_urls):
+            try:
+                resp = self.session.request(method, f"{base}{path}", json=body, timeout=self.timeout)
+            except requests.ConnectionError as exc:
+                if i == len(self.base_urls) - 1:
+                    raise
+                log.warning("Kafka Connect worker %s unreachable (%s); trying %s", base, type(exc).__name__,
+                            self.base_urls[i + 1])
+                continue
+            if i:
+                self.base_urls = self.base_urls[i:] + self.base_urls[:i]
+            return resp
+        raise AssertionError("unreachable")
+
     def _request(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200,)) -> requests.Response:
-        url = f"{self.base_url}{path}"
         for attempt in range(10):
-            resp = self.session.request(method, url, json=body, timeout=self.timeout)
+            resp = self._send(method, path, body)
+            url = f"{self.base_url}{path}"
             # 409: a rebalance is in progress, which passes; retry a few times
             if resp.status_code == 409 and attempt < 9:
                 log.info("%s %s: 409 (rebalance in progress), retrying", method, path)
@@ -151,9 +182,10 @@ class KafkaConnectClient:
 
 @contextmanager
 def client(conn_id: str = KAFKA_CONNECT_CONN_ID) -> Iterator[KafkaConnectClient]:
-    """A client for the Kafka Connect REST endpoint of an Airflow HTTP connection."""
-    with connections.http(conn_id) as (base_url, session):
-        yield KafkaConnectClient(base_url, session=session)
+    """A client for the Kafka Connect REST endpoint(s) of an Airflow HTTP connection (one base URL
+    per comma-separated host: include.connections.http_base_urls)."""
+    with connections.http(conn_id) as (base_urls, session):
+        yield KafkaConnectClient(base_urls, session=session)
 
 
 def failures(status: dict[str, Any]) -> list[str]:

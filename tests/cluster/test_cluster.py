@@ -13,6 +13,7 @@ import re
 import signal
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -154,7 +155,7 @@ def _target(settings, engine: str) -> str:
     return topology.of(settings, engine)[-1].name
 
 
-def _kill_and_hold_down(name: str, seconds: float) -> None:
+def _kill_and_hold_down(name: str, seconds: float, while_down: Callable[[], None] | None = None) -> None:
     """Lose the node as a machine is lost: all its processes (a Spark worker's executors too) stop
     at once, none starts again for `seconds`, then supervisord starts it.
 
@@ -177,8 +178,26 @@ def _kill_and_hold_down(name: str, seconds: float) -> None:
         assert time.monotonic() < deadline, f"{name}: supervisord did not see the kill ({record})"
         time.sleep(0.05)
     assert not _alive(pid), f"{name}: PID {pid} survived its SIGKILL"
-    time.sleep(seconds)
+    down = time.monotonic()
+    if while_down is not None:
+        while_down()
+    time.sleep(max(0.0, seconds - (time.monotonic() - down)))
     supervisor.start(name)
+
+
+def _group_answers_without(settings, name: str) -> None:
+    """The `kafka_connect` connection, as the DAGs read it, reaches the Connect group while the
+    worker `name` is down: its client asks the killed worker first (whatever the connection's
+    order) and goes on to the other, and the connector's status comes back."""
+    from include.cdc import kafka_connect
+
+    killed = f"http://{node(settings, name).host}:{settings['KAFKA_CONNECT_PORT']}"
+    with kafka_connect.client() as client:
+        assert killed in client.base_urls, f"the kafka_connect connection does not name {name}: {client.base_urls}"
+        client.base_urls.sort(key=lambda url: url != killed)
+        status = client.status("binance-postgres")
+        assert client.base_url != killed
+    assert status.get("connector", {}).get("state"), f"no connector state in {status}"
 
 
 def _rejoined(settings, engine: str, name: str) -> str:
@@ -239,7 +258,8 @@ def test_losing_a_node_under_load_stops_nothing(engine, settings, cassandra, run
     try:
         time.sleep(BEFORE)
         killed = time.monotonic()
-        _kill_and_hold_down(name, DOWN)
+        _kill_and_hold_down(name, DOWN, while_down=(lambda: _group_answers_without(settings, name))
+                            if engine == "kafka-connect" else None)
         rejoin = _rejoined(settings, engine, name)
         back = time.monotonic()
         time.sleep(AFTER)
