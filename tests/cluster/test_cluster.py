@@ -179,10 +179,12 @@ def _kill_and_hold_down(name: str, seconds: float, while_down: Callable[[], None
         time.sleep(0.05)
     assert not _alive(pid), f"{name}: PID {pid} survived its SIGKILL"
     down = time.monotonic()
-    if while_down is not None:
-        while_down()
-    time.sleep(max(0.0, seconds - (time.monotonic() - down)))
-    supervisor.start(name)
+    try:
+        if while_down is not None:
+            while_down()
+    finally:  # a check that fails while the node is down still gives it back
+        time.sleep(max(0.0, seconds - (time.monotonic() - down)))
+        supervisor.start(name)
 
 
 def _group_answers_without(settings, name: str) -> None:
