@@ -21,8 +21,8 @@ import requests
 from include.cdc.kafka_connect import KafkaConnectClient
 from include.connections import ConnectionSettingsError, http_base_urls
 from include.health.checks import Thresholds, check_connector
-from stack import localstack as ls
 from stack import topology
+from tests.unit.test_stack_supervision import _example_settings
 
 STATUS = {"name": "binance-postgres", "connector": {"state": "RUNNING", "worker_id": "127.0.0.3:8083"},
           "tasks": [{"id": 0, "state": "RUNNING", "worker_id": "127.0.0.3:8083"}]}
@@ -119,7 +119,7 @@ def test_a_connection_without_a_host_or_with_an_empty_one_names_the_connection(h
 
 
 def test_the_cluster_profile_connection_names_both_workers():
-    s = topology.overlay(ls.parse_env(ls._fill(ls.ENV_EXAMPLE.read_text()), base={"PATH": "/usr/bin"}), "cluster")
+    s = topology.overlay(_example_settings(), "cluster")
     conn = json.loads(s["AIRFLOW_CONN_KAFKA_CONNECT"])
     workers = [n.host for n in topology.of(s, "kafka-connect")]
     assert len(workers) == 2
